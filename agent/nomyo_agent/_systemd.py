@@ -1,0 +1,59 @@
+"""systemd's side of the agent's life: socket activation and readiness notification.
+
+Both are no-ops without systemd (or ``systemd-socket-activate``), so ``serve`` calls them always.
+Only the standard library: the protocol is an environment variable and a datagram.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ["SD_LISTEN_FDS_START", "inherited_socket", "notify"]
+
+SD_LISTEN_FDS_START = 3
+
+
+def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
+    """The listening socket passed by the service manager, if it passed one to this process.
+
+    Follows sd_listen_fds(3): ``LISTEN_PID`` must be ours, ``LISTEN_FDS`` counts the fds from 3;
+    with several, the one named ``agent`` in ``LISTEN_FDNAMES`` wins, else the first. The
+    variables are removed so that children do not believe they were activated too.
+    """
+    environ = os.environ if env is None else env
+    try:
+        pid = int(environ.get("LISTEN_PID", ""))
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return None
+    if pid != os.getpid() or count < 1:
+        return None
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(var, None)
+    index = names.index("agent") if "agent" in names else 0
+    fd = SD_LISTEN_FDS_START + index
+    for other in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        if other != fd:
+            os.close(other)
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def notify(message: str, env: dict[str, str] | None = None) -> bool:
+    """Send ``message`` (``READY=1``, ``STOPPING=1``, ``STATUS=...``) to ``NOTIFY_SOCKET``."""
+    environ = os.environ if env is None else env
+    address = environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError:
+            return False
+    return True

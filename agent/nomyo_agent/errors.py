@@ -1,0 +1,250 @@
+"""The agent package's exceptions: one tree, one class per protocol error code.
+
+::
+
+    AgentError                      code, message, hint
+     ├── BadRequestError            bad_request
+     ├── ProtocolMismatchError      unsupported_protocol
+     ├── LockedError                locked
+     ├── NoIdentityError            no_identity
+     ├── IdentityExistsError        identity_exists
+     ├── BadPassphraseError         bad_passphrase
+     ├── PassphraseRequiredError    passphrase_required
+     ├── PinentryCancelledError     cancelled
+     ├── PinentryError              pinentry_failed
+     ├── KeyringUnavailableError    keyring_unavailable
+     ├── KeyringLockedError         keyring_locked
+     ├── CorruptIdentityError       corrupt_identity
+     ├── BadKeyError                bad_key
+     ├── BadRouterKeyError          bad_router_key
+     ├── PinMismatchError           pin_mismatch   (.origin, .fingerprint)
+     ├── NotPinnedError             not_pinned
+     ├── DecryptFailedError         decrypt_failed
+     ├── TooManyAttemptsError       too_many_attempts
+     ├── ShuttingDownError          shutting_down
+     ├── InternalError              internal
+     ├── AgentUnavailableError      no agent answers at the socket (client side only)
+     └── AgentConnectionError       the connection broke or spoke garbage (client side only)
+
+The agent raises these inside ``dispatch``, which turns them into ``protocol.Error`` replies;
+clients turn replies back into the same classes with ``from_reply``. Messages are lower-case with
+no final period; hints say what to do.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from nomyo_agent.protocol import Error, ErrorCode
+
+__all__ = [
+    "AgentConnectionError",
+    "AgentError",
+    "AgentUnavailableError",
+    "BadKeyError",
+    "BadPassphraseError",
+    "BadRequestError",
+    "BadRouterKeyError",
+    "CorruptIdentityError",
+    "DecryptFailedError",
+    "IdentityExistsError",
+    "InternalError",
+    "KeyringLockedError",
+    "KeyringUnavailableError",
+    "LockedError",
+    "NoIdentityError",
+    "NotPinnedError",
+    "PassphraseRequiredError",
+    "PinMismatchError",
+    "PinentryCancelledError",
+    "PinentryError",
+    "ProtocolMismatchError",
+    "ShuttingDownError",
+    "TooManyAttemptsError",
+    "from_reply",
+]
+
+
+class AgentError(Exception):
+    """Base of every agent error. ``str()`` is the message; ``hint`` says what to do."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+    default_hint: ClassVar[str] = ""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def to_reply(self) -> Error:
+        return Error(code=self.code, message=self.message, hint=self.hint)
+
+
+class BadRequestError(AgentError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class ProtocolMismatchError(AgentError):
+    code = ErrorCode.UNSUPPORTED_PROTOCOL
+    default_hint = "restart the agent so that it matches the client: `nomyo-agent stop`"
+
+
+class LockedError(AgentError):
+    code = ErrorCode.LOCKED
+    default_hint = "run `nomyo-agent unlock` (or unlock from the tray icon)"
+
+
+class NoIdentityError(AgentError):
+    code = ErrorCode.NO_IDENTITY
+    default_hint = "run `nomyo-agent keygen`, or `nomyo-agent import client_keys/private_key.pem`"
+
+
+class IdentityExistsError(AgentError):
+    code = ErrorCode.IDENTITY_EXISTS
+    default_hint = "pass --force to replace it; the old key is then gone for good"
+
+
+class BadPassphraseError(AgentError):
+    code = ErrorCode.BAD_PASSPHRASE
+    default_hint = "try again with the passphrase chosen at keygen or import"
+
+
+class PassphraseRequiredError(AgentError):
+    code = ErrorCode.PASSPHRASE_REQUIRED
+    default_hint = "run `nomyo-agent unlock` in a terminal, or pass --passphrase-stdin"
+
+
+class PinentryCancelledError(AgentError):
+    code = ErrorCode.CANCELLED
+
+
+class PinentryError(AgentError):
+    code = ErrorCode.PINENTRY_FAILED
+    default_hint = (
+        "install pinentry (e.g. `apt install pinentry-gtk2`), set `pinentry` in config.toml, "
+        "or pass --passphrase-stdin"
+    )
+
+
+class KeyringUnavailableError(AgentError):
+    code = ErrorCode.KEYRING_UNAVAILABLE
+    default_hint = (
+        "start a Secret Service (gnome-keyring, KeePassXC) in this session, "
+        "or pick a backend with PYTHON_KEYRING_BACKEND"
+    )
+
+
+class KeyringLockedError(AgentError):
+    code = ErrorCode.KEYRING_LOCKED
+    default_hint = "unlock your login keyring (e.g. log in again, or open Seahorse) and retry"
+
+
+class CorruptIdentityError(AgentError):
+    code = ErrorCode.CORRUPT_IDENTITY
+    default_hint = "re-import the key with `nomyo-agent import PATH --force`"
+
+
+class BadKeyError(AgentError):
+    code = ErrorCode.BAD_KEY
+
+
+class BadRouterKeyError(AgentError):
+    code = ErrorCode.BAD_ROUTER_KEY
+    default_hint = "the router's /pki/public_key did not give a usable RSA key; check the base URL"
+
+
+class PinMismatchError(AgentError):
+    code = ErrorCode.PIN_MISMATCH
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        origin: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.origin = origin
+        self.fingerprint = fingerprint
+
+    def to_reply(self) -> Error:
+        return Error(
+            code=self.code,
+            message=self.message,
+            hint=self.hint,
+            origin=self.origin,
+            fingerprint=self.fingerprint,
+        )
+
+
+class NotPinnedError(AgentError):
+    code = ErrorCode.NOT_PINNED
+    default_hint = "`nomyo-agent pins list` shows the pinned origins"
+
+
+class DecryptFailedError(AgentError):
+    code = ErrorCode.DECRYPT_FAILED
+
+
+class TooManyAttemptsError(AgentError):
+    code = ErrorCode.TOO_MANY_ATTEMPTS
+    default_hint = "wait a moment: failed unlocks are delayed increasingly"
+
+
+class ShuttingDownError(AgentError):
+    code = ErrorCode.SHUTTING_DOWN
+    default_hint = "the agent is stopping; retry once it has been started again"
+
+
+class InternalError(AgentError):
+    code = ErrorCode.INTERNAL
+
+
+class AgentUnavailableError(AgentError):
+    """Nothing answers at the socket (client side)."""
+
+    code = ErrorCode.INTERNAL
+    default_hint = "start it with `nomyo-agent start` (or `eval $(nomyo-agent start)`)"
+
+
+class AgentConnectionError(AgentError):
+    """The connection broke, timed out or carried something that is not our protocol."""
+
+    code = ErrorCode.INTERNAL
+    default_hint = "check `nomyo-agent status`; restart the agent if it persists"
+
+
+_BY_CODE: dict[ErrorCode, type[AgentError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequestError,
+        ProtocolMismatchError,
+        LockedError,
+        NoIdentityError,
+        IdentityExistsError,
+        BadPassphraseError,
+        PassphraseRequiredError,
+        PinentryCancelledError,
+        PinentryError,
+        KeyringUnavailableError,
+        KeyringLockedError,
+        CorruptIdentityError,
+        BadKeyError,
+        BadRouterKeyError,
+        NotPinnedError,
+        DecryptFailedError,
+        TooManyAttemptsError,
+        ShuttingDownError,
+        InternalError,
+    )
+}
+
+
+def from_reply(reply: Error) -> AgentError:
+    """The exception for an ``Error`` reply, with its message and hint as the agent sent them."""
+    if reply.code is ErrorCode.PIN_MISMATCH:
+        return PinMismatchError(
+            reply.message, reply.hint, origin=reply.origin, fingerprint=reply.fingerprint
+        )
+    return _BY_CODE.get(reply.code, InternalError)(reply.message, reply.hint)

@@ -1,0 +1,47 @@
+"""Where the agent listens, shared by the agent and every client.
+
+Standard library only: clients import this on their start-up path. Resolution order, as
+ARCHITECTURE.md fixes it and as ``SSH_AUTH_SOCK`` works for ssh:
+
+1. ``NOMYO_AGENT_SOCK`` (for the agent and every client alike);
+2. ``$XDG_RUNTIME_DIR/nomyo-agent/agent.sock`` (Linux desktops, systemd's ``%t``);
+3. a private ``0700`` folder ``nomyo-agent-<uid>`` in the temp dir (macOS's per-user
+   ``$TMPDIR``, minimal Linux sessions);
+4. on Windows, the named pipe ``\\\\.\\pipe\\nomyo-agent-<user>``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["ENV_SOCK", "IS_WINDOWS", "default_socket_path", "socket_path"]
+
+ENV_SOCK = "NOMYO_AGENT_SOCK"
+IS_WINDOWS = sys.platform == "win32"
+
+
+def default_socket_path(env: dict[str, str] | None = None) -> str:
+    """The path the agent uses when ``NOMYO_AGENT_SOCK`` is not set."""
+    env = dict(os.environ) if env is None else env
+    if IS_WINDOWS:
+        from nomyo_agent._winpipe import default_pipe_name  # noqa: PLC0415 - Windows only
+
+        return default_pipe_name()
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute():
+        return str(Path(runtime) / "nomyo-agent" / "agent.sock")
+    tmp = env.get("TMPDIR") or tempfile.gettempdir()
+    return str(Path(tmp) / f"nomyo-agent-{os.getuid()}" / "agent.sock")
+
+
+def socket_path(explicit: str | os.PathLike[str] | None = None) -> str:
+    """The socket (or pipe) to use: an explicit path, else ``NOMYO_AGENT_SOCK``, else default."""
+    if explicit:
+        return os.fspath(explicit)
+    from_env = os.environ.get(ENV_SOCK)
+    if from_env:
+        return from_env
+    return default_socket_path()

@@ -1,0 +1,476 @@
+"""The agent's RPC protocol: messages, error codes and framing, with no I/O.
+
+Rules of this module:
+
+- It imports nothing but msgspec and the standard library, so that a client can import it
+  without pulling in ``cryptography`` (the trust boundary of ARCHITECTURE.md).
+- Every message is a frozen, tagged ``msgspec.Struct`` that forbids unknown fields. A new field
+  gets a default and goes at the end, so that an older peer keeps decoding newer messages of the
+  same protocol version; anything else is a new ``PROTOCOL_VERSION``.
+- A frame is a 4-byte big-endian length followed by one msgpack message. The length is checked
+  against ``MAX_FRAME_BYTES`` before the body is read (see ``FrameReader``), so a hostile peer can
+  never make us buffer more than one maximal frame.
+- Secrets (passphrases) travel only in ``Unlock``/``Generate``/``Import`` when a script chose
+  ``--passphrase-stdin``; otherwise the agent asks pinentry itself and they never cross the RPC.
+
+Conversation: the client sends ``Hello`` first (optional but recommended: it checks versions),
+then any number of requests, each answered by exactly one response in order. ``Watch`` turns the
+connection into a one-way stream of ``StateEvent`` messages until it is closed.
+
+Example::
+
+    >>> frame = encode_frame(Seal(origin="https://r.example", router_key_pem="...",
+    ...                           plaintext=b"{}"))
+    >>> reader = FrameReader()
+    >>> [decode_request(body) for body in reader.feed(frame)][0].origin
+    'https://r.example'
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+from typing import Final, Literal, Union, cast
+
+import msgspec
+
+__all__ = [
+    "CAPABILITIES",
+    "HEADER",
+    "MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "Accepted",
+    "ClientInfo",
+    "Counters",
+    "Error",
+    "ErrorCode",
+    "FrameError",
+    "FrameReader",
+    "FrameTooLarge",
+    "Generate",
+    "Hardening",
+    "Hello",
+    "HelloReply",
+    "IdentityReply",
+    "Import",
+    "Lock",
+    "Ok",
+    "Open",
+    "OpenReply",
+    "PinAccept",
+    "PinEntry",
+    "PinForget",
+    "PinInfo",
+    "PinsList",
+    "PinsReply",
+    "PublicKey",
+    "Request",
+    "Response",
+    "Seal",
+    "SealReply",
+    "State",
+    "StateEvent",
+    "Status",
+    "StatusReply",
+    "Stop",
+    "Unlock",
+    "Watch",
+    "decode_request",
+    "decode_response",
+    "encode",
+    "encode_frame",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""Bumped on any change an older peer could misread. Both sides refuse a different version."""
+
+CAPABILITIES: Final = (
+    "seal",
+    "open",
+    "pins",
+    "watch",
+    "pinentry",
+    "generate",
+    "import",
+)
+"""What this agent implements; ``Hello`` exchanges them so clients can feature-test."""
+
+HEADER: Final = struct.Struct(">I")
+
+# The wire protocol allows 10 MiB of JSON payload. Sealed, that becomes ~13.4 MiB of base64 in a
+# JSON package, which crosses the RPC as bytes in Open (request) or SealReply (response), plus a
+# few hundred bytes of msgpack. 32 MiB leaves room without letting a peer make us buffer much more.
+MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
+
+
+class State(str, enum.Enum):
+    """What the agent can do right now."""
+
+    NO_IDENTITY = "no-identity"
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"
+
+
+class ErrorCode(str, enum.Enum):
+    """Typed error codes. Each comes with a human ``message`` and a ``hint`` saying what to do."""
+
+    BAD_REQUEST = "bad_request"  # well-formed frame, invalid message; the connection stays usable
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    LOCKED = "locked"
+    NO_IDENTITY = "no_identity"
+    IDENTITY_EXISTS = "identity_exists"
+    BAD_PASSPHRASE = "bad_passphrase"
+    PASSPHRASE_REQUIRED = "passphrase_required"
+    CANCELLED = "cancelled"  # the user cancelled pinentry
+    PINENTRY_FAILED = "pinentry_failed"
+    KEYRING_UNAVAILABLE = "keyring_unavailable"
+    KEYRING_LOCKED = "keyring_locked"
+    CORRUPT_IDENTITY = "corrupt_identity"
+    BAD_KEY = "bad_key"  # an imported or given key is unusable (too small, not RSA, not PEM)
+    BAD_ROUTER_KEY = "bad_router_key"
+    PIN_MISMATCH = "pin_mismatch"
+    NOT_PINNED = "not_pinned"
+    DECRYPT_FAILED = "decrypt_failed"  # one opaque code for every unwrap, tag or format failure
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
+    """Base of every message; ``op`` carries the tag on the wire."""
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class PinEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the agent should show pinentry: the asking process's display and terminal.
+
+    It comes from the process that asked, not from wherever the agent was started (a service
+    manager has no DISPLAY). Keys are environment variable names (``DISPLAY``,
+    ``WAYLAND_DISPLAY``, ``DBUS_SESSION_BUS_ADDRESS``, ``XAUTHORITY``, ``TERM``, ``LANG``,
+    ``LC_ALL``, ``LC_CTYPE``, ``GPG_TTY``); ``ttyname`` is the asking terminal, if any.
+    """
+
+    env: dict[str, str] = {}
+    ttyname: str | None = None
+
+
+class Hello(_Msg, frozen=True, tag="hello"):
+    protocol: int = PROTOCOL_VERSION
+    client: str = ""
+    capabilities: list[str] = []
+
+
+class Status(_Msg, frozen=True, tag="status"):
+    pass
+
+
+class PublicKey(_Msg, frozen=True, tag="public_key"):
+    pass
+
+
+class Seal(_Msg, frozen=True, tag="seal"):
+    """Encrypt ``plaintext`` to ``router_key_pem`` after checking it against the origin's pin."""
+
+    origin: str
+    router_key_pem: str
+    plaintext: bytes
+
+
+class Open(_Msg, frozen=True, tag="open"):
+    """Decrypt a package (the JSON bytes of PROTOCOL.md) sealed to our public key."""
+
+    package: bytes
+
+
+class Lock(_Msg, frozen=True, tag="lock"):
+    pass
+
+
+class Unlock(_Msg, frozen=True, tag="unlock"):
+    """Unlock: a given passphrase (scripts), else pinentry when ``pinentry`` is set."""
+
+    passphrase: bytes | None = None
+    pinentry: PinEntry | None = None
+
+
+class Generate(_Msg, frozen=True, tag="generate"):
+    """Make a new identity. ``passphrase`` b"" or None with no pinentry means no passphrase."""
+
+    bits: int = 4096
+    passphrase: bytes | None = None
+    pinentry: PinEntry | None = None
+    force: bool = False
+
+
+class Import(_Msg, frozen=True, tag="import"):
+    """Import a PEM private key (e.g. the public client's ``client_keys/private_key.pem``).
+
+    ``file_password`` opens the PEM if it is encrypted; ``passphrase`` is what to store it under
+    (None with ``pinentry`` set: ask; None without: keep ``file_password``; b"": none).
+    """
+
+    pem: bytes
+    file_password: bytes | None = None
+    passphrase: bytes | None = None
+    pinentry: PinEntry | None = None
+    force: bool = False
+
+
+class PinsList(_Msg, frozen=True, tag="pins_list"):
+    pass
+
+
+class PinAccept(_Msg, frozen=True, tag="pin_accept"):
+    """Accept the key last offered for ``origin`` (after a pin_mismatch), or pin a given one."""
+
+    origin: str
+    router_key_pem: str | None = None
+
+
+class PinForget(_Msg, frozen=True, tag="pin_forget"):
+    origin: str
+
+
+class Watch(_Msg, frozen=True, tag="watch"):
+    """Subscribe: the agent answers with a ``StateEvent`` now and on every change after."""
+
+
+class Stop(_Msg, frozen=True, tag="stop"):
+    pass
+
+
+Request = Union[  # noqa: UP007 - msgspec needs a runtime union object on 3.10
+    Hello,
+    Status,
+    PublicKey,
+    Seal,
+    Open,
+    Lock,
+    Unlock,
+    Generate,
+    Import,
+    PinsList,
+    PinAccept,
+    PinForget,
+    Watch,
+    Stop,
+]
+
+# --- responses -------------------------------------------------------------------------------
+
+
+class HelloReply(_Msg, frozen=True, tag="hello_reply"):
+    protocol: int
+    agent_version: str
+    capabilities: list[str]
+    pid: int
+    autostarted: bool = False
+
+
+class Hardening(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Facts read back from the OS after hardening, never what we merely asked for."""
+
+    not_dumpable: bool
+    core_dumps_disabled: bool
+    key_memory_locked: bool  # the unlocked key's buffers are mlock()ed
+    key_memory_dontdump: bool  # ... and MADV_DONTDUMP
+    process_memory_locked: bool  # mlockall() succeeded
+    ptrace_denied: bool  # same-uid debuggers cannot attach (follows from not_dumpable on Linux)
+    details: list[str] = []  # one line per fact that could not be achieved, and why
+
+
+class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    connections: int = 0
+    requests: int = 0
+    seals: int = 0
+    opens: int = 0
+    errors: int = 0
+    rejected_peers: int = 0
+    failed_unlocks: int = 0
+
+
+class ClientInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pid: int
+    exe: str  # executable name from the peer's credentials (/proc/PID/comm, cmdline)
+    last_seen: float  # wall-clock Unix seconds
+
+
+class StatusReply(_Msg, frozen=True, tag="status_reply"):
+    state: State
+    pid: int
+    protocol: int
+    agent_version: str
+    socket: str
+    fingerprint: str | None  # SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex
+    bits: int | None
+    passphrase_protected: bool | None
+    keyring_backend: str
+    idle_timeout: float  # seconds, 0 = off
+    max_lifetime: float  # seconds, 0 = off
+    idle_left: float | None  # seconds until the idle lock, when unlocked and a timeout is set
+    lifetime_left: float | None
+    unlocked_at: float | None  # wall-clock Unix seconds
+    pin_policy: str
+    hardening: Hardening
+    counters: Counters
+    served_since_unlock: int = 0
+    recent_clients: list[ClientInfo] = []
+    uptime: float = 0.0
+
+
+class IdentityReply(_Msg, frozen=True, tag="identity_reply"):
+    """Answer to PublicKey, Generate and Import."""
+
+    public_key_pem: str
+    fingerprint: str
+    bits: int
+    passphrase_protected: bool
+
+
+class SealReply(_Msg, frozen=True, tag="seal_reply"):
+    package: bytes
+    # Our public key at the time of sealing, for the X-Public-Key header; carried here so a client
+    # never sends a stale key after the identity changed.
+    public_key_pem: str
+    fingerprint: str
+    pinned: Literal["new", "known", "off"] = "known"
+
+
+class OpenReply(_Msg, frozen=True, tag="open_reply"):
+    plaintext: bytes
+    processed_at: float | None = None
+
+
+class PinInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    origin: str
+    fingerprint: str
+    first_seen: float
+    pending_fingerprint: str | None = None  # a different key offered and refused
+
+
+class PinsReply(_Msg, frozen=True, tag="pins_reply"):
+    pins: list[PinInfo]
+    policy: str
+
+
+class Accepted(_Msg, frozen=True, tag="accepted"):
+    """Answer to PinAccept: the origin is now pinned to this key."""
+
+    origin: str
+    fingerprint: str
+
+
+class Ok(_Msg, frozen=True, tag="ok"):
+    pass
+
+
+class Error(_Msg, frozen=True, tag="error"):
+    code: ErrorCode
+    message: str  # lower-case, no final period (age's style)
+    hint: str = ""  # what to do, e.g. "run `nomyo-agent unlock`"
+    origin: str | None = None  # for pin_mismatch
+    fingerprint: str | None = None  # for pin_mismatch: the refused key
+
+
+class StateEvent(_Msg, frozen=True, tag="state_event"):
+    """Pushed to watchers on every change, and once when the watch starts."""
+
+    state: State
+    reason: str  # "watch", "unlock", "lock", "idle_timeout", "max_lifetime", "generate",
+    # "import", "pin_mismatch", "stopping", "served"
+    fingerprint: str | None = None
+    origin: str | None = None  # for pin_mismatch
+    idle_left: float | None = None
+    served_since_unlock: int = 0
+    recent_clients: list[ClientInfo] = []
+
+
+Response = Union[  # noqa: UP007
+    HelloReply,
+    StatusReply,
+    IdentityReply,
+    SealReply,
+    OpenReply,
+    PinsReply,
+    Accepted,
+    Ok,
+    Error,
+    StateEvent,
+]
+
+# --- encoding and framing --------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_response_decoder = msgspec.msgpack.Decoder(Response)
+
+
+def encode(message: _Msg) -> bytes:
+    """The msgpack body of one message, without the length header."""
+    return _encoder.encode(message)
+
+
+def encode_frame(message: _Msg) -> bytes:
+    """One complete frame: length header, then the msgpack body."""
+    body = _encoder.encode(message)
+    if len(body) > MAX_FRAME_BYTES:
+        raise FrameTooLarge(len(body))
+    return HEADER.pack(len(body)) + body
+
+
+def decode_request(body: bytes | memoryview) -> Request:
+    """Decode one request body; raises ``msgspec.ValidationError``/``DecodeError`` if invalid."""
+    return cast(Request, _request_decoder.decode(body))
+
+
+def decode_response(body: bytes | memoryview) -> Response:
+    return cast(Response, _response_decoder.decode(body))
+
+
+class FrameError(Exception):
+    """The byte stream is not a sequence of frames; the connection must be closed."""
+
+
+class FrameTooLarge(FrameError):
+    def __init__(self, length: int) -> None:
+        super().__init__(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte cap")
+        self.length = length
+
+
+class FrameReader:
+    """Sans-I/O frame splitter: feed it bytes, get back complete frame bodies.
+
+    The length is checked before any of the body is buffered. After a ``FrameError`` the reader
+    is unusable, as is the stream it was reading.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._need: int | None = None
+        self._max = max_frame
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not form a complete frame yet (0 between frames)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        self._buf += data
+        while True:
+            if self._need is None:
+                if len(self._buf) < HEADER.size:
+                    return
+                (length,) = HEADER.unpack_from(self._buf)
+                if length > self._max:
+                    raise FrameTooLarge(length)
+                del self._buf[: HEADER.size]
+                self._need = length
+            if len(self._buf) < self._need:
+                return
+            body = bytes(self._buf[: self._need])
+            del self._buf[: self._need]
+            self._need = None
+            yield body

@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/support/, one module per part, registered here."""
+
+pytest_plugins = [
+    "support.desktop",
+]
