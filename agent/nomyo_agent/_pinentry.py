@@ -1,0 +1,403 @@
+"""Asking the user for a passphrase through pinentry, over the Assuan protocol, as gpg-agent does.
+
+Rules of this module:
+
+- The passphrase is never a ``str`` nor a ``bytes`` object. pinentry's answer is received from
+  the socket straight into a ``SecretBuffer`` we own, percent-decoded into the ``SecretBuffer``
+  we return, and the scratch is zeroed on the way out, whatever happens.
+- The child's environment comes only from the asking process (``PinEntry.env``, filtered to the
+  variables a pinentry needs) plus the agent's ``PATH`` and ``HOME``: a graphical pinentry must
+  open on the display of whoever asked, not wherever the agent was started (a service manager
+  has no ``DISPLAY``).
+- Every wait is bounded by ``timeout``; the child is always reaped.
+
+Errors: the user cancelling is ``PinentryCancelledError``; a missing program, a crash, garbage
+on the wire or a timeout is ``PinentryError`` with a hint.
+
+Example::
+
+    where = pinentry_env_from(os.environ, None)
+    secret = await get_passphrase(default_program(), where, title="nomyo-agent",
+                                  description="Unlock the identity 3f2a:91c0:0d4e:77b1")
+    try:
+        use(secret.view)
+    finally:
+        secret.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Mapping
+
+from nomyo_agent._secret import SecretBuffer
+from nomyo_agent.errors import PinentryCancelledError, PinentryError
+from nomyo_agent.protocol import PinEntry
+
+__all__ = ["default_program", "get_passphrase", "pinentry_env_from"]
+
+# What a pinentry needs from the asking process: where to draw (X11, Wayland, a terminal), how
+# to reach the session bus (pinentry-gnome3), and the language. NO_AT_BRIDGE keeps GTK from
+# starting an accessibility bus when the user turned it off.
+_PASSED_VARS = frozenset(
+    {
+        "DISPLAY",
+        "WAYLAND_DISPLAY",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "XAUTHORITY",
+        "XDG_RUNTIME_DIR",  # WAYLAND_DISPLAY is a name relative to it
+        "TERM",
+        "LANG",
+        "GPG_TTY",
+        "NO_AT_BRIDGE",
+    }
+)
+_AGENT_VARS = ("PATH", "HOME")
+
+_LINE_MAX = 1000  # Assuan's line limit, both ways
+_PIN_MAX = 4096  # decoded passphrase bytes we accept; longer is a pinentry bug or an attack
+_GPG_ERR_TIMEOUT = 62
+_CONFIRM_ROUNDS = 3
+_GPG_ERR_CANCELED = 99
+_GPG_ERR_FULLY_CANCELED = 198
+_FALLBACKS = ("pinentry-gnome3", "pinentry-gtk-2", "pinentry-qt", "pinentry-curses", "pinentry-tty")
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+
+
+def default_program() -> str:
+    """The platform's pinentry: ``pinentry-mac`` on macOS, else Debian's ``pinentry`` alternative.
+
+    When that is not on ``PATH``, the first flavour found among the usual ones; when none is,
+    the platform name anyway, so that the error names what to install.
+    """
+    preferred = "pinentry-mac" if sys.platform == "darwin" else "pinentry"
+    for name in (preferred, *_FALLBACKS):
+        found = shutil.which(name)
+        if found:
+            return found
+    return preferred
+
+
+def pinentry_env_from(environ: Mapping[str, str], tty: str | None) -> PinEntry:
+    """Describe where the asking process can show a pinentry (its display, bus and terminal).
+
+    ``tty`` defaults to the terminal on stdin, if stdin is one, else ``GPG_TTY``.
+    """
+    env = {k: v for k, v in environ.items() if k in _PASSED_VARS or k.startswith("LC_")}
+    if tty is None:
+        with contextlib.suppress(OSError):
+            if os.isatty(0):
+                tty = os.ttyname(0)
+    if tty is None:
+        tty = environ.get("GPG_TTY") or None
+    return PinEntry(env=env, ttyname=tty)
+
+
+def _child_env(where: PinEntry) -> dict[str, str]:
+    env = {k: v for k, v in where.env.items() if k in _PASSED_VARS or k.startswith("LC_")}
+    for key in _AGENT_VARS:
+        if key in os.environ:
+            env[key] = os.environ[key]
+    if "XDG_RUNTIME_DIR" not in env and "XDG_RUNTIME_DIR" in os.environ:
+        env["XDG_RUNTIME_DIR"] = os.environ["XDG_RUNTIME_DIR"]  # same user, same runtime dir
+    return env
+
+
+def _escape(text: str, room: int) -> bytes:
+    """Assuan-escape ``%``, CR and LF; clip whole characters so the line fits ``room`` bytes."""
+    while True:
+        out = text.encode("utf-8").replace(b"%", b"%25").replace(b"\r", b"%0D")
+        out = out.replace(b"\n", b"%0A")
+        if len(out) <= room:
+            return out
+        text = text[: len(text) - max(1, (len(out) - room) // 4)]
+
+
+def _locale(env: Mapping[str, str]) -> str | None:
+    for key in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if env.get(key):
+            return env[key]
+    return None
+
+
+class _Conversation:
+    """One Assuan session over a socket; lines land in a scratch ``SecretBuffer``."""
+
+    def __init__(self, sock: socket.socket, scratch: SecretBuffer, program: str) -> None:
+        self._sock = sock
+        self._buf = scratch.view
+        self._start = 0
+        self._end = 0
+        self._program = program
+        self.statuses: list[bytes] = []
+
+    async def send(self, command: bytes, arg: bytes | None = None) -> None:
+        line = command if arg is None else command + b" " + arg
+        await asyncio.get_running_loop().sock_sendall(self._sock, line + b"\n")
+
+    async def _line(self) -> memoryview:
+        """The next line without its newline; valid until the next call."""
+        loop = asyncio.get_running_loop()
+        while True:
+            for i in range(self._start, self._end):
+                if self._buf[i] == 0x0A:
+                    line = self._buf[self._start : i]
+                    self._start = i + 1
+                    return line
+            if self._start:  # keep unread bytes at the front, zero what they leave behind
+                n = self._end - self._start
+                self._buf[:n] = self._buf[self._start : self._end]
+                self._buf[n : self._end] = bytes(self._end - n)
+                self._start, self._end = 0, n
+            if self._end == len(self._buf):
+                raise PinentryError(f"{self._program} sent a line over {_LINE_MAX} bytes")
+            got = await loop.sock_recv_into(self._sock, self._buf[self._end :])
+            if got == 0:
+                raise EOFError
+            self._end += got
+
+    async def result(self, into: SecretBuffer | None = None) -> int:
+        """Read up to ``OK``; decode ``D`` lines into ``into``; return the decoded length."""
+        size = 0
+        while True:
+            line = await self._line()
+            head = bytes(line[:3])  # never more: a "D" line carries the passphrase
+            if head[:2] == b"OK":
+                return size
+            if head[:2] == b"D " and into is not None:
+                size = _decode(line[2:], into, size)
+            elif head == b"ERR":
+                _raise_err(bytes(line), self._program)
+            elif head[:2] == b"S ":
+                self.statuses.append(bytes(line[2:]))
+            elif head[:1] == b"#" or head[:2] == b"D ":
+                continue
+            else:
+                raise PinentryError(f"{self._program} does not speak the pinentry protocol")
+
+
+def _decode(data: memoryview, into: SecretBuffer, size: int) -> int:
+    out = into.view
+    i, n = 0, len(data)
+    while i < n:
+        if size >= len(out):
+            raise PinentryError(f"the passphrase is longer than {_PIN_MAX} bytes")
+        c = data[i]
+        if c == 0x25:  # "%XX"
+            if i + 2 >= n or data[i + 1] not in _HEX or data[i + 2] not in _HEX:
+                raise PinentryError("pinentry sent a malformed escape")
+            c = _HEX[data[i + 1]] * 16 + _HEX[data[i + 2]]
+            i += 2
+        out[size] = c
+        size += 1
+        i += 1
+    return size
+
+
+def _raise_err(line: bytes, program: str) -> None:
+    parts = line.split(b" ", 2)
+    code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    text = parts[2].decode("utf-8", "replace").lower() if len(parts) > 2 else "unknown error"
+    if code & 0xFFFF in (_GPG_ERR_CANCELED, _GPG_ERR_FULLY_CANCELED):
+        raise PinentryCancelledError("the passphrase entry was cancelled", hint="")
+    if code & 0xFFFF == _GPG_ERR_TIMEOUT:
+        raise PinentryError(
+            f"{program} timed out waiting for the passphrase", hint="unlock again when ready"
+        )
+    raise PinentryError(f"{program} failed: {text}")
+
+
+async def get_passphrase(
+    program: str,
+    where: PinEntry,
+    *,
+    title: str,
+    description: str,
+    prompt: str = "Passphrase:",
+    error: str | None = None,
+    confirm: bool = False,
+    timeout: float = 300.0,
+) -> SecretBuffer:
+    """Run ``program`` on the asker's display or terminal and return what the user typed.
+
+    ``confirm`` asks twice (a new passphrase) and returns only when both entries match. The
+    caller owns the result and must ``close()`` it. Raises ``PinentryCancelledError`` when the
+    user cancels, ``PinentryError`` for anything else that keeps us from getting an answer.
+    """
+    name = os.path.basename(program)
+    env = _child_env(where)
+    parent, child = socket.socketpair()
+    # stderr goes to a plain pipe read once the child is gone: its last line is the best hint
+    # when a pinentry dies (e.g. "cannot open display"), and no asyncio transport outlives us.
+    err_r, err_w = os.pipe()
+    os.set_blocking(err_r, False)
+    proc: asyncio.subprocess.Process | None = None
+    scratch = SecretBuffer(_LINE_MAX + 24)
+    answered = False
+    try:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                program,
+                stdin=child.fileno(),
+                stdout=child.fileno(),
+                stderr=err_w,
+                env=env,
+                start_new_session=True,  # a terminal's Ctrl-C must not kill it behind our back
+            )
+        except OSError as exc:
+            raise PinentryError(
+                f"cannot run the pinentry program {program}: {exc.strerror}"
+            ) from exc
+        finally:
+            child.close()
+            os.close(err_w)
+        parent.setblocking(False)
+        talk = _Conversation(parent, scratch, name)
+        try:
+            pin = await asyncio.wait_for(
+                _ask(
+                    talk,
+                    where,
+                    env,
+                    title=title,
+                    description=description,
+                    prompt=prompt,
+                    error=error,
+                    confirm=confirm,
+                    timeout=timeout,
+                ),
+                timeout + 5,  # pinentry's own SETTIMEOUT fires first and closes its dialog
+            )
+        except EOFError:
+            rc = await _reap(proc, grace=2.0)
+            raise PinentryError(
+                f"{name} exited ({rc}) before answering{_stderr_tail(err_r)}"
+            ) from None
+        except asyncio.TimeoutError:
+            raise PinentryError(
+                f"no passphrase was entered within {timeout:g} s", hint="unlock again when ready"
+            ) from None
+        except OSError as exc:
+            raise PinentryError(f"lost the pinentry connection: {exc.strerror}") from exc
+        answered = True
+        return pin
+    finally:
+        scratch.close()
+        parent.close()  # pinentry exits on end of input
+        if proc is not None:
+            await _reap(proc, grace=2.0 if answered else 0.0)
+        os.close(err_r)
+
+
+async def _ask(
+    talk: _Conversation,
+    where: PinEntry,
+    env: Mapping[str, str],
+    *,
+    title: str,
+    description: str,
+    prompt: str,
+    error: str | None,
+    confirm: bool,
+    timeout: float,
+) -> SecretBuffer:
+    await talk.result()  # the greeting
+    options = []
+    if where.ttyname:
+        options.append(b"ttyname=" + _escape(where.ttyname, 900))
+        options.append(b"ttytype=" + _escape(env.get("TERM", "xterm"), 200))
+    if _locale(env):
+        options.append(b"lc-ctype=" + _escape(_locale(env) or "", 200))
+    if env.get("DISPLAY"):
+        options.append(b"display=" + _escape(env["DISPLAY"], 200))
+    for option in options:
+        await talk.send(b"OPTION", option)
+        with contextlib.suppress(PinentryError):  # an option this flavour does not know
+            await talk.result()
+    commands = [
+        (b"SETTIMEOUT", str(max(1, int(timeout))).encode()),
+        (b"SETTITLE", _escape(title, 900)),
+        (b"SETDESC", _escape(description, 900)),
+        (b"SETPROMPT", _escape(prompt, 900)),
+    ]
+    if error:
+        commands.append((b"SETERROR", _escape(error, 900)))
+    if confirm:
+        commands.append((b"SETREPEATERROR", _escape("the passphrases do not match", 900)))
+        commands.append((b"SETREPEAT", _escape("Repeat:", 900)))
+    for command, arg in commands:
+        await talk.send(command, arg)
+        with contextlib.suppress(PinentryError):  # e.g. an old pinentry without SETREPEAT
+            await talk.result()
+    first = await _getpin(talk)
+    if not confirm or b"PIN_REPEATED" in talk.statuses:
+        return first
+    # This flavour cannot repeat by itself (pinentry-curses 1.2.1): ask again and compare,
+    # and start over on a mismatch, as the flavours that can repeat do.
+    for _ in range(_CONFIRM_ROUNDS):
+        try:
+            await _set(talk, b"SETERROR", "")
+            await _set(talk, b"SETPROMPT", "Repeat:")
+            second = await _getpin(talk)
+            try:
+                same = len(first) == len(second) and hmac.compare_digest(first.view, second.view)
+            finally:
+                second.close()
+            if same:
+                return first
+            first.close()
+            await _set(talk, b"SETERROR", "the passphrases do not match")
+            await _set(talk, b"SETPROMPT", prompt)
+            first = await _getpin(talk)
+        except BaseException:
+            first.close()
+            raise
+    first.close()
+    raise PinentryError("the passphrases did not match", hint="try again, typing the same twice")
+
+
+async def _set(talk: _Conversation, command: bytes, text: str) -> None:
+    await talk.send(command, _escape(text, 900))
+    await talk.result()
+
+
+async def _getpin(talk: _Conversation) -> SecretBuffer:
+    acc = SecretBuffer(_PIN_MAX)
+    try:
+        await talk.send(b"GETPIN")
+        size = await talk.result(into=acc)
+        pin = SecretBuffer(size)
+        pin.view[:size] = acc.view[:size]
+        return pin
+    finally:
+        acc.close()
+
+
+def _stderr_tail(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        lines = os.read(fd, 4096).decode("utf-8", "replace").strip().splitlines()
+        if lines:
+            return f": {lines[-1][:200]}"
+    return ""
+
+
+async def _reap(proc: asyncio.subprocess.Process, grace: float) -> int:
+    """Wait ``grace`` s for a clean exit, then SIGTERM (so a curses pinentry can restore the
+    terminal), then SIGKILL: a pinentry is never left behind."""
+    for wait, stop in ((grace, proc.terminate), (1.0, proc.kill), (None, None)):
+        if proc.returncode is not None:
+            return proc.returncode
+        if wait:
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(proc.wait(), wait)
+        if stop is None:
+            return await proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            stop()
+    return await proc.wait()
