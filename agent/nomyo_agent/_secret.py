@@ -150,9 +150,10 @@ class SecretBuffer:
         ctypes.memset(self._addr, 0, self._size)
         if self._locked:
             _unlock(self._addr, self._size)
-        self._view.release()
-        # BufferError: someone still holds a slice; the zeroed mapping is freed with it.
+        # BufferError: someone still holds a slice of the view, or an export of it (a cipher
+        # context); the zeroed mapping is then unmapped when the last of those goes away.
         with contextlib.suppress(BufferError):
+            self._view.release()
             self._mm.close()
 
     def __enter__(self) -> SecretBuffer:
