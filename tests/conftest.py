@@ -2,4 +2,6 @@
 
 pytest_plugins = [
     "support.desktop",
+    "support.agent",
+    "support.x11",
 ]

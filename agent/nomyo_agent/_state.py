@@ -1,0 +1,194 @@
+"""The agent's state and its timers, with no I/O of its own.
+
+Rules: time comes from an injected ``Clock`` (``CLOCK_BOOTTIME`` in production, so that time
+spent suspended counts towards the idle timeout and the maximum lifetime); the unlocked key is
+held in exactly one place (``AgentState.key``) so that ``lock`` provably drops the only
+reference; watchers get state changes through bounded queues that drop the oldest event rather
+than let a stuck tray grow the agent's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from nomyo_agent import protocol as p
+
+if TYPE_CHECKING:
+    from nomyo_agent._identity import IdentityInfo, UnlockedKey
+
+__all__ = ["AgentState", "Clock", "MutableCounters", "Peer", "SystemClock"]
+
+RECENT_CLIENTS = 16
+WATCH_QUEUE = 64
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds on a clock that keeps counting during suspend."""
+
+    def wall(self) -> float:
+        """Unix time, for display only."""
+
+
+class SystemClock:
+    _id = getattr(time, "CLOCK_BOOTTIME", None)
+
+    def now(self) -> float:
+        if self._id is not None:
+            return time.clock_gettime(self._id)
+        return time.monotonic()  # macOS/Windows: monotonic; documented in docs/key-custody.md
+
+    def wall(self) -> float:
+        return time.time()
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a connection, from the kernel (SO_PEERCRED/getpeereid)."""
+
+    pid: int
+    uid: int
+    gid: int
+    exe: str
+
+
+@dataclasses.dataclass
+class MutableCounters:
+    connections: int = 0
+    requests: int = 0
+    seals: int = 0
+    opens: int = 0
+    errors: int = 0
+    rejected_peers: int = 0
+    failed_unlocks: int = 0
+
+    def snapshot(self) -> p.Counters:
+        return p.Counters(**dataclasses.asdict(self))
+
+
+class AgentState:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        idle_timeout: float,
+        max_lifetime: float,
+        info: IdentityInfo | None,
+        autostarted: bool = False,
+    ) -> None:
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        self.info = info
+        self.autostarted = autostarted
+        self.key: UnlockedKey | None = None
+        self.unlocked_at: float | None = None  # clock.now()
+        self.unlocked_wall: float | None = None
+        self.last_used: float | None = None
+        self.started = clock.now()
+        self.counters = MutableCounters()
+        self.served_since_unlock = 0
+        self.recent: collections.OrderedDict[int, p.ClientInfo] = collections.OrderedDict()
+        self.failed_unlocks = 0  # consecutive, for the growing delay; reset on success
+        self.watchers: set[asyncio.Queue[p.StateEvent]] = set()
+        self.on_lock: list[Callable[[], None]] = []
+
+    # --- queries -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> p.State:
+        if self.key is not None:
+            return p.State.UNLOCKED
+        return p.State.LOCKED if self.info is not None else p.State.NO_IDENTITY
+
+    def deadlines(self) -> tuple[float | None, float | None]:
+        """When the idle lock and the lifetime lock fall due, on ``clock.now()``'s scale."""
+        if self.key is None or self.unlocked_at is None or self.last_used is None:
+            return None, None
+        idle = self.last_used + self.idle_timeout if self.idle_timeout > 0 else None
+        life = self.unlocked_at + self.max_lifetime if self.max_lifetime > 0 else None
+        return idle, life
+
+    def time_left(self) -> tuple[float | None, float | None]:
+        now = self.clock.now()
+        idle, life = self.deadlines()
+        return (
+            None if idle is None else max(0.0, idle - now),
+            None if life is None else max(0.0, life - now),
+        )
+
+    def next_deadline(self) -> float | None:
+        due = [d for d in self.deadlines() if d is not None]
+        return min(due) if due else None
+
+    def event(self, reason: str, origin: str | None = None) -> p.StateEvent:
+        idle_left, _ = self.time_left()
+        return p.StateEvent(
+            state=self.state,
+            reason=reason,
+            fingerprint=self.info.fingerprint if self.info else None,
+            origin=origin,
+            idle_left=idle_left,
+            served_since_unlock=self.served_since_unlock,
+            recent_clients=list(reversed(self.recent.values())),
+        )
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def emit(self, reason: str, origin: str | None = None) -> None:
+        event = self.event(reason, origin)
+        for queue in self.watchers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    def set_unlocked(self, key: UnlockedKey) -> None:
+        if self.key is not None and self.key is not key:
+            self.key.close()
+        self.key = key
+        now = self.clock.now()
+        self.unlocked_at = self.last_used = now
+        self.unlocked_wall = self.clock.wall()
+        self.served_since_unlock = 0
+        self.recent.clear()
+        self.failed_unlocks = 0
+
+    def lock(self, reason: str) -> bool:
+        """Drop and clear the key; returns whether there was one. Emits ``reason``."""
+        key, self.key = self.key, None
+        self.unlocked_at = self.unlocked_wall = self.last_used = None
+        if key is None:
+            return False
+        key.close()
+        for hook in self.on_lock:
+            hook()
+        self.emit(reason)
+        return True
+
+    def touch(self, peer: Peer) -> None:
+        """A seal or open was served for ``peer``: restart the idle timer, remember the app."""
+        self.last_used = self.clock.now()
+        self.served_since_unlock += 1
+        self.recent.pop(peer.pid, None)
+        self.recent[peer.pid] = p.ClientInfo(
+            pid=peer.pid, exe=peer.exe, last_seen=self.clock.wall()
+        )
+        while len(self.recent) > RECENT_CLIENTS:
+            self.recent.popitem(last=False)
+
+    def check_timers(self) -> str | None:
+        """Lock if a deadline has passed; returns the reason when it locked."""
+        idle, life = self.deadlines()
+        now = self.clock.now()
+        if life is not None and now >= life:
+            self.lock("max_lifetime")
+            return "max_lifetime"
+        if idle is not None and now >= idle:
+            self.lock("idle_timeout")
+            return "idle_timeout"
+        return None

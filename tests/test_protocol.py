@@ -1,0 +1,92 @@
+"""The RPC protocol without I/O: round trips, framing, and malformed input (property tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nomyo_agent import protocol as p
+
+REQUESTS = [
+    p.Hello(client="t", capabilities=["seal"]),
+    p.Status(),
+    p.PublicKey(),
+    p.Seal(origin="https://r.example", router_key_pem="PEM", plaintext=b"\x00\xff" * 10),
+    p.Open(package=b'{"version":"1.0"}'),
+    p.Lock(),
+    p.Unlock(passphrase=b"pw"),
+    p.Unlock(pinentry=p.PinEntry(env={"DISPLAY": ":1"}, ttyname="/dev/pts/3")),
+    p.Generate(bits=2048, force=True),
+    p.Import(pem=b"-----BEGIN", file_password=b"x"),
+    p.PinsList(),
+    p.PinAccept(origin="https://r"),
+    p.PinForget(origin="https://r"),
+    p.Watch(),
+    p.Stop(),
+]
+
+
+@pytest.mark.parametrize("request_", REQUESTS, ids=lambda r: type(r).__name__)
+def test_every_request_round_trips_through_a_frame(request_: p.Request) -> None:
+    frame = p.encode_frame(request_)
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    bodies = list(p.FrameReader().feed(frame))
+    assert [p.decode_request(b) for b in bodies] == [request_]
+
+
+def test_every_request_type_is_in_the_union() -> None:
+    assert {type(r) for r in REQUESTS} == set(p.Request.__args__)  # type: ignore[attr-defined]
+
+
+def test_requests_are_tagged_by_op() -> None:
+    body = msgspec.msgpack.decode(p.encode(p.Lock()))
+    assert body == {"op": "lock"}
+
+
+def test_unknown_fields_and_ops_are_refused() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        p.decode_request(msgspec.msgpack.encode({"op": "lock", "extra": 1}))
+    with pytest.raises(msgspec.ValidationError):
+        p.decode_request(msgspec.msgpack.encode({"op": "format_disk"}))
+    with pytest.raises(msgspec.ValidationError):
+        p.decode_request(msgspec.msgpack.encode({"op": "seal", "origin": 1}))
+
+
+def test_responses_round_trip() -> None:
+    err = p.Error(code=p.ErrorCode.PIN_MISMATCH, message="m", hint="h", origin="o", fingerprint="f")
+    assert p.decode_response(p.encode(err)) == err
+
+
+def test_oversized_length_is_refused_before_the_body_arrives() -> None:
+    reader = p.FrameReader()
+    with pytest.raises(p.FrameTooLarge):
+        list(reader.feed(struct.pack(">I", p.MAX_FRAME_BYTES + 1)))
+
+
+def test_cap_holds_a_maximal_protocol_payload() -> None:
+    # 10 MiB of JSON sealed is ~13.4 MiB of base64 in the package: it must fit in one frame.
+    package = b"x" * (10 * 1024 * 1024 * 4 // 3 + 4096)
+    assert len(p.encode_frame(p.Open(package=package))) < p.MAX_FRAME_BYTES
+
+
+@given(st.lists(st.sampled_from(REQUESTS), max_size=8), st.integers(1, 64))
+def test_frames_split_anywhere_reassemble(requests: list[p.Request], chunk: int) -> None:
+    stream = b"".join(p.encode_frame(r) for r in requests)
+    reader = p.FrameReader()
+    out = []
+    for i in range(0, len(stream), chunk):
+        out += [p.decode_request(b) for b in reader.feed(stream[i : i + chunk])]
+    assert out == requests
+    assert reader.pending == 0
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=512))
+def test_random_bodies_decode_or_fail_with_msgspec_errors_only(body: bytes) -> None:
+    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+        p.decode_request(body)

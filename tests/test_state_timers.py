@@ -1,0 +1,103 @@
+"""Idle timeout and maximum lifetime, on an injected clock (no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import types
+
+import pytest
+
+from nomyo_agent import protocol as p
+from nomyo_agent._state import AgentState, Peer, SystemClock
+from support.fakes import FakeClock
+
+
+class Key:
+    """Stands for an UnlockedKey: the state only needs to close it."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+INFO = types.SimpleNamespace(fingerprint="ab" * 32)
+PEER = Peer(pid=42, uid=0, gid=0, exe="app.py (python3)")
+
+
+def unlocked(clock: FakeClock, idle: float, life: float) -> tuple[AgentState, Key]:
+    state = AgentState(clock=clock, idle_timeout=idle, max_lifetime=life, info=INFO)  # type: ignore[arg-type]
+    key = Key()
+    state.set_unlocked(key)  # type: ignore[arg-type]
+    return state, key
+
+
+def test_idle_timeout_locks_and_use_restarts_it() -> None:
+    clock = FakeClock()
+    state, key = unlocked(clock, idle=60, life=0)
+    clock.advance(59)
+    assert state.check_timers() is None
+    state.touch(PEER)  # a seal or open restarts the idle timer
+    clock.advance(59)
+    assert state.check_timers() is None
+    assert state.time_left()[0] == pytest.approx(1)
+    clock.advance(1)
+    assert state.check_timers() == "idle_timeout"
+    assert key.closed
+    assert state.state is p.State.LOCKED
+    assert state.key is None
+
+
+def test_max_lifetime_locks_even_when_used() -> None:
+    clock = FakeClock()
+    state, key = unlocked(clock, idle=60, life=100)
+    for _ in range(4):
+        clock.advance(30)
+        state.touch(PEER)
+        if clock.t - 1000 < 100:
+            assert state.check_timers() is None
+    assert state.check_timers() == "max_lifetime"
+    assert key.closed
+
+
+def test_zero_turns_timeouts_off() -> None:
+    clock = FakeClock()
+    state, key = unlocked(clock, idle=0, life=0)
+    clock.advance(10**9)
+    assert state.check_timers() is None
+    assert state.next_deadline() is None
+    assert not key.closed
+
+
+def test_suspend_counts_because_the_clock_is_boottime() -> None:
+    # CLOCK_MONOTONIC stops during suspend; only BOOTTIME makes a suspended laptop lock on resume.
+    assert abs(SystemClock().now() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1.0
+
+
+def test_watchers_hear_locks_and_a_slow_watcher_cannot_grow_memory() -> None:
+    clock = FakeClock()
+    state, _ = unlocked(clock, idle=10, life=0)
+    queue: asyncio.Queue[p.StateEvent] = asyncio.Queue(maxsize=4)
+    state.watchers.add(queue)
+    clock.advance(10)
+    state.check_timers()
+    event = queue.get_nowait()
+    assert (event.state, event.reason) == (p.State.LOCKED, "idle_timeout")
+    for _ in range(100):
+        state.emit("lock")
+    assert queue.qsize() == 4
+
+
+def test_recent_clients_are_tracked_since_unlock() -> None:
+    clock = FakeClock()
+    state, _ = unlocked(clock, idle=0, life=0)
+    for pid in range(20):
+        state.touch(Peer(pid=pid, uid=0, gid=0, exe=f"app{pid}"))
+    state.touch(Peer(pid=3, uid=0, gid=0, exe="app3"))
+    event = state.event("x")
+    assert event.served_since_unlock == 21
+    assert event.recent_clients[0].exe == "app3"
+    assert len(event.recent_clients) == 16
+    state.set_unlocked(Key())  # type: ignore[arg-type]
+    assert state.served_since_unlock == 0
