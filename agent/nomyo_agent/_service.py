@@ -1,0 +1,353 @@
+"""``nomyo-agent install-service``: hand the agent to the user's own service manager.
+
+Linux gets two systemd user units (a socket that systemd listens on, a sandboxed service it
+starts on the first connection); macOS gets a LaunchAgent whose ``Sockets`` entry launchd listens
+on. Rules:
+
+- Rendering is pure: ``plan()`` turns a program, a platform and an environment into file contents
+  and the commands that start and undo them. Only ``install``/``uninstall`` touch the disk or run
+  ``systemctl``/``launchctl``, and ``--print`` shows the plan without doing any of it.
+- Every path written is absolute and resolved at install time (the program of *this*
+  installation, this user's state folder), since neither systemd nor launchd knows our venv.
+- The files in the repository's ``systemd/`` and ``launchd/`` folders are ``plan()``'s output for
+  a pipx/uv-tool install; a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from nomyo_agent.errors import AgentError
+
+__all__ = [
+    "LABEL",
+    "SERVICE_UNIT",
+    "SOCKET_UNIT",
+    "SYSTEMD_LISTEN",
+    "Plan",
+    "ServiceFile",
+    "exec_quote",
+    "install",
+    "launchd_socket_path",
+    "manager_reachable",
+    "plan",
+    "program_argv",
+    "render_plist",
+    "render_service_unit",
+    "render_socket_unit",
+    "uninstall",
+]
+
+SOCKET_UNIT = "nomyo-agent.socket"
+SERVICE_UNIT = "nomyo-agent.service"
+SYSTEMD_LISTEN = "%t/nomyo-agent/agent.sock"  # %t: the user's $XDG_RUNTIME_DIR
+LABEL = "ai.nomyo.agent"
+SOCKET_NAME = "agent"  # LISTEN_FDNAMES on systemd, the Sockets key on launchd
+
+_SOCKET_TEMPLATE = """\
+[Unit]
+Description=nomyo-agent socket (end-to-end encrypted LLM inference identity)
+
+[Socket]
+ListenStream={listen}
+SocketMode=0600
+DirectoryMode=0700
+FileDescriptorName={name}
+# The socket file belongs to systemd: it goes when the unit stops, not when the agent exits.
+RemoveOnStop=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+
+# Every sandbox option below was checked against a running agent (tests/test_systemd_*.py);
+# docs/running.md lists the ones left out and why.
+_SERVICE_TEMPLATE = """\
+[Unit]
+Description=nomyo-agent (end-to-end encrypted LLM inference identity)
+Requires={socket_unit}
+After={socket_unit}
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start}
+# '+': outside the sandbox, which cannot start while a ReadWritePaths= folder is missing.
+ExecStartPre=+/bin/mkdir -p -m 0700 {state_dir}
+Restart=on-failure
+RestartSec=1s
+TimeoutStopSec=30s
+UMask=0077
+LimitCORE=0
+
+# No network at all: only Unix sockets (the session bus, the X11/Wayland socket for pinentry).
+RestrictAddressFamilies=AF_UNIX
+IPAddressDeny=any
+# Writable: the state folder only (router pins, public key, audit log).
+ProtectSystem=strict
+ProtectHome=read-only
+ReadWritePaths={state_dir}
+# Needed for the namespaces below in an unprivileged user manager.
+PrivateUsers=yes
+PrivateDevices=yes
+PrivateMounts=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectProc=invisible
+ProcSubset=pid
+KeyringMode=private
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+
+[Install]
+Also={socket_unit}
+"""
+
+
+@dataclass(frozen=True)
+class ServiceFile:
+    """One file the installer writes."""
+
+    path: Path
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``install-service`` does on one platform, computed without touching anything."""
+
+    files: tuple[ServiceFile, ...]
+    start: tuple[tuple[str, ...], ...]  # commands that enable and start the socket
+    stop: tuple[tuple[str, ...], ...]  # commands that stop and disable it (run before removal)
+    socket_path: str  # where clients find the agent; systemd's %t kept as is
+    undo: str  # the one command that undoes the installation
+
+
+def program_argv(executable: str | None = None) -> list[str]:
+    """The absolute command that runs this installation's ``nomyo-agent``.
+
+    The console script next to the interpreter when there is one (a venv, pipx, uv tool), else
+    ``python -m nomyo_agent``. Paths are made absolute but not resolved: resolving a venv's
+    ``python`` symlink would escape the venv.
+    """
+    python = os.path.abspath(executable or sys.executable)
+    script = Path(python).parent / ("nomyo-agent.exe" if sys.platform == "win32" else "nomyo-agent")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [python, "-m", "nomyo_agent"]
+
+
+def exec_quote(arg: str) -> str:
+    """Quote one argument for a systemd ``Exec*=`` line (``%`` and ``$`` are special there)."""
+    escaped = arg.replace("%", "%%").replace("$", "$$")
+    if escaped and not any(c in escaped for c in " \t\"'\\;"):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_socket_unit(listen: str = SYSTEMD_LISTEN) -> str:
+    """The text of ``nomyo-agent.socket`` listening on ``listen`` (``%t`` allowed)."""
+    return _SOCKET_TEMPLATE.format(listen=listen, name=SOCKET_NAME)
+
+
+def render_service_unit(argv: Sequence[str], state_dir: str, *, specifiers: bool = False) -> str:
+    """The text of ``nomyo-agent.service`` running ``argv serve``, writable ``state_dir``.
+
+    With ``specifiers``, ``%h``-style specifiers in the arguments are kept (the shipped units);
+    otherwise ``%`` and ``$`` are escaped so that any real path means itself.
+    """
+    quote = (lambda a: a) if specifiers else exec_quote
+    return _SERVICE_TEMPLATE.format(
+        socket_unit=SOCKET_UNIT,
+        exec_start=" ".join(quote(a) for a in [*argv, "serve"]),
+        state_dir=quote(state_dir),
+    )
+
+
+def render_plist(argv: Sequence[str], socket_path: str, log_path: str) -> bytes:
+    """The LaunchAgent plist: launchd listens on ``socket_path`` and starts ``argv serve``."""
+    document = {
+        "Label": LABEL,
+        "ProgramArguments": [*argv, "serve"],
+        # launchd owns the listening socket; the agent takes it with launch_activate_socket().
+        "Sockets": {SOCKET_NAME: {"SockPathName": socket_path, "SockPathMode": 0o600}},
+        "EnvironmentVariables": {"NOMYO_AGENT_SOCK": socket_path},
+        "ProcessType": "Background",
+        "StandardErrorPath": log_path,
+    }
+    return plistlib.dumps(document, sort_keys=False)
+
+
+def plan(
+    platform: str = sys.platform,
+    env: Mapping[str, str] | None = None,
+    argv: Sequence[str] | None = None,
+    socket: str | None = None,
+) -> Plan:
+    """Compute the files and commands for ``platform`` (``linux`` or ``darwin``)."""
+    env = os.environ if env is None else env
+    argv = list(argv) if argv is not None else program_argv()
+    home = Path(env.get("HOME") or Path.home())
+    if platform.startswith("linux"):
+        return _systemd_plan(env, home, argv, socket)
+    if platform == "darwin":
+        return _launchd_plan(home, argv, socket, env.get("UID") or str(os.getuid()))
+    raise ValueError(f"install-service does not support {platform} yet")
+
+
+def _xdg(env: Mapping[str, str], var: str, fallback: Path) -> Path:
+    value = env.get(var, "")
+    return Path(value) if value and Path(value).is_absolute() else fallback
+
+
+def _systemd_plan(
+    env: Mapping[str, str], home: Path, argv: Sequence[str], socket: str | None
+) -> Plan:
+    units = _xdg(env, "XDG_CONFIG_HOME", home / ".config") / "systemd" / "user"
+    # The same folder platformdirs.user_state_dir gives the agent (_config.state_dir).
+    state = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state") / "nomyo-agent"
+    files = (
+        ServiceFile(units / SOCKET_UNIT, render_socket_unit(socket or SYSTEMD_LISTEN).encode()),
+        ServiceFile(units / SERVICE_UNIT, render_service_unit(argv, str(state)).encode()),
+    )
+    ctl = ("systemctl", "--user")
+    return Plan(
+        files=files,
+        start=((*ctl, "daemon-reload"), (*ctl, "enable", "--now", SOCKET_UNIT)),
+        stop=((*ctl, "disable", "--now", SOCKET_UNIT, SERVICE_UNIT),),
+        socket_path=socket or SYSTEMD_LISTEN,
+        undo=shlex.join([*argv, "uninstall-service"]),
+    )
+
+
+def launchd_socket_path(home: Path) -> str:
+    """Where the LaunchAgent listens: a folder of the user's that macOS never purges."""
+    return str(home / "Library" / "Application Support" / "nomyo-agent" / "agent.sock")
+
+
+def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
+    path = socket or launchd_socket_path(home)
+    log = str(home / "Library" / "Logs" / "nomyo-agent.log")
+    plist = home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+    domain = f"gui/{uid}"
+    return Plan(
+        files=(ServiceFile(plist, render_plist(argv, path, log)),),
+        # setenv: apps started from now on find the agent, as they find SSH_AUTH_SOCK.
+        start=(
+            ("launchctl", "bootstrap", domain, str(plist)),
+            ("launchctl", "setenv", "NOMYO_AGENT_SOCK", path),
+        ),
+        stop=(
+            ("launchctl", "bootout", f"{domain}/{LABEL}"),
+            ("launchctl", "unsetenv", "NOMYO_AGENT_SOCK"),
+        ),
+        socket_path=path,
+        undo=shlex.join([*argv, "uninstall-service"]),
+    )
+
+
+# --- I/O: everything below writes files or runs the service manager ------------------------------
+
+
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+
+def manager_reachable(platform: str = sys.platform) -> bool:
+    """Whether this session's service manager answers (no user manager in containers, ssh...)."""
+    if platform.startswith("linux"):
+        if shutil.which("systemctl") is None:
+            return False
+        return _run(["systemctl", "--user", "show-environment"]).returncode == 0
+    return platform == "darwin" and shutil.which("launchctl") is not None
+
+
+def _write(file: ServiceFile) -> None:
+    file.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.path.with_name(file.path.name + ".tmp")
+    tmp.write_bytes(file.content)
+    os.replace(tmp, file.path)  # never a half-written unit for a concurrent daemon-reload
+
+
+def install(
+    *, print_only: bool = False, start: bool = True, socket: str | None = None, out: TextIO
+) -> int:
+    """Write the service files, then enable and start the socket if the manager is reachable."""
+    the_plan = plan(socket=socket)
+    if print_only:
+        for file in the_plan.files:
+            out.write(f"# {file.path}\n{file.content.decode()}\n")
+        for cmd in the_plan.start:
+            out.write(f"# then: {shlex.join(cmd)}\n")
+        return 0
+    for file in the_plan.files:
+        _write(file)
+        out.write(f"wrote {file.path}\n")
+    if sys.platform.startswith("linux"):
+        # A missing ReadWritePaths= folder stops the sandbox from starting at all.
+        state = _xdg(os.environ, "XDG_STATE_HOME", Path.home() / ".local" / "state")
+        (state / "nomyo-agent").mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        Path(the_plan.socket_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not start:
+        out.write("not started (--no-start); start it with: " + _commands(the_plan.start) + "\n")
+    elif not manager_reachable():
+        out.write(
+            "the service manager of this session does not answer, so nothing was started\n"
+            f"hint: in your desktop session, run: {_commands(the_plan.start)}\n"
+        )
+    else:
+        for cmd in the_plan.start:
+            result = _run(cmd)
+            if result.returncode != 0:
+                raise AgentError(
+                    f"`{shlex.join(cmd)}` failed: {result.stderr.strip() or result.returncode}",
+                    hint=f"the files are written; undo with `{the_plan.undo}`",
+                )
+            out.write(f"ran {shlex.join(cmd)}\n")
+        out.write(f"the agent now starts on the first connection to {the_plan.socket_path}\n")
+    out.write(f"to undo: {the_plan.undo}\n")
+    return 0
+
+
+def uninstall(*, out: TextIO) -> int:
+    """Stop and disable the service if it runs, then remove the files ``install`` wrote."""
+    the_plan = plan()
+    if manager_reachable() and any(f.path.exists() for f in the_plan.files):
+        for cmd in the_plan.stop:
+            # Failing here is fine (the unit may not be loaded); the files go either way.
+            if _run(cmd).returncode == 0:
+                out.write(f"ran {shlex.join(cmd)}\n")
+    for file in the_plan.files:
+        if file.path.exists():
+            file.path.unlink()
+            out.write(f"removed {file.path}\n")
+    if sys.platform.startswith("linux") and manager_reachable():
+        _run(["systemctl", "--user", "daemon-reload"])
+    return 0
+
+
+def _commands(cmds: Sequence[Sequence[str]]) -> str:
+    return " && ".join(shlex.join(c) for c in cmds)
