@@ -51,6 +51,7 @@ SOCKET_UNIT = "nomyo-agent.socket"
 SERVICE_UNIT = "nomyo-agent.service"
 SYSTEMD_LISTEN = "%t/nomyo-agent/agent.sock"  # %t: the user's $XDG_RUNTIME_DIR
 LABEL = "ai.nomyo.agent"
+MACOS_SUN_PATH = 104  # sizeof(sockaddr_un.sun_path), the terminating NUL included
 SOCKET_NAME = "agent"  # LISTEN_FDNAMES on systemd, the Sockets key on launchd
 
 _SOCKET_TEMPLATE = """\
@@ -249,6 +250,11 @@ def launchd_socket_path(home: Path) -> str:
 
 def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
     path = socket or launchd_socket_path(home)
+    if len(os.fsencode(path)) >= MACOS_SUN_PATH:
+        raise AgentError(
+            f"the socket path {path} is longer than macOS allows ({MACOS_SUN_PATH - 1} bytes)",
+            hint="pass a shorter one with --socket",
+        )
     log = str(home / "Library" / "Logs" / "nomyo-agent.log")
     plist = home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
     domain = f"gui/{uid}"

@@ -1,0 +1,154 @@
+"""macOS: the LaunchAgent plist and ``launch_activate_socket``, checked where launchd cannot run.
+
+launchd exists only on macOS. What is checked here: the plist parses with ``plistlib`` and names
+the socket and program the installer writes; the ctypes marshalling of
+``launch_activate_socket(const char *, int **, size_t *)`` runs against a stand-in with the same
+C signature (a ctypes callback that mallocs the fd array as launchd does, freed by the real libc
+``free``), handing over real listening sockets.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import plistlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nomyo_agent import _launchd, _service
+from nomyo_agent.errors import AgentError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "launchd" / f"{_service.LABEL}.plist"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.malloc.argtypes = (ctypes.c_size_t,)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.free.argtypes = (ctypes.c_void_p,)
+_libc.free.restype = None
+ACTIVATE = ctypes.CFUNCTYPE(ctypes.c_int, *_launchd.ACTIVATE_ARGTYPES)
+
+
+class FakeLaunchd:
+    """Behaves as libSystem's launch_activate_socket for one named socket."""
+
+    def __init__(self, sockets: dict[str, list[int]], error: int = 0) -> None:
+        self.sockets = sockets
+        self.error = error
+        self.freed: list[int] = []
+        self.launch_activate_socket = ACTIVATE(self._activate)
+
+    def _activate(self, name: bytes, fds_out: object, count_out: object) -> int:
+        if self.error:
+            return self.error
+        fds = self.sockets.get(name.decode())
+        if fds is None:
+            return errno.ENOENT
+        array = _libc.malloc(ctypes.sizeof(ctypes.c_int) * len(fds))
+        ints = ctypes.cast(array, ctypes.POINTER(ctypes.c_int))
+        for i, fd in enumerate(fds):
+            ints[i] = fd
+        fds_out[0] = ints  # type: ignore[index]
+        count_out[0] = len(fds)  # type: ignore[index]
+        return 0
+
+    def free(self, pointer: ctypes.c_void_p) -> None:
+        self.freed.append(pointer.value or 0)
+        _libc.free(pointer)
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "agent.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    yield sock, path
+    sock.close()
+
+
+def test_inherited_socket_takes_the_named_socket(listening: tuple[socket.socket, str]) -> None:
+    sock, path = listening
+    fd = os.dup(sock.fileno())
+    extra = os.dup(sock.fileno())  # a second fd for the same name is closed, not leaked
+    fake = FakeLaunchd({"agent": [fd, extra]})
+    got = _launchd.inherited_socket(lib=fake)
+    assert got is not None
+    assert got.fileno() == fd
+    assert got.getblocking() is False
+    assert len(fake.freed) == 1
+    assert fake.freed[0] != 0
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(extra)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(path)
+        got.setblocking(True)
+        conn, _ = got.accept()
+        conn.close()
+    got.close()
+
+
+@pytest.mark.parametrize("error", [errno.ESRCH, errno.ENOENT])
+def test_not_started_by_launchd(error: int) -> None:
+    assert _launchd.inherited_socket(lib=FakeLaunchd({}, error=error)) is None
+
+
+def test_unknown_name_is_not_activation() -> None:
+    assert _launchd.activate_socket("other", lib=FakeLaunchd({"agent": [99]})) == []
+
+
+def test_already_taken_is_an_error() -> None:
+    with pytest.raises(_launchd.LaunchdError, match="did not hand over socket 'agent'"):
+        _launchd.inherited_socket(lib=FakeLaunchd({}, error=errno.EALREADY))
+
+
+def test_no_op_off_macos() -> None:
+    assert _launchd.inherited_socket() is None
+
+
+def test_socket_key_matches_the_plist() -> None:
+    assert _launchd.SOCKET_NAME == _service.SOCKET_NAME
+
+
+def test_shipped_plist_is_the_installer_rendering() -> None:
+    home = Path("/Users/USERNAME")
+    plan = _service.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
+    assert SHIPPED.read_bytes() == plan.files[0].content
+
+
+def test_plist_names_what_the_installer_writes() -> None:
+    home = Path("/Users/ada")
+    argv = ["/opt/nomyo/bin/nomyo-agent"]
+    plan = _service.plan("darwin", {"HOME": str(home)}, argv)
+    (file,) = plan.files
+    assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.agent.plist"
+    doc = plistlib.loads(file.content)
+    assert doc["Label"] == "ai.nomyo.agent"
+    assert doc["ProgramArguments"] == [*argv, "serve"]
+    sock = doc["Sockets"][_launchd.SOCKET_NAME]
+    assert sock["SockPathName"] == plan.socket_path
+    assert plan.socket_path == str(
+        home / "Library" / "Application Support" / "nomyo-agent" / "agent.sock"
+    )
+    assert sock["SockPathMode"] == 0o600
+    assert doc["EnvironmentVariables"]["NOMYO_AGENT_SOCK"] == plan.socket_path
+    assert len(plan.socket_path.encode()) < 104  # sun_path on macOS
+    assert ("launchctl", "setenv", "NOMYO_AGENT_SOCK", plan.socket_path) in plan.start
+    assert plan.start[0][:2] == ("launchctl", "bootstrap")
+    assert plan.undo == "/opt/nomyo/bin/nomyo-agent uninstall-service"
+
+
+def test_plist_with_an_explicit_socket() -> None:
+    plan = _service.plan("darwin", {"HOME": "/Users/ada"}, ["/x/nomyo-agent"], socket="/s/a.sock")
+    doc = plistlib.loads(plan.files[0].content)
+    assert doc["Sockets"]["agent"]["SockPathName"] == "/s/a.sock"
+
+
+def test_socket_path_too_long_for_macos() -> None:
+    home = "/Users/" + "a" * 80
+    with pytest.raises(AgentError, match="longer than macOS allows"):
+        _service.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
