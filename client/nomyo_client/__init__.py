@@ -1,1 +1,84 @@
-"""Placeholder: built in its own issue."""
+"""nomyo_client: the NOMYO secure chat API, with the key held by the nomyo agent.
+
+A drop-in for the public ``nomyo`` client: change ``from nomyo import SecureChatCompletion`` to
+``from nomyo_client import SecureChatCompletion``. Requests are sealed and answers opened by the
+local ``nomyo-agent`` (started on demand), so this package never imports ``cryptography`` and
+never holds a private or AES key.
+
+Example::
+
+    import asyncio
+    from nomyo_client import SecureChatCompletion
+
+    async def main() -> None:
+        async with SecureChatCompletion(base_url="https://api.nomyo.ai") as client:
+            answer = await client.create(
+                model="Qwen/Qwen3-0.6B", messages=[{"role": "user", "content": "Hi"}]
+            )
+            print(answer["choices"][0]["message"]["content"])
+
+    asyncio.run(main())
+
+Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``hint``)::
+
+    APIError
+     ├── InvalidRequestError         400, or refused before sending (also a ValueError)
+     ├── AuthenticationError         401
+     ├── ForbiddenError              403
+     ├── RateLimitError              429
+     ├── ServerError                 500
+     ├── ServiceUnavailableError     503
+     ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     ├── SecurityError               bad package, failed tag, plain HTTP refused
+     │    └── RouterKeyChangedError  the agent refused a changed router key; nothing was sent
+     └── AgentError
+          ├── AgentUnavailableError, AgentLockedError, NoIdentityError, AgentProtocolError
+"""
+
+from __future__ import annotations
+
+from nomyo_client._chat_completion import SecureChatCompletion
+from nomyo_client._completion_client import SecureCompletionClient
+from nomyo_client._errors import (
+    AgentError,
+    AgentLockedError,
+    AgentProtocolError,
+    AgentUnavailableError,
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    ForbiddenError,
+    InvalidRequestError,
+    NoIdentityError,
+    RateLimitError,
+    RouterKeyChangedError,
+    SecurityError,
+    ServerError,
+    ServiceUnavailableError,
+)
+from nomyo_client._retry import RetryPolicy
+from nomyo_client._sync import SyncSecureChatCompletion
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AgentError",
+    "AgentLockedError",
+    "AgentProtocolError",
+    "AgentUnavailableError",
+    "AuthenticationError",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "NoIdentityError",
+    "RateLimitError",
+    "RetryPolicy",
+    "RouterKeyChangedError",
+    "SecureChatCompletion",
+    "SecureCompletionClient",
+    "SecurityError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "SyncSecureChatCompletion",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""``SecureCompletionClient``: the seed's lower-level class, each method done by the agent.
+
+Rules of this module: same method names, signatures and sync/async nature as the seed (and the
+public 0.2.9 client), but no key ever lives here. ``generate_keys`` and ``load_keys`` give the
+agent an identity instead of this object; ``encrypt_payload`` and ``decrypt_response`` are the
+agent's seal and open; the request path is the shared ``Engine``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nomyo_agent import errors as agent_errors
+from nomyo_agent import protocol as p
+from nomyo_agent.connection import AgentConnection
+from nomyo_agent.paths import socket_path
+from nomyo_client import _autostart, _wire
+from nomyo_client._engine import Engine
+from nomyo_client._errors import AgentProtocolError, InvalidRequestError, from_agent_error
+from nomyo_client._retry import RetryPolicy
+
+__all__ = ["SecureCompletionClient"]
+
+
+class SecureCompletionClient:
+    """Seal, send and open secure completion requests; the keys stay in the nomyo agent.
+
+    Example::
+
+        client = SecureCompletionClient(router_url="https://api.nomyo.ai", allow_http=False)
+        client.generate_keys()  # makes sure the agent has an identity
+        payload = {"model": "Qwen/Qwen3-0.6B", "messages": [{"role": "user", "content": "Hi"}]}
+        response = await client.send_secure_request(payload, "my-payload-id")
+    """
+
+    def __init__(
+        self,
+        router_url: str = "https://api.nomyo.ai:12434",
+        allow_http: bool = False,
+        secure_memory: bool = True,
+        max_retries: int = 2,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        agent_socket: str | os.PathLike[str] | None = None,
+        autostart: bool | None = None,
+    ) -> None:
+        self.router_url = router_url.rstrip("/")
+        self.allow_http = allow_http
+        self.secure_memory = secure_memory
+        self.max_retries = max_retries
+        self.public_key_pem: str | None = None
+        self.key_size = 4096
+        self._socket = socket_path(None if agent_socket is None else os.fspath(agent_socket))
+        self._autostart = _autostart.autostart_enabled() if autostart is None else autostart
+        self._engine = Engine(
+            allow_http=allow_http,
+            retry=RetryPolicy(max_retries=max_retries),
+            timeout=timeout,
+            http_client=http_client,
+            agent_socket=self._socket,
+            autostart=autostart,
+        )
+
+    # --- identity (blocking, as in the seed) -------------------------------------------------
+
+    def _blocking_call(self, request: p.Request, expect: type[Any]) -> Any:
+        try:
+            try:
+                conn = AgentConnection.open(self._socket, timeout=120.0)
+            except agent_errors.AgentUnavailableError:
+                if not self._autostart:
+                    raise
+                _autostart.start_agent(self._socket)
+                conn = AgentConnection.open(self._socket, timeout=120.0)
+            with conn:
+                hello = conn.call(p.Hello(client="nomyo_client"), p.HelloReply)
+                if hello.protocol != p.PROTOCOL_VERSION:
+                    raise AgentProtocolError(
+                        f"the agent speaks protocol {hello.protocol}, "
+                        f"this client speaks {p.PROTOCOL_VERSION}"
+                    )
+                return conn.call(request, expect)
+        except agent_errors.AgentError as exc:
+            raise from_agent_error(exc) from exc
+
+    def generate_keys(
+        self, save_to_file: bool = False, key_dir: str = "client_keys", password: str | None = None
+    ) -> None:
+        """Make sure the agent holds an identity, generating one (RSA-4096) if it has none.
+
+        An existing identity is kept (``nomyo-agent keygen --force`` replaces it), so calling
+        this in every process is cheap and keeps one key. ``password``: the passphrase the agent
+        stores a new key under (None: no passphrase). ``save_to_file``: write only the public
+        key to ``key_dir/public_key.pem``; the private key never leaves the agent.
+        """
+        try:
+            reply = self._blocking_call(p.PublicKey(), p.IdentityReply)
+        except Exception as exc:
+            if not isinstance(exc.__cause__, agent_errors.NoIdentityError):
+                raise
+            secret = b"" if password is None else password.encode()
+            reply = self._blocking_call(
+                p.Generate(bits=self.key_size, passphrase=secret), p.IdentityReply
+            )
+        self.public_key_pem = reply.public_key_pem
+        if save_to_file:
+            folder = Path(key_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "public_key.pem").write_text(reply.public_key_pem, encoding="ascii")
+
+    def load_keys(
+        self,
+        private_key_path: str,
+        public_key_path: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        """Import a PEM private key file into the agent (the public client's ``client_keys``).
+
+        ``password`` opens an encrypted file and stays the key's passphrase in the agent. If
+        ``public_key_path`` (or ``public_key.pem`` beside the key) matches the agent's current
+        identity, nothing is imported. The file's bytes pass through this process once; prefer
+        ``nomyo-agent import PATH``, then delete the file.
+        """
+        sibling = Path(public_key_path or Path(private_key_path).with_name("public_key.pem"))
+        try:
+            current = self._blocking_call(p.PublicKey(), p.IdentityReply)
+        except Exception as exc:
+            if not isinstance(exc.__cause__, agent_errors.NoIdentityError):
+                raise
+            current = None
+        same = sibling.is_file() and sibling.read_text().split() == (
+            current.public_key_pem.split() if current else None
+        )
+        if current is not None and same:
+            self.public_key_pem = current.public_key_pem
+            return
+        pem = Path(private_key_path).read_bytes()
+        secret = None if password is None else password.encode()
+        reply = self._blocking_call(p.Import(pem=pem, file_password=secret), p.IdentityReply)
+        self.public_key_pem = reply.public_key_pem
+
+    # --- the wire (async, as in the seed) ----------------------------------------------------
+
+    def _url(self) -> str:
+        return _wire.check_base_url(self.router_url, self.allow_http)
+
+    async def fetch_server_public_key(self) -> str:
+        """GET the router's ``/pki/public_key`` (PEM text); it is also cached for requests."""
+        return await self._engine.fetch_router_key(self._url())
+
+    async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
+        """Seal ``payload`` (an OpenAI request dict) to the router's key: the package bytes."""
+        if not isinstance(payload, dict) or not payload:
+            raise InvalidRequestError("payload must be a non-empty dict", status_code=None)
+        url = self._url()
+        key, _ = await self._engine.router_key(url)
+        body = _encode(payload)
+        sealed = await (await self._engine.agent()).seal(_wire.origin_of(url), key, body)
+        self.public_key_pem = sealed.public_key_pem
+        return sealed.package
+
+    async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> dict[str, Any]:
+        """Open a response package sealed to the agent's key; adds ``_metadata``."""
+        return await self._engine.open(encrypted_response, payload_id)
+
+    async def send_secure_request(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None = None,
+        security_tier: str | None = None,
+    ) -> dict[str, Any]:
+        """Seal ``payload``, POST it, retry what is transient, open the answer."""
+        tier = _wire.check_tier(security_tier)
+        url = self._url()
+        return await self._engine.send(url, _encode(payload), payload_id, api_key, tier)
+
+    async def aclose(self) -> None:
+        await self._engine.aclose()
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    params = {k: v for k, v in payload.items() if k not in ("model", "messages")}
+    leaked = _wire.NON_PAYLOAD_KEYS.intersection(params)
+    for key in leaked:  # the seed's callers pass these as arguments; never let them through
+        params.pop(key)
+    return _wire.build_payload(payload.get("model", ""), payload.get("messages", []), params)

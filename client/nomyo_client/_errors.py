@@ -1,0 +1,198 @@
+"""The client's exceptions: the seed API's names, plus the agent's errors under the same base.
+
+::
+
+    APIError                         message, status_code, error_details, hint
+     ├── InvalidRequestError         400, and client-side refusals (also a ValueError)
+     ├── AuthenticationError         401
+     ├── ForbiddenError              403 (model not allowed for the tier)
+     ├── RateLimitError              429 (retried; ``retry_after`` when the router said)
+     ├── ServerError                 500 (retried)
+     ├── ServiceUnavailableError     503 (retried)
+     ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     ├── SecurityError               bad package, failed tag, wrong recipient, plain HTTP
+     │    └── RouterKeyChangedError  the agent refused a router key that differs from its pin
+     └── AgentError                  the local agent could not help
+          ├── AgentUnavailableError  nothing answers at the socket (and auto-start is off/failed)
+          ├── AgentLockedError       the identity is locked
+          ├── NoIdentityError        the agent has no identity yet
+          └── AgentProtocolError     the agent speaks another protocol version
+
+Rules of this module: every message is one lower-case line with no final period; ``hint`` says
+what to do. Lower-layer errors (``nomyo_agent.errors``, httpx) are translated at the boundary with
+``raise X(...) from exc``, never leaked. The public ``nomyo`` client raises ``ValueError`` for a bad
+``security_tier`` and ``ConnectionError`` when the router cannot be reached; the two mixins keep
+``except ValueError`` / ``except ConnectionError`` in existing code working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nomyo_agent import errors as agent_errors
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AgentError",
+    "AgentLockedError",
+    "AgentProtocolError",
+    "AgentUnavailableError",
+    "AuthenticationError",
+    "ForbiddenError",
+    "InvalidRequestError",
+    "NoIdentityError",
+    "RateLimitError",
+    "RouterKeyChangedError",
+    "SecurityError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "from_agent_error",
+]
+
+
+class APIError(Exception):
+    """Base of every error this client raises. ``str(exc)`` is ``exc.message``."""
+
+    default_status: int | None = None
+    default_hint: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        error_details: dict[str, Any] | None = None,
+        *,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = self.default_status if status_code is None else status_code
+        self.error_details = error_details
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequestError(APIError, ValueError):
+    """The router refused the request as invalid (400), or the client refused it before sending."""
+
+    default_status = 400
+
+
+class AuthenticationError(APIError):
+    """The router refused the API key (401)."""
+
+    default_status = 401
+    default_hint = "check the api_key (or NOMYO_API_KEY)"
+
+
+class ForbiddenError(APIError):
+    """The router refused access (403), e.g. the model is not allowed for the security tier."""
+
+    default_status = 403
+
+
+class RateLimitError(APIError):
+    """Too many requests (429); ``retry_after`` is the router's ``Retry-After`` in seconds."""
+
+    default_status = 429
+    default_hint = "slow down, or raise max_retries"
+    retry_after: float | None = None
+
+
+class ServerError(APIError):
+    """The router failed (500)."""
+
+    default_status = 500
+
+
+class ServiceUnavailableError(APIError):
+    """The inference backend is unavailable (503)."""
+
+    default_status = 503
+    default_hint = "the router's backend is down or busy; retry later"
+
+
+class APIConnectionError(APIError, ConnectionError):
+    """The router could not be reached, dropped the connection or did not answer in time."""
+
+    default_hint = "check the base URL and your network"
+
+
+class SecurityError(APIError):
+    """A security check failed: nothing was sent, or the router's answer was not trustworthy."""
+
+
+class RouterKeyChangedError(SecurityError):
+    """The router's key differs from the one the agent pinned; the request was not sent."""
+
+    def __init__(self, message: str, *, origin: str, fingerprint: str | None, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.origin = origin
+        self.fingerprint = fingerprint
+
+
+class AgentError(APIError):
+    """The local nomyo-agent could not do what the request needed."""
+
+    default_hint = "check `nomyo-agent status`"
+
+
+class AgentUnavailableError(AgentError):
+    """No agent answers at the socket."""
+
+    default_hint = "start it with `nomyo-agent start`, or unset NOMYO_AGENT_AUTOSTART=0"
+
+
+class AgentLockedError(AgentError):
+    """The agent holds an identity but it is locked."""
+
+    default_hint = "run `nomyo-agent unlock` (or unlock from the tray icon)"
+
+
+class NoIdentityError(AgentError):
+    """The agent has no identity yet."""
+
+    default_hint = "run `nomyo-agent keygen`, or `nomyo-agent import client_keys/private_key.pem`"
+
+
+class AgentProtocolError(AgentError):
+    """The agent and this client speak different protocol versions."""
+
+    default_hint = "restart the agent so that it matches the client: `nomyo-agent stop`"
+
+
+def from_agent_error(exc: agent_errors.AgentError) -> APIError:
+    """The client exception for an agent error (raise it ``from exc``)."""
+    hint = exc.hint or None
+    if isinstance(exc, agent_errors.PinMismatchError):
+        origin = exc.origin or "the router"
+        return RouterKeyChangedError(
+            f"the router key of {origin} differs from the pinned one; nothing was sent",
+            origin=origin,
+            fingerprint=exc.fingerprint,
+            hint=(
+                "if the router really rotated its key, run "
+                f"`nomyo-agent pins accept {origin}`, then retry"
+            ),
+        )
+    if isinstance(exc, agent_errors.DecryptFailedError):
+        return SecurityError(
+            "the router's answer could not be decrypted or authenticated",
+            hint="the answer was not sealed to this identity, or it was altered in transit",
+        )
+    if isinstance(exc, agent_errors.BadRouterKeyError):
+        return SecurityError(f"the router's public key is unusable: {exc.message}", hint=hint)
+    if isinstance(exc, agent_errors.AgentUnavailableError):
+        return AgentUnavailableError(exc.message)
+    if isinstance(exc, agent_errors.AgentConnectionError):
+        return AgentError(f"lost the agent connection: {exc.message}", hint=hint)
+    if isinstance(exc, agent_errors.LockedError):
+        return AgentLockedError(exc.message, hint=hint)
+    if isinstance(exc, agent_errors.NoIdentityError):
+        return NoIdentityError(exc.message, hint=hint)
+    if isinstance(exc, agent_errors.ProtocolMismatchError):
+        return AgentProtocolError(exc.message, hint=hint)
+    return AgentError(f"the agent refused: {exc.message}", hint=hint)
