@@ -1,0 +1,222 @@
+"""Where the identity's PKCS#8 PEM is kept: the OS keyring, through the ``keyring`` library.
+
+Rules of this module:
+
+- A ``KeyStore`` stores one value, the identity's PEM (encrypted PKCS#8 when the user chose a
+  passphrase). ``load`` returns it in a ``SecretBuffer`` the caller closes; ``save`` takes any
+  buffer. Every store passes the contract tests in ``tests/test_keystore.py``.
+- ``keyring`` only speaks ``str``. We make the one ``str`` we hand it, and take the one it hands
+  us, and ``wipe`` both as soon as the call returns. Copies inside the backend (secretstorage,
+  jeepney's D-Bus message buffers) are out of our reach; docs/key-custody.md lists them.
+- The backend is the one the user chose (``PYTHON_KEYRING_BACKEND``, ``keyringrc.cfg``) or else
+  ``keyring``'s pick among its *built-in* backends: a plug-in such as ``keyrings.alt`` or
+  ``keyrings.cryptfile`` installed for some other program must never quietly become the place
+  our private key lives (plain files, or a backend that blocks on stdin for a password).
+- Backend failures become ``KeyringUnavailableError`` or ``KeyringLockedError`` with a hint, at
+  this boundary, ``from`` the original exception. Calls block (D-Bus, maybe an unlock prompt):
+  the server runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import keyring
+import keyring.backend
+import keyring.core
+import keyring.errors
+from keyring.backends import chainer, fail
+
+from nomyo_agent._secret import SecretBuffer, wipe
+from nomyo_agent.errors import (
+    AgentError,
+    CorruptIdentityError,
+    KeyringLockedError,
+    KeyringUnavailableError,
+)
+
+__all__ = ["KeyStore", "KeyringStore", "MemoryStore", "default_backend"]
+
+SERVICE = "nomyo-agent"
+USERNAME = "identity"
+
+_UNTRUSTED_PLUGINS = ("keyrings.alt", "keyrings.cryptfile")
+
+
+class KeyStore(Protocol):
+    """One stored secret: the identity's PEM."""
+
+    @property
+    def backend_name(self) -> str:
+        """What ``status`` shows, e.g. ``keyring.backends.SecretService.Keyring``."""
+        ...
+
+    def load(self) -> SecretBuffer | None:
+        """The stored PEM in a new buffer (the caller closes it), or None if nothing is stored."""
+        ...
+
+    def save(self, pem: bytes | bytearray | memoryview) -> None:
+        """Store ``pem``, replacing what was there."""
+        ...
+
+    def delete(self) -> None:
+        """Remove the stored value; nothing happens if there is none."""
+        ...
+
+
+def _dotted(backend: object) -> str:
+    return f"{type(backend).__module__}.{type(backend).__qualname__}"
+
+
+def _untrusted(backend: object) -> bool:
+    if isinstance(backend, chainer.ChainerBackend):
+        return any(_untrusted(b) for b in backend.backends)
+    return type(backend).__module__.startswith(_UNTRUSTED_PLUGINS)
+
+
+def default_backend() -> keyring.backend.KeyringBackend:
+    """The user's explicit choice if any, else the best built-in ``keyring`` backend."""
+    explicit = keyring.core.load_env() or keyring.core.load_config()
+    if explicit is not None:
+        return explicit
+    chosen = keyring.get_keyring()
+    if not _untrusted(chosen):
+        return chosen
+    # Not get_all_keyring()'s list: it is computed once per process and would remember a bus
+    # that was missing the first time. Its first call is still what registers the backends.
+    keyring.backend.get_all_keyring()
+    builtin = [
+        cls
+        for cls in keyring.backend.KeyringBackend.get_viable_backends()
+        if cls.__module__.startswith("keyring.backends.")
+        and not issubclass(cls, (chainer.ChainerBackend, fail.Keyring))
+    ]
+    if not builtin:
+        return fail.Keyring()  # type: ignore[no-untyped-call]
+    best: keyring.backend.KeyringBackend = max(builtin, key=lambda cls: cls.priority)()
+    return best
+
+
+def _translate(exc: Exception, backend: str) -> AgentError:
+    """A backend's failure as one of our errors; the caller raises it ``from exc``."""
+    if isinstance(exc, keyring.errors.KeyringLocked):
+        return KeyringLockedError("the keyring is locked")
+    if isinstance(exc, keyring.errors.NoKeyringError):
+        return KeyringUnavailableError("no OS keyring is available")
+    if isinstance(exc, keyring.errors.InitError) and "dismissed" in str(exc).lower():
+        return KeyringUnavailableError(
+            "the keyring asked to be unlocked or created and nobody answered",
+            "unlock or create your login keyring (e.g. in Seahorse) in this session and retry",
+        )
+    if isinstance(exc, OSError):  # jeepney: no bus at DBUS_SESSION_BUS_ADDRESS, or refused
+        return KeyringUnavailableError(
+            f"cannot reach the keyring service of {backend} ({exc.strerror or exc})"
+        )
+    return KeyringUnavailableError(f"the keyring {backend} failed ({type(exc).__name__}: {exc})")
+
+
+class KeyringStore:
+    """The identity in the OS keyring (Secret Service, macOS Keychain, Windows Credential Locker).
+
+    >>> store = KeyringStore()
+    >>> store.save(pem_buffer.view)
+    >>> with store.load() as stored: ...
+    """
+
+    def __init__(
+        self,
+        service: str = SERVICE,
+        username: str = USERNAME,
+        backend: keyring.backend.KeyringBackend | None = None,
+    ) -> None:
+        self._service = service
+        self._username = username
+        self._backend = backend
+
+    def _ring(self) -> keyring.backend.KeyringBackend:
+        if self._backend is None:
+            try:
+                self._backend = default_backend()
+            except (ImportError, AttributeError, ValueError, TypeError) as exc:
+                raise KeyringUnavailableError(
+                    f"the keyring backend could not be loaded ({exc})",
+                    "check PYTHON_KEYRING_BACKEND and keyringrc.cfg",
+                ) from exc
+            except Exception as exc:  # the named backend is there but not viable (no bus ...)
+                named = os.environ.get("PYTHON_KEYRING_BACKEND", "the default backend")
+                raise _translate(exc, named) from exc
+        return self._backend
+
+    @property
+    def backend_name(self) -> str:
+        try:
+            return _dotted(self._ring())
+        except KeyringUnavailableError:
+            return "unavailable"
+
+    def _call(self, method: str, *args: Any) -> Any:
+        ring = self._ring()
+        try:
+            return getattr(ring, method)(self._service, self._username, *args)
+        except keyring.errors.PasswordDeleteError:
+            if method == "delete_password":
+                return None  # nothing stored: delete is idempotent
+            raise
+        except AgentError:
+            raise
+        except Exception as exc:  # D-Bus, OS and backend errors all end here, translated
+            raise _translate(exc, _dotted(ring)) from exc
+
+    def load(self) -> SecretBuffer | None:
+        value = self._call("get_password")
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise CorruptIdentityError("the keyring returned something that is not text")
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CorruptIdentityError("the stored identity is not valid text") from exc
+        finally:
+            wipe(value)
+        try:
+            return SecretBuffer.from_bytes(raw)
+        finally:
+            wipe(raw)
+
+    def save(self, pem: bytes | bytearray | memoryview) -> None:
+        try:
+            # str(buffer, codec) decodes straight from the buffer: one str, no bytes copy.
+            text = str(memoryview(pem).cast("B"), "ascii")
+        except UnicodeDecodeError as exc:
+            raise CorruptIdentityError("a PEM key must be ASCII text") from exc
+        try:
+            self._call("set_password", text)
+        finally:
+            wipe(text)
+
+    def delete(self) -> None:
+        self._call("delete_password")
+
+
+class MemoryStore:
+    """A KeyStore in this process's memory, for tests (it passes the same contract)."""
+
+    backend_name = "memory"
+
+    def __init__(self) -> None:
+        self._value: SecretBuffer | None = None
+
+    def load(self) -> SecretBuffer | None:
+        return None if self._value is None else SecretBuffer.from_bytes(self._value.view)
+
+    def save(self, pem: bytes | bytearray | memoryview) -> None:
+        new = SecretBuffer.from_bytes(pem)
+        self.delete()
+        self._value = new
+
+    def delete(self) -> None:
+        if self._value is not None:
+            self._value.close()
+        self._value = None
