@@ -1,0 +1,266 @@
+"""Key stores: one contract class every store passes, then the real keyring's failure modes.
+
+The keyring tests use a real gnome-keyring on a private D-Bus (fixture ``desktop``), with this
+process's environment pointed at it, since ``keyring`` reads ``DBUS_SESSION_BUS_ADDRESS`` and
+``PYTHON_KEYRING_BACKEND`` from ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import keyring
+import pytest
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from nomyo_agent import _keystore
+from nomyo_agent._keystore import KeyringStore, KeyStore, MemoryStore
+from nomyo_agent._secret import SecretBuffer
+from nomyo_agent.errors import KeyringLockedError, KeyringUnavailableError
+from support.desktop import REQUIRED, Session, base_env, require_programs
+
+# keyring's SecretService backend leaks its D-Bus connection when get_preferred_collection()
+# raises (locked or missing collection), and jeepney leaks its socket when the bus is missing.
+# The sockets' ResourceWarnings surface whenever the garbage collector gets to them, as
+# "unraisable" warnings that our warnings-as-errors setting would pin on some later test. The
+# tests that provoke these upstream leaks collect them before they end, under this mark.
+LEAKY_BACKEND = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture
+def collect_leaks() -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def pem_4096() -> bytes:
+    key = rsa.generate_private_key(65537, 4096)
+    pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    assert 3200 <= len(pem) <= 3300
+    return pem
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Make this process's environment exactly the session's, for in-process keyring calls."""
+    for name in list(os.environ):
+        if name not in env:
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+class KeyStoreContract:
+    """What every KeyStore does. Subclasses provide the ``store`` fixture."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[KeyStore]:
+        raise NotImplementedError
+
+    def test_missing_is_none(self, store: KeyStore) -> None:
+        assert store.load() is None
+        store.delete()  # deleting nothing is fine
+        assert store.load() is None
+
+    def test_round_trip_pem(self, store: KeyStore, pem_4096: bytes) -> None:
+        store.save(pem_4096)
+        loaded = store.load()
+        assert isinstance(loaded, SecretBuffer)
+        with loaded:
+            assert loaded.view == pem_4096
+        assert isinstance(store.backend_name, str)
+        assert store.backend_name
+
+    def test_round_trip_8_mib(self, store: KeyStore) -> None:
+        value = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/\n" * 131072)[
+            : 8 << 20
+        ]
+        with SecretBuffer.from_bytes(value) as buf:
+            store.save(buf.view)
+        loaded = store.load()
+        assert loaded is not None
+        with loaded:
+            assert len(loaded) == 8 << 20
+            assert loaded.view == value
+
+    def test_overwrite_and_buffer_types(self, store: KeyStore) -> None:
+        store.save(bytearray(b"-----first-----"))
+        store.save(memoryview(b"-----second-----"))
+        loaded = store.load()
+        assert loaded is not None
+        with loaded:
+            assert bytes(loaded.view) == b"-----second-----"
+
+    def test_delete(self, store: KeyStore) -> None:
+        store.save(b"-----value-----")
+        store.delete()
+        assert store.load() is None
+        store.delete()
+
+    def test_loaded_buffer_is_a_copy(self, store: KeyStore) -> None:
+        store.save(b"-----value-----")
+        first = store.load()
+        assert first is not None
+        first.close()
+        again = store.load()
+        assert again is not None
+        with again:
+            assert bytes(again.view) == b"-----value-----"
+
+
+class TestMemoryStore(KeyStoreContract):
+    @pytest.fixture
+    def store(self) -> KeyStore:
+        return MemoryStore()
+
+
+class TestKeyringStoreOnGnomeKeyring(KeyStoreContract):
+    @pytest.fixture
+    def store(self, desktop: Session, monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyStore]:
+        use_env(monkeypatch, desktop.env)
+        store = KeyringStore(service="nomyo-agent-test")
+        yield store
+        store.delete()
+
+    def test_backend_is_secret_service(self, store: KeyStore) -> None:
+        assert store.backend_name == "keyring.backends.SecretService.Keyring"
+
+    def test_value_is_visible_to_other_secret_service_clients(
+        self, store: KeyStore, desktop: Session
+    ) -> None:
+        store.save(b"-----seen by secret-tool-----")
+        out = subprocess.run(
+            ["secret-tool", "lookup", "service", "nomyo-agent-test", "username", "identity"],
+            env=desktop.env, capture_output=True, timeout=20, check=True,
+        )  # fmt: skip
+        assert out.stdout == b"-----seen by secret-tool-----"
+
+
+# --- failure modes of the real keyring ---------------------------------------------------------
+
+
+@LEAKY_BACKEND
+@pytest.mark.usefixtures("collect_leaks")
+def test_no_session_bus(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    use_env(monkeypatch, no_bus_env)
+    store = KeyringStore()
+    for call in (store.load, lambda: store.save(b"x"), store.delete):
+        with pytest.raises(KeyringUnavailableError, match="cannot reach the keyring") as info:
+            call()
+        assert "Secret Service" in info.value.hint
+
+
+def test_no_keyring_at_all(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """keyring's ``fail`` backend (what it picks when nothing is viable) raises NoKeyringError."""
+    use_env(monkeypatch, {**no_bus_env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
+    with pytest.raises(KeyringUnavailableError, match="no OS keyring is available"):
+        KeyringStore().load()
+
+
+def test_misnamed_backend(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    use_env(monkeypatch, {**no_bus_env, "PYTHON_KEYRING_BACKEND": "no.such.Backend"})
+    store = KeyringStore()
+    assert store.backend_name == "unavailable"
+    with pytest.raises(KeyringUnavailableError, match="could not be loaded"):
+        store.load()
+
+
+@LEAKY_BACKEND
+@pytest.mark.usefixtures("collect_leaks")
+def test_locked_collection(desktop: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A locked collection with no display to prompt on: gnome-keyring's prompter cannot open,
+    secretstorage's unlock returns still locked, keyring raises KeyringLocked."""
+    use_env(monkeypatch, desktop.env)
+    store = KeyringStore(service="nomyo-agent-test")
+    store.save(b"-----stored before the lock-----")
+    desktop.lock_keyring()
+    for call in (store.load, lambda: store.save(b"x"), store.delete):
+        with pytest.raises(KeyringLockedError, match="the keyring is locked") as info:
+            call()
+        assert "unlock" in info.value.hint
+
+
+@LEAKY_BACKEND
+@pytest.mark.usefixtures("collect_leaks")
+def test_no_collection_and_no_display(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """gnome-keyring started without --unlock and without a login keyring: creating the
+    default collection needs a prompt, which is dismissed for want of a display."""
+    require_programs(*REQUIRED)
+    env = base_env(tmp_path_factory.mktemp("nocollection"))
+    bus = subprocess.Popen(
+        ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    procs = [bus]
+    try:
+        assert bus.stdout is not None
+        env["DBUS_SESSION_BUS_ADDRESS"] = bus.stdout.readline().decode().strip()
+        bus.stdout.close()
+        procs.append(
+            subprocess.Popen(
+                ["gnome-keyring-daemon", "--foreground", "--components=secrets"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        session = Session(home=tmp_path_factory.getbasetemp(), env=env)
+        deadline = time.monotonic() + 10
+        while not session.name_has_owner("org.freedesktop.secrets"):
+            assert time.monotonic() < deadline, "gnome-keyring did not start"
+            time.sleep(0.02)
+        with pytest.MonkeyPatch.context() as mp:
+            use_env(mp, env)
+            with pytest.raises(KeyringUnavailableError, match="nobody answered") as info:
+                KeyringStore().load()
+        assert "create your login keyring" in info.value.hint
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+# --- which backend we pick ---------------------------------------------------------------------
+
+
+class _PlaintextLookalike:
+    """Stands for keyrings.alt's file backend (not installed here, on purpose)."""
+
+    priority = 1
+
+
+_PlaintextLookalike.__module__ = "keyrings.alt.file"
+
+
+def test_untrusted_plugins_are_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyring.backends import SecretService, chainer
+
+    assert _keystore._untrusted(_PlaintextLookalike())
+    assert not _keystore._untrusted(SecretService.Keyring())  # type: ignore[no-untyped-call]
+    # A chainer is untrusted when any link is: it falls through to the next backend on failure.
+    monkeypatch.setattr(
+        chainer.ChainerBackend,
+        "backends",
+        [SecretService.Keyring(), _PlaintextLookalike()],  # type: ignore[no-untyped-call]
+    )
+    assert _keystore._untrusted(chainer.ChainerBackend())  # type: ignore[no-untyped-call]
+
+
+def test_plugin_never_chosen_by_accident(desktop: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keyring would pick the plug-in (we make it so); we pick the best built-in instead, unless
+    the user named a backend."""
+    env = dict(desktop.env)
+    del env["PYTHON_KEYRING_BACKEND"]
+    use_env(monkeypatch, env)
+    monkeypatch.setattr(keyring, "get_keyring", _PlaintextLookalike)
+    chosen = _keystore.default_backend()
+    assert type(chosen).__module__ == "keyring.backends.SecretService"
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    assert type(_keystore.default_backend()).__module__ == "keyring.backends.fail"
