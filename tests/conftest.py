@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "support.desktop",
+    "support.devserver",
     "support.agent",
     "support.x11",
 ]
