@@ -1,24 +1,407 @@
-"""Windows named-pipe transport (built in the service-manager issue).
+r"""Windows transport: the named pipe ``\\.\pipe\nomyo-agent-<user>`` where Unix has a socket.
 
-The pipe ``\\\\.\\pipe\\nomyo-agent-<user>`` stands where the Unix socket does elsewhere.
+Rules, each the pipe's answer to a guarantee the Unix socket gets from its 0700 folder:
+
+- Only this user: every instance is created with a protected DACL that allows the current user's
+  SID and nothing else (no Everyone-read, unlike a pipe's default DACL), denies the NETWORK
+  logon SID outright, and names that SID as owner.
+- Local only: ``PIPE_REJECT_REMOTE_CLIENTS`` on every instance.
+- No squatting: the first instance is created with ``FILE_FLAG_FIRST_PIPE_INSTANCE``, so an agent
+  never joins a pipe someone else created; a client checks that the pipe's owner is its own SID
+  before it sends a byte, so it never talks to a pipe another user created first.
+- The security descriptor is built here as bytes (self-relative, MS-DTYP 2.4.6) by pure
+  functions, tested on every platform; only the calls that create, connect and check handles
+  are Windows-only (ctypes on kernel32/advapi32, ``_winapi`` and the asyncio proactor).
 """
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-from typing import Any
+import re
+import struct
+import sys
 
-__all__ = ["connect_pipe", "default_pipe_name", "open_pipe_connection"]
+from nomyo_agent.errors import AgentError
+
+__all__ = [
+    "FILE_ALL_ACCESS",
+    "NETWORK_SID",
+    "build_security_descriptor",
+    "connect_pipe",
+    "default_pipe_name",
+    "open_mode",
+    "open_pipe_connection",
+    "pipe_mode",
+    "serve_pipe",
+    "sid_from_string",
+    "sid_to_string",
+]
+
+# Windows constants (winbase.h / winnt.h); spelled out so that the pure parts need no Windows.
+PIPE_ACCESS_DUPLEX = 0x00000003
+FILE_FLAG_OVERLAPPED = 0x40000000
+FILE_FLAG_FIRST_PIPE_INSTANCE = 0x00080000
+PIPE_TYPE_BYTE = 0x00000000
+PIPE_READMODE_BYTE = 0x00000000
+PIPE_WAIT = 0x00000000
+PIPE_REJECT_REMOTE_CLIENTS = 0x00000008
+PIPE_UNLIMITED_INSTANCES = 255
+FILE_ALL_ACCESS = 0x001F01FF
+ACCESS_ALLOWED_ACE_TYPE = 0
+ACCESS_DENIED_ACE_TYPE = 1
+SE_DACL_PRESENT = 0x0004
+SE_DACL_PROTECTED = 0x1000
+SE_SELF_RELATIVE = 0x8000
+NETWORK_SID = "S-1-5-2"  # every logon over the network ("NU" in SDDL)
+BUFFER_SIZE = 65536
+MAX_PIPE_NAME = 256
+
+_SID = re.compile(r"S-1-(\d+)((?:-\d+){0,15})")
+_NAME_SAFE = re.compile(r"[A-Za-z0-9._-]")
 
 
-def default_pipe_name() -> str:
-    return rf"\\.\pipe\nomyo-agent-{getpass.getuser()}"
+def default_pipe_name(user: str | None = None) -> str:
+    r"""``\\.\pipe\nomyo-agent-<user>``; characters a pipe name cannot hold are %-escaped.
+
+    The escaping is one-to-one, so two user names never share a pipe.
+    """
+    user = getpass.getuser() if user is None else user
+    safe = "".join(
+        c if _NAME_SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in user
+    )
+    name = rf"\\.\pipe\nomyo-agent-{safe}"
+    if len(name) > MAX_PIPE_NAME:
+        raise ValueError(f"the pipe name for user {user!r} is longer than Windows allows")
+    return name
 
 
-def connect_pipe(name: str, timeout: float | None) -> Any:
-    raise NotImplementedError("named pipes are not implemented yet")
+def open_mode(first: bool) -> int:
+    """``dwOpenMode`` for CreateNamedPipeW: duplex, overlapped, first instance when ``first``."""
+    mode = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED
+    return mode | FILE_FLAG_FIRST_PIPE_INSTANCE if first else mode
 
 
-async def open_pipe_connection(name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    raise NotImplementedError("named pipes are not implemented yet")
+def pipe_mode() -> int:
+    """``dwPipeMode``: a byte stream (our frames carry their own length), local clients only."""
+    return PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS
+
+
+def sid_from_string(text: str) -> bytes:
+    """The binary SID (MS-DTYP 2.4.2) for ``S-1-<authority>-<sub>...``."""
+    match = _SID.fullmatch(text)
+    if not match:
+        raise ValueError(f"not a SID: {text!r}")
+    authority = int(match.group(1))
+    subs = [int(s) for s in match.group(2).split("-")[1:]]
+    if authority >= 1 << 48 or any(s >= 1 << 32 for s in subs):
+        raise ValueError(f"not a SID: {text!r}")
+    return (
+        struct.pack("<BB", 1, len(subs))
+        + authority.to_bytes(6, "big")  # the only big-endian field in a SID
+        + struct.pack(f"<{len(subs)}I", *subs)
+    )
+
+
+def sid_to_string(sid: bytes) -> str:
+    """The ``S-1-...`` form of a binary SID; strict about its length."""
+    if len(sid) < 8 or sid[0] != 1 or len(sid) != 8 + 4 * sid[1]:
+        raise ValueError("not a binary SID")
+    subs = struct.unpack(f"<{sid[1]}I", sid[8:])
+    return "-".join(["S-1", str(int.from_bytes(sid[2:8], "big")), *map(str, subs)])
+
+
+def _ace(ace_type: int, mask: int, sid: bytes) -> bytes:
+    return struct.pack("<BBHI", ace_type, 0, 8 + len(sid), mask) + sid
+
+
+def build_security_descriptor(user_sid: bytes) -> bytes:
+    """A self-relative security descriptor: owner ``user_sid``, a protected DACL that denies
+    network logons and allows ``user_sid`` full access, and nothing else.
+
+    The SDDL equivalent is ``O:<user>D:P(D;;FA;;;NU)(A;;FA;;;<user>)``. Deny comes first, as
+    Windows evaluates ACEs in order.
+    """
+    sid_to_string(user_sid)  # validates
+    aces = _ace(ACCESS_DENIED_ACE_TYPE, FILE_ALL_ACCESS, sid_from_string(NETWORK_SID)) + _ace(
+        ACCESS_ALLOWED_ACE_TYPE, FILE_ALL_ACCESS, user_sid
+    )
+    acl = struct.pack("<BBHHH", 2, 0, 8 + len(aces), 2, 0) + aces
+    header_size = 20
+    owner_offset = header_size
+    dacl_offset = owner_offset + len(user_sid)
+    control = SE_SELF_RELATIVE | SE_DACL_PRESENT | SE_DACL_PROTECTED
+    header = struct.pack("<BBHIIII", 1, 0, control, owner_offset, 0, 0, dacl_offset)
+    return header + user_sid + acl
+
+
+def _unsupported() -> OSError:
+    return OSError("named pipes exist only on Windows")
+
+
+# --- Windows only: checked with `mypy --platform win32`, not run on Linux -------------------------
+
+if sys.platform == "win32":
+    import _winapi
+    import asyncio
+    import contextlib
+    import ctypes
+    import time
+    from asyncio import windows_utils
+    from collections.abc import Callable, Coroutine
+    from ctypes import wintypes
+    from typing import Any
+
+    from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError
+
+    _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    _adv = ctypes.WinDLL("advapi32", use_last_error=True)
+    INVALID_HANDLE = wintypes.HANDLE(-1).value
+    ERROR_FILE_NOT_FOUND, ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY = 2, 5, 231
+    ERROR_IO_PENDING, ERROR_BROKEN_PIPE, ERROR_MORE_DATA = 997, 109, 234
+    WAIT_TIMEOUT = 0x102
+    TOKEN_QUERY, TOKEN_USER_CLASS = 0x0008, 1
+    SE_KERNEL_OBJECT, OWNER_SECURITY_INFORMATION = 6, 1
+
+    class _SecurityAttributes(ctypes.Structure):
+        _fields_ = (
+            ("nLength", wintypes.DWORD),
+            ("lpSecurityDescriptor", wintypes.LPVOID),
+            ("bInheritHandle", wintypes.BOOL),
+        )
+
+    _k32.CreateNamedPipeW.argtypes = (
+        wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD,
+        wintypes.DWORD, wintypes.DWORD, ctypes.POINTER(_SecurityAttributes),
+    )  # fmt: skip
+    _k32.CreateNamedPipeW.restype = wintypes.HANDLE
+    _k32.GetNamedPipeClientProcessId.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.ULONG))
+    _k32.GetNamedPipeClientProcessId.restype = wintypes.BOOL
+    _k32.GetCurrentProcess.restype = wintypes.HANDLE
+    _k32.LocalFree.argtypes = (wintypes.HLOCAL,)
+    _adv.OpenProcessToken.argtypes = (
+        wintypes.HANDLE, wintypes.DWORD, ctypes.POINTER(wintypes.HANDLE),
+    )  # fmt: skip
+    _adv.GetTokenInformation.argtypes = (
+        wintypes.HANDLE, ctypes.c_int, wintypes.LPVOID, wintypes.DWORD,
+        ctypes.POINTER(wintypes.DWORD),
+    )  # fmt: skip
+    _adv.GetLengthSid.argtypes = (wintypes.LPVOID,)
+    _adv.GetLengthSid.restype = wintypes.DWORD
+    _adv.GetSecurityInfo.argtypes = (
+        wintypes.HANDLE, ctypes.c_int, wintypes.DWORD, ctypes.POINTER(wintypes.LPVOID),
+        ctypes.POINTER(wintypes.LPVOID), ctypes.POINTER(wintypes.LPVOID),
+        ctypes.POINTER(wintypes.LPVOID), ctypes.POINTER(wintypes.LPVOID),
+    )  # fmt: skip
+    _adv.GetSecurityInfo.restype = wintypes.DWORD
+
+    def _last_error(what: str) -> OSError:
+        code = ctypes.get_last_error()
+        return ctypes.WinError(code, f"{what}: {ctypes.FormatError(code)}")
+
+    def current_user_sid() -> bytes:
+        """This process's user SID, from its token."""
+        token = wintypes.HANDLE()
+        if not _adv.OpenProcessToken(_k32.GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
+            raise _last_error("OpenProcessToken")
+        try:
+            size = wintypes.DWORD(0)
+            _adv.GetTokenInformation(token, TOKEN_USER_CLASS, None, 0, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            if not _adv.GetTokenInformation(token, TOKEN_USER_CLASS, buf, size, ctypes.byref(size)):
+                raise _last_error("GetTokenInformation")
+            psid = ctypes.cast(buf, ctypes.POINTER(wintypes.LPVOID))[0]  # TOKEN_USER.User.Sid
+            return ctypes.string_at(psid, _adv.GetLengthSid(psid))
+        finally:
+            _k32.CloseHandle(token)
+
+    def pipe_owner_sid(handle: int) -> bytes:
+        owner = wintypes.LPVOID()
+        descriptor = wintypes.LPVOID()
+        rc = _adv.GetSecurityInfo(
+            handle, SE_KERNEL_OBJECT, OWNER_SECURITY_INFORMATION, ctypes.byref(owner),
+            None, None, None, ctypes.byref(descriptor),
+        )  # fmt: skip
+        if rc != 0:
+            raise ctypes.WinError(rc)
+        try:
+            return ctypes.string_at(owner.value or 0, _adv.GetLengthSid(owner))
+        finally:
+            _k32.LocalFree(descriptor)
+
+    def _check_owner(handle: int, name: str) -> None:
+        if pipe_owner_sid(handle) != current_user_sid():
+            raise AgentConnectionError(
+                f"the pipe {name} belongs to another user; refusing to talk to it",
+                hint="another account created this pipe first; find and stop its process",
+            )
+
+    def _create_instance(name: str, first: bool, descriptor: bytes) -> int:
+        sd = ctypes.create_string_buffer(descriptor, len(descriptor))
+        attrs = _SecurityAttributes(ctypes.sizeof(_SecurityAttributes), ctypes.addressof(sd), 0)
+        handle = _k32.CreateNamedPipeW(
+            name, open_mode(first), pipe_mode(), PIPE_UNLIMITED_INSTANCES,
+            BUFFER_SIZE, BUFFER_SIZE, 0, ctypes.byref(attrs),
+        )  # fmt: skip
+        if handle is None or handle == INVALID_HANDLE:
+            code = ctypes.get_last_error()
+            if first and code in (ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY):
+                raise AgentError(
+                    f"the pipe {name} exists already: another agent (or someone else) holds it",
+                    hint="use that agent (`nomyo-agent status`), or stop it first",
+                )
+            raise ctypes.WinError(code, f"CreateNamedPipeW({name})")
+        return int(handle)
+
+    class PipeConnection:
+        """A connected client end with the socket methods ``AgentConnection`` uses."""
+
+        def __init__(self, handle: int) -> None:
+            self._handle = handle
+            self._timeout: float | None = None
+
+        def settimeout(self, timeout: float | None) -> None:
+            self._timeout = timeout
+
+        def _wait(self, ov: _winapi.Overlapped) -> int:
+            ms = _winapi.INFINITE if self._timeout is None else int(self._timeout * 1000)
+            if _winapi.WaitForSingleObject(ov.event, ms) == WAIT_TIMEOUT:
+                ov.cancel()
+                ov.GetOverlappedResult(True)
+                raise TimeoutError("timed out")
+            transferred, err = ov.GetOverlappedResult(True)
+            if err not in (0, ERROR_MORE_DATA):
+                raise ctypes.WinError(err)
+            return int(transferred)
+
+        def sendall(self, data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                ov, err = _winapi.WriteFile(self._handle, view, overlapped=True)
+                if err not in (0, ERROR_IO_PENDING):
+                    raise ctypes.WinError(err)
+                view = view[self._wait(ov) :]
+
+        def recv_into(self, buffer: memoryview) -> int:
+            try:
+                ov, err = _winapi.ReadFile(self._handle, len(buffer), overlapped=True)
+            except BrokenPipeError:
+                return 0
+            if err not in (0, ERROR_IO_PENDING, ERROR_MORE_DATA):
+                if err == ERROR_BROKEN_PIPE:
+                    return 0
+                raise ctypes.WinError(err)
+            try:
+                self._wait(ov)
+            except OSError as exc:
+                if getattr(exc, "winerror", None) == ERROR_BROKEN_PIPE:
+                    return 0
+                raise
+            data = ov.getbuffer() or b""
+            buffer[: len(data)] = data
+            return len(data)
+
+        def close(self) -> None:
+            if self._handle:
+                _winapi.CloseHandle(self._handle)
+                self._handle = 0
+
+    def connect_pipe(name: str, timeout: float | None) -> PipeConnection:
+        """Connect to the agent's pipe, waiting up to ``timeout`` while every instance is busy."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                handle = _winapi.CreateFile(
+                    name, _winapi.GENERIC_READ | _winapi.GENERIC_WRITE, 0, _winapi.NULL,
+                    _winapi.OPEN_EXISTING, _winapi.FILE_FLAG_OVERLAPPED, _winapi.NULL,
+                )  # fmt: skip
+                break
+            except OSError as exc:
+                if exc.winerror == ERROR_FILE_NOT_FOUND:
+                    raise AgentUnavailableError(f"no agent is listening at {name}") from exc
+                if exc.winerror != ERROR_PIPE_BUSY:
+                    raise AgentConnectionError(f"cannot connect to {name}: {exc}") from exc
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise AgentConnectionError(f"the agent at {name} stayed busy") from exc
+                with contextlib.suppress(OSError):  # it fails when the pipe vanished meanwhile
+                    _winapi.WaitNamedPipe(name, max(1, min(int(left * 1000), 1000)))
+        conn = PipeConnection(handle)
+        try:
+            _check_owner(handle, name)
+        except BaseException:
+            conn.close()
+            raise
+        conn.settimeout(timeout)
+        return conn
+
+    async def open_pipe_connection(
+        name: str, limit: int = 16 * 1024 * 1024
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The asyncio form of ``connect_pipe`` (needs the default proactor event loop)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.create_pipe_connection(  # type: ignore[attr-defined]
+            lambda: protocol, name
+        )
+        try:
+            _check_owner(transport.get_extra_info("pipe").fileno(), name)
+        except BaseException:
+            transport.close()
+            raise
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    OnConnection = Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter, int], Coroutine[Any, Any, None]
+    ]
+
+    async def serve_pipe(
+        name: str, on_connection: OnConnection, *, limit: int = 16 * 1024 * 1024
+    ) -> None:
+        """Accept clients on ``name`` until cancelled; ``on_connection(reader, writer, peer_pid)``
+        runs as its own task for each. Raises ``AgentError`` if the pipe exists already.
+
+        There is always one unconnected instance waiting, so clients never see "not found"
+        between two accepts.
+        """
+        loop = asyncio.get_running_loop()
+        proactor = loop._proactor  # type: ignore[attr-defined]  # the IOCP behind the loop
+        descriptor = build_security_descriptor(current_user_sid())
+        pending = windows_utils.PipeHandle(_create_instance(name, True, descriptor))
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    pipe = await proactor.accept_pipe(pending)
+                except OSError:  # the client left before we accepted it (ERROR_NO_DATA ...)
+                    pending.close()
+                    pending = windows_utils.PipeHandle(_create_instance(name, False, descriptor))
+                    continue
+                pending = windows_utils.PipeHandle(_create_instance(name, False, descriptor))
+                pid = wintypes.ULONG(0)
+                _k32.GetNamedPipeClientProcessId(pipe.fileno(), ctypes.byref(pid))
+                reader = asyncio.StreamReader(limit=limit, loop=loop)
+                protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+                transport = loop._make_duplex_pipe_transport(  # type: ignore[attr-defined]
+                    pipe, protocol
+                )
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                task = loop.create_task(on_connection(reader, writer, int(pid.value)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            pending.close()
+
+else:
+
+    def connect_pipe(name: str, timeout: float | None) -> object:
+        """Windows only."""
+        raise _unsupported()
+
+    async def open_pipe_connection(name: str) -> tuple[object, object]:
+        """Windows only."""
+        raise _unsupported()
+
+    async def serve_pipe(name: str, on_connection: object) -> None:
+        """Windows only."""
+        raise _unsupported()
