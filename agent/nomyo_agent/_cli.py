@@ -132,6 +132,21 @@ def cmd_start(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from nomyo_agent import _service  # noqa: PLC0415
+
+    # Only an explicit --socket: a NOMYO_AGENT_SOCK left in the shell must not be baked in.
+    return _service.install(
+        print_only=args.print, start=not args.no_start, socket=args.socket, out=sys.stdout
+    )
+
+
+def cmd_uninstall_service(args: argparse.Namespace) -> int:
+    from nomyo_agent import _service  # noqa: PLC0415
+
+    return _service.uninstall(out=sys.stdout)
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     with _connect(args) as conn:
         pid = conn.call(p.Hello(client="nomyo-agent stop"), p.HelloReply).pid
@@ -383,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true", help="print only the environment line")
 
     add("stop", cmd_stop, "stop the agent (the key is dropped)")
+    sp = add(
+        "install-service",
+        cmd_install_service,
+        "let systemd (Linux) or launchd (macOS) start the agent on demand; --socket sets its path",
+    )
+    sp.add_argument("--print", action="store_true", help="show the files; write nothing")
+    sp.add_argument("--no-start", action="store_true", help="write the files; start nothing")
+    add("uninstall-service", cmd_uninstall_service, "undo install-service")
     sp = add("status", cmd_status, "show the state, identity, timers, hardening and counters")
     sp.add_argument("--json", action="store_true")
 
