@@ -104,9 +104,15 @@ class SecureCompletionClient:
             if not isinstance(exc.__cause__, agent_errors.NoIdentityError):
                 raise
             secret = b"" if password is None else password.encode()
-            reply = self._blocking_call(
-                p.Generate(bits=self.key_size, passphrase=secret), p.IdentityReply
-            )
+            try:
+                reply = self._blocking_call(
+                    p.Generate(bits=self.key_size, passphrase=secret), p.IdentityReply
+                )
+            except Exception as again:
+                # Another process generated one meanwhile: keep it, as documented.
+                if not isinstance(again.__cause__, agent_errors.IdentityExistsError):
+                    raise
+                reply = self._blocking_call(p.PublicKey(), p.IdentityReply)
         self.public_key_pem = reply.public_key_pem
         if save_to_file:
             folder = Path(key_dir)
