@@ -99,7 +99,7 @@ class DevServer:
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(
             target=self._http.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": 0.05},
             name=f"nomyo-devserver:{self.port}",
             daemon=True,
         )

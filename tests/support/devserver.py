@@ -20,6 +20,7 @@ import ipaddress
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -76,6 +77,10 @@ class TLSFiles:
     def ca(self) -> Path:
         """The self-signed certificate is its own CA: trust this file."""
         return self.cert
+
+    def context(self) -> ssl.SSLContext:
+        """A client context trusting only this certificate (httpx's ``verify=``)."""
+        return ssl.create_default_context(cafile=str(self.cert))
 
 
 @dataclass
@@ -191,7 +196,7 @@ def start_devserver(
         key_file=key_file,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
-        verify=str(tls.ca) if tls is not None else True,
+        verify=tls.context() if tls is not None else True,
         _pool=pool,
         _seen_lines=0,
     )

@@ -30,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["peer_key_dir", "peer_python", "run_peer", "run_public_client"]
+__all__ = ["chat_op", "peer_key_dir", "peer_python", "run_peer", "run_public_client"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,8 +126,12 @@ def peer_key_dir() -> str:
     return folder
 
 
-def run_peer(ops: list[dict[str, Any]], *, timeout: float = 90) -> list[dict[str, Any]]:
-    """Run the peer program on ``ops``; one result dict per op, in order."""
+def run_peer(
+    ops: list[dict[str, Any]], *, timeout: float = 90, env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Run the peer program on ``ops``; one result dict per op, in order.
+
+    ``env`` adds variables (e.g. ``SSL_CERT_FILE`` to trust a test certificate)."""
     proc = subprocess.run(
         [peer_python(), "-c", _PROGRAM],
         input=json.dumps({"ops": ops}),
@@ -135,7 +139,7 @@ def run_peer(ops: list[dict[str, Any]], *, timeout: float = 90) -> list[dict[str
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )
     if proc.returncode != 0 or not proc.stdout.strip():
         raise AssertionError(f"the peer failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -153,11 +157,13 @@ def chat_op(url: str, **chat: Any) -> dict[str, Any]:
     return {"op": "chat", "url": url, "client": client, "create": chat}
 
 
-def run_public_client(url: str, *, timeout: float = 90, **chat: Any) -> dict[str, Any]:
+def run_public_client(
+    url: str, *, timeout: float = 90, env: dict[str, str] | None = None, **chat: Any
+) -> dict[str, Any]:
     """Have the public client complete one chat against ``url``.
 
     Returns ``{"response": {...}}`` or ``{"error": {"type", "mro", "message", "status_code",
     "error_details"}}``, plus ``"elapsed"`` seconds. ``max_retries`` defaults to 0 here (the
     client's own default is 2, with 1 s and 2 s sleeps); pass it to test retries.
     """
-    return run_peer([chat_op(url, **chat)], timeout=timeout)[0]
+    return run_peer([chat_op(url, **chat)], timeout=timeout, env=env)[0]
