@@ -29,6 +29,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 from nomyo_agent import protocol as p
 from nomyo_agent._secret import SecretBuffer
