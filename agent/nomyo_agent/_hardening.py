@@ -58,7 +58,7 @@ def _libc() -> ctypes.CDLL | None:
 def _status() -> dict[str, str]:
     """``/proc/self/status`` as a dict (Linux); empty elsewhere."""
     try:
-        text = open("/proc/self/status").read()  # noqa: SIM115 - tiny, read once
+        text = Path("/proc/self/status").read_text()
     except OSError:
         return {}
     return dict(re.findall(r"^(\w+):\s*(.*)$", text, re.MULTILINE))
