@@ -1,0 +1,269 @@
+"""A real ``systemd --user`` manager runs the installed units (TESTING.md, "systemd").
+
+The manager runs in a private mount namespace (a tmpfs over /run, where it must find
+/run/systemd/system) but with the ``desktop`` session's environment: its runtime folder is the
+session's own, so the socket, the manager's private socket and ``systemctl --user`` are reachable
+from the test without entering the namespace, and the service gets the session bus and keyring.
+There is no journal here: a drop-in sends the agent's output to a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nomyo_agent import _keys
+from nomyo_agent import protocol as p
+from nomyo_agent.connection import AgentConnection
+from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError
+from support.desktop import Session, require_programs
+
+SYSTEMD = "/lib/systemd/systemd"
+AGENT = [sys.executable, "-m", "nomyo_agent"]
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class UserManager:
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+    @property
+    def units(self) -> Path:
+        return Path(self.env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+
+    @property
+    def socket(self) -> str:
+        return str(Path(self.env["XDG_RUNTIME_DIR"]) / "nomyo-agent" / "agent.sock")
+
+    def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["systemctl", "--user", *args],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            pytest.fail(f"systemctl --user {' '.join(args)}: {result.stderr}\n{self.logs()}")
+        return result
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.systemctl("show", unit, *(f"--property={x}" for x in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def agent(self, *args: str, input: bytes = b"") -> subprocess.CompletedProcess[str]:
+        """``nomyo-agent ARGS`` as the user would run it in this session."""
+        result = subprocess.run(
+            [*AGENT, *args], env=self.env, input=input, capture_output=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+        return subprocess.CompletedProcess(
+            result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+        )
+
+    def drop_in(self, name: str, text: str) -> None:
+        folder = self.units / "nomyo-agent.service.d"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.conf").write_text(text)
+
+    def logs(self) -> str:
+        agent_log = Path(self.env["HOME"]) / "agent-service.log"
+        parts = [f"manager log:\n{self.log.read_text(errors='replace')[-3000:]}"]
+        if agent_log.exists():
+            parts.append(f"agent log:\n{agent_log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def wait_for(self, unit: str, state: str, timeout: float = 20.0) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            props = self.show(unit, "ActiveState", "SubState", "Result", "MainPID")
+            if props["ActiveState"] == state:
+                return props
+            if time.monotonic() > deadline:
+                pytest.fail(f"{unit} stayed {props} instead of {state}\n{self.logs()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def user_manager(desktop: Session) -> Iterator[UserManager]:
+    require_programs("unshare", "systemctl")
+    if not Path(SYSTEMD).exists():
+        pytest.fail(f"{SYSTEMD} is missing: install the systemd package", pytrace=False)
+    env = dict(desktop.env)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    log = desktop.home / "manager.log"
+    # Debian's dbus-user-session would start a second session bus at %t/bus and point every
+    # service at it; the session's bus (with the unlocked keyring) is the desktop fixture's.
+    units = Path(env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+    units.mkdir(parents=True, exist_ok=True)
+    for unit in ("dbus.socket", "dbus.service"):
+        (units / unit).symlink_to(os.devnull)
+    script = "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec " + SYSTEMD
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{script} --user"],
+            env=env, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    manager = UserManager(proc, env, log)
+    try:
+        # Not `is-system-running`: it stats /proc/1/root, fails here and answers "offline".
+        deadline = time.monotonic() + 20
+        while manager.systemctl(
+            "show", "--property=SystemState", "--value", check=False
+        ).stdout.strip() not in {"running", "degraded"}:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the user manager did not start\n{manager.logs()}")
+            time.sleep(0.05)
+        yield manager
+    finally:
+        manager.systemctl("exit", check=False)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def install(manager: UserManager, *extra: str) -> str:
+    result = manager.agent("install-service", *extra)
+    assert result.returncode == 0, result.stderr
+    # The agent's stderr goes to a file: there is no journal in this namespace.
+    out = Path(manager.env["HOME"]) / "agent-service.log"
+    manager.drop_in("test-log", f"[Service]\nStandardOutput=append:{out}\nStandardError=inherit\n")
+    manager.systemctl("daemon-reload")
+    return result.stdout
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
+
+
+def test_first_connection_starts_the_sandboxed_agent(user_manager: UserManager) -> None:
+    out = install(user_manager)
+    assert "ran systemctl --user enable --now nomyo-agent.socket" in out
+    assert "to undo: " in out
+    assert out.rstrip().endswith("uninstall-service")
+    sock = Path(user_manager.socket)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    assert user_manager.show("nomyo-agent.socket", "ActiveState")["ActiveState"] == "active"
+    assert user_manager.show("nomyo-agent.service", "ActiveState")["ActiveState"] == "inactive"
+
+    # The first connection starts the agent; nothing else does.
+    with AgentConnection.open(user_manager.socket, timeout=30) as conn:
+        status = conn.call(p.Status(), p.StatusReply)
+    props = user_manager.wait_for("nomyo-agent.service", "active")
+    assert int(props["MainPID"]) == status.pid
+    assert status.socket == user_manager.socket
+
+    # The sandbox is in force on the running agent.
+    st = proc_status(status.pid)
+    assert st["NoNewPrivs"] == "1"
+    assert st["Seccomp"] == "2"
+    assert int(st["CapBnd"], 16) == 0
+    assert os.readlink(f"/proc/{status.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    limits = Path(f"/proc/{status.pid}/limits").read_text()
+    assert any(
+        line.startswith("Max core file size") and " 0 " in line for line in limits.splitlines()
+    )
+
+    # An identity in the session's keyring (no passphrase), then a seal/open round trip.
+    keygen = user_manager.agent("keygen", "--bits", "2048", "--passphrase-stdin", input=b"\n")
+    assert keygen.returncode == 0, keygen.stderr + user_manager.logs()
+    with AgentConnection.open(user_manager.socket, timeout=60) as conn:
+        ident = conn.call(p.PublicKey(), p.IdentityReply)
+        sealed = conn.call(
+            p.Seal(origin="https://self.test", router_key_pem=ident.public_key_pem,
+                   plaintext=b'{"q":"sandboxed"}'),
+            p.SealReply,
+        )  # fmt: skip
+        opened = conn.call(p.Open(package=sealed.package), p.OpenReply)
+    assert opened.plaintext == b'{"q":"sandboxed"}'
+    pins = Path(user_manager.env["XDG_STATE_HOME"]) / "nomyo-agent" / "pins.json"
+    assert pins.exists(), "the state folder was not writable from the sandbox"
+    assert _keys.fingerprint(_keys.load_router_key(ident.public_key_pem)) == ident.fingerprint
+
+    # Restart=on-failure: a crashed agent comes back on the next connection.
+    os.kill(status.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(AgentUnavailableError, AgentConnectionError):
+            with AgentConnection.open(user_manager.socket, timeout=30) as conn:
+                if conn.call(p.Status(), p.StatusReply).pid != status.pid:
+                    break
+        if time.monotonic() > deadline:
+            pytest.fail(f"the agent did not come back\n{user_manager.logs()}")
+        time.sleep(0.1)
+
+    # Stopping is clean: exit 0 after STOPPING=1, and the socket file is gone with the unit.
+    user_manager.systemctl("stop", "nomyo-agent.socket", "nomyo-agent.service")
+    props = user_manager.show(
+        "nomyo-agent.service", "ActiveState", "Result", "ExecMainStatus", "ExecMainCode"
+    )
+    assert props["ActiveState"] == "inactive"
+    assert props["Result"] == "success", user_manager.logs()
+    assert props["ExecMainStatus"] == "0"
+    assert not sock.exists()
+
+
+def test_active_only_once_the_agent_says_ready(user_manager: UserManager, tmp_path: Path) -> None:
+    install(user_manager)
+    # Hold the real agent back before it starts (same PID through exec, so NotifyAccess=main
+    # still applies): systemd must keep the unit "activating" until the agent's READY=1.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    exec_start = user_manager.show("nomyo-agent.service", "ExecStart")["ExecStart"]
+    argv = exec_start.split("argv[]=", 1)[1].split(" ;", 1)[0]
+    user_manager.drop_in(
+        "gate",
+        f"[Service]\nExecStart=\nExecStart=/bin/sh -c 'read _ < {gate}; exec \"$@\"' sh {argv}\n",
+    )
+    user_manager.systemctl("daemon-reload")
+
+    replies: list[p.StatusReply] = []
+
+    def client() -> None:
+        with AgentConnection.open(user_manager.socket, timeout=60) as conn:
+            replies.append(conn.call(p.Status(), p.StatusReply))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    props = user_manager.wait_for("nomyo-agent.service", "activating")
+    time.sleep(0.5)
+    props = user_manager.show("nomyo-agent.service", "ActiveState", "MainPID")
+    assert props["ActiveState"] == "activating"
+    assert not replies  # the client waits in the socket's backlog, not refused
+    with open(gate, "w") as g:
+        g.write("go\n")
+    thread.join(timeout=30)
+    assert replies, user_manager.logs()
+    props = user_manager.wait_for("nomyo-agent.service", "active")
+    assert int(props["MainPID"]) == replies[0].pid
+    user_manager.systemctl("stop", "nomyo-agent.socket")
+
+
+def test_uninstall_stops_and_removes_everything(user_manager: UserManager) -> None:
+    install(user_manager)
+    with AgentConnection.open(user_manager.socket, timeout=30) as conn:
+        conn.call(p.Status(), p.StatusReply)
+    result = user_manager.agent("uninstall-service")
+    assert result.returncode == 0, result.stderr
+    assert "removed" in result.stdout
+    assert not (user_manager.units / "nomyo-agent.socket").exists()
+    assert not (user_manager.units / "nomyo-agent.service").exists()
+    assert not Path(user_manager.socket).exists()
+    for unit in ("nomyo-agent.socket", "nomyo-agent.service"):
+        assert user_manager.show(unit, "ActiveState")["ActiveState"] == "inactive"
