@@ -7,7 +7,7 @@ import struct
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nomyo_agent import protocol as p
@@ -87,6 +87,7 @@ def test_frames_split_anywhere_reassemble(requests: list[p.Request], chunk: int)
 
 @settings(max_examples=300)
 @given(st.binary(max_size=512))
+@example(b"\x81\xa2op\xaapubiic_ke\xb8")  # invalid UTF-8 in a str: msgspec raises a builtin
 def test_random_bodies_decode_or_fail_with_msgspec_errors_only(body: bytes) -> None:
     with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
         p.decode_request(body)

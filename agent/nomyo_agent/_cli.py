@@ -371,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=func)
+        # `nomyo-agent serve --socket X` and `nomyo-agent --socket X serve` both work; SUPPRESS
+        # keeps the subcommand's absent option from overwriting the global one.
+        sp.add_argument(
+            "--socket", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         commands[name] = (func, sp)
         return sp
 

@@ -203,6 +203,8 @@ class AgentServer:
             await self._serve(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # a bug must cost one connection, never the agent
+            log.exception("dropped a connection after an internal error")
         finally:
             self._writers.discard(writer)
             writer.close()

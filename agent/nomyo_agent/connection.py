@@ -23,7 +23,7 @@ import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import TypeVar
+from typing import Protocol, TypeVar, cast
 
 import msgspec
 
@@ -69,10 +69,19 @@ def _length(header: bytes) -> int:
     return int(length)
 
 
+class _Stream(Protocol):
+    """What a blocking connection needs of its transport: a Unix socket or a Windows pipe."""
+
+    def settimeout(self, timeout: float | None) -> None: ...
+    def sendall(self, data: bytes) -> None: ...
+    def recv_into(self, buffer: memoryview) -> int: ...
+    def close(self) -> None: ...
+
+
 class AgentConnection:
     """A blocking connection, for command-line tools and scripts."""
 
-    def __init__(self, sock: socket.socket, path: str) -> None:
+    def __init__(self, sock: _Stream, path: str) -> None:
         self._sock = sock
         self.path = path
 
@@ -83,7 +92,7 @@ class AgentConnection:
         if IS_WINDOWS:
             from nomyo_agent._winpipe import connect_pipe  # noqa: PLC0415 - Windows only
 
-            return cls(connect_pipe(path, timeout), path)
+            return cls(cast(_Stream, connect_pipe(path, timeout)), path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
@@ -177,7 +186,10 @@ class AsyncAgentConnection:
             if IS_WINDOWS:
                 from nomyo_agent._winpipe import open_pipe_connection  # noqa: PLC0415
 
-                reader, writer = await open_pipe_connection(path)
+                reader, writer = cast(
+                    tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                    await open_pipe_connection(path),
+                )
             else:
                 reader, writer = await asyncio.open_unix_connection(
                     path, limit=p.MAX_FRAME_BYTES + p.HEADER.size

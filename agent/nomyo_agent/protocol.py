@@ -421,13 +421,24 @@ def encode_frame(message: _Msg) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def _decode(decoder: msgspec.msgpack.Decoder[object], body: bytes | memoryview) -> object:
+    try:
+        return decoder.decode(body)
+    except msgspec.MsgspecError:
+        raise
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # msgspec lets a few decoding failures through as builtins (invalid UTF-8 in a str):
+        # callers must see one error type for "this body is not a valid message".
+        raise msgspec.DecodeError(f"invalid message: {exc}") from exc
+
+
 def decode_request(body: bytes | memoryview) -> Request:
     """Decode one request body; raises ``msgspec.ValidationError``/``DecodeError`` if invalid."""
-    return cast(Request, _request_decoder.decode(body))
+    return cast(Request, _decode(_request_decoder, body))
 
 
 def decode_response(body: bytes | memoryview) -> Response:
-    return cast(Response, _response_decoder.decode(body))
+    return cast(Response, _decode(_response_decoder, body))
 
 
 class FrameError(Exception):
