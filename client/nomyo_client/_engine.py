@@ -27,6 +27,7 @@ from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import APIConnectionError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from nomyo_client._transport import H11Transport
 
 __all__ = ["DEFAULT_TIMEOUT", "Engine"]
 
@@ -99,9 +100,7 @@ class Engine:
         state = self._state
         if state is not None and state.loop is loop and not state.closed:
             return state
-        http = self._given_http or httpx.AsyncClient(
-            timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=32)
-        )
+        http = self._given_http or httpx.AsyncClient(transport=H11Transport(), timeout=self.timeout)
         agent = AgentLink(self._agent_socket, autostart=self._autostart, key_dir=self._key_dir)
         state = _LoopState(loop=loop, http=http, owns_http=self._given_http is None, agent=agent)
         state.closer = _close_at_loop_shutdown(state)
