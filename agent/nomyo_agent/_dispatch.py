@@ -51,6 +51,7 @@ __all__ = ["AskPassphrase", "Dispatcher", "Services", "unlock_delay"]
 
 log = logging.getLogger("nomyo_agent")
 
+_SLOW = (p.Unlock, p.Generate, p.Import)  # may wait on pinentry, the keyring or a child process
 MAX_ATTEMPTS = 3  # pinentry retries within one unlock, as gpg-agent does
 ROUTER_KEY_CACHE = 32
 
@@ -90,19 +91,60 @@ class Dispatcher:
         self._unlock_lock = asyncio.Lock()
         self._router_keys: OrderedDict[str, tuple[rsa.RSAPublicKey, str]] = OrderedDict()
 
-    async def __call__(self, request: p.Request, peer: Peer) -> p.Response:
+    @staticmethod
+    def immediate(request: p.Request) -> bool:
+        """Whether ``call_now`` can answer it (everything but unlock, generate and import)."""
+        return not isinstance(request, _SLOW)
+
+    def call_now(self, request: p.Request, peer: Peer) -> p.Response:
+        """Answer a request that needs no waiting, synchronously: the server's hot path."""
         self.state.counters.requests += 1
         try:
-            return await self._dispatch(request, peer)
+            return self._now(request, peer)
         except AgentError as exc:
             self.state.counters.errors += 1
             return exc.to_reply()
         except Exception:
-            self.state.counters.errors += 1
-            log.exception("internal error while serving %s", type(request).__name__)
-            return InternalError("the agent failed on this request; see its log").to_reply()
+            return self._internal(request)
 
-    async def _dispatch(self, request: p.Request, peer: Peer) -> p.Response:
+    async def __call__(self, request: p.Request, peer: Peer) -> p.Response:
+        if self.immediate(request):
+            return self.call_now(request, peer)
+        self.state.counters.requests += 1
+        try:
+            return await self._slow(request)
+        except AgentError as exc:
+            self.state.counters.errors += 1
+            return exc.to_reply()
+        except Exception:
+            return self._internal(request)
+
+    def _internal(self, request: p.Request) -> p.Response:
+        self.state.counters.errors += 1
+        log.exception("internal error while serving %s", type(request).__name__)
+        return InternalError("the agent failed on this request; see its log").to_reply()
+
+    async def _slow(self, request: p.Request) -> p.Response:
+        match request:
+            case p.Unlock():
+                try:
+                    return await self._unlock(request)
+                finally:
+                    _wipe_opt(request.passphrase)
+            case p.Generate():
+                try:
+                    return await self._generate(request)
+                finally:
+                    _wipe_opt(request.passphrase)
+            case p.Import():
+                try:
+                    return await self._import(request)
+                finally:
+                    _wipe_opt(request.passphrase)
+                    _wipe_opt(request.file_password)
+        raise InternalError(f"unhandled request {type(request).__name__}")  # pragma: no cover
+
+    def _now(self, request: p.Request, peer: Peer) -> p.Response:
         state = self.state
         match request:
             case p.Seal():
@@ -133,22 +175,6 @@ class Dispatcher:
             case p.Lock():
                 state.lock("lock")
                 return p.Ok()
-            case p.Unlock():
-                try:
-                    return await self._unlock(request)
-                finally:
-                    _wipe_opt(request.passphrase)
-            case p.Generate():
-                try:
-                    return await self._generate(request)
-                finally:
-                    _wipe_opt(request.passphrase)
-            case p.Import():
-                try:
-                    return await self._import(request)
-                finally:
-                    _wipe_opt(request.passphrase)
-                    _wipe_opt(request.file_password)
             case p.PinsList():
                 return p.PinsReply(
                     pins=self.services.pins.list(), policy=self.services.config.pin_policy

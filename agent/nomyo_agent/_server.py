@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -43,6 +44,7 @@ log = logging.getLogger("nomyo_agent")
 FRAME_TIMEOUT = 30.0  # seconds to finish a frame once its header arrived
 DRAIN_TIMEOUT = 10.0  # seconds that requests in flight get at shutdown
 MAX_CONNECTIONS = 512
+WATCH_BACKLOG = 1024 * 1024  # bytes of unsent events before a watcher counts as stuck
 _SECRET_CARRYING = (p.Unlock, p.Generate, p.Import)
 
 
@@ -130,13 +132,23 @@ class AgentServer:
         self._bound: _Bound | None = None
         self._on_ready = on_ready
         self._stop = asyncio.Event()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def request_stop(self) -> None:
         self._stop.set()
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """Keep a reference to a request task until it ends (asyncio keeps only weak ones)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or a ``Stop`` request; then shut down cleanly."""
@@ -144,8 +156,8 @@ class AgentServer:
         if sock is None:
             self._bound = bind_socket(self.path)
             sock = self._bound.sock
-        server = await asyncio.start_unix_server(self._handle, sock=sock)
         loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         timers = asyncio.create_task(self._timers())
@@ -163,9 +175,10 @@ class AgentServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
             self.state.lock("stopping")
-            for writer in list(self._writers):
-                writer.close()
-            await asyncio.sleep(0)  # let the handlers see their closed transports
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+            await asyncio.sleep(0)  # let the transports flush and close
             if self._bound:
                 self._bound.remove()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -184,73 +197,6 @@ class AgentServer:
             if reason:
                 log.info("locked: %s", reason.replace("_", " "))
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock: socket.socket = writer.get_extra_info("socket")
-        try:
-            peer = peer_of(sock)
-        except OSError:
-            writer.close()
-            return
-        if peer.uid != os.getuid() or len(self._writers) >= MAX_CONNECTIONS or self._stop.is_set():
-            if peer.uid != os.getuid():
-                self.state.counters.rejected_peers += 1
-                log.warning("refused a connection from uid %d (pid %d)", peer.uid, peer.pid)
-            writer.close()
-            return
-        self.state.counters.connections += 1
-        self._writers.add(writer)
-        try:
-            await self._serve(reader, writer, peer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception:  # a bug must cost one connection, never the agent
-            log.exception("dropped a connection after an internal error")
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
-        try:
-            header = await reader.readexactly(p.HEADER.size)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        (length,) = p.HEADER.unpack(header)
-        if length > p.MAX_FRAME_BYTES:
-            log.warning("closed a connection that announced a %d-byte frame", length)
-            return None
-        try:
-            return await asyncio.wait_for(reader.readexactly(length), FRAME_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            return None
-
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
-    ) -> None:
-        while not self._stop.is_set():
-            body = await self._read_frame(reader)
-            if body is None:
-                return
-            try:
-                request = p.decode_request(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self.state.counters.errors += 1
-                await self._send(writer, BadRequestError(f"invalid request: {exc}").to_reply())
-                continue
-            if isinstance(request, p.Watch):
-                await self._watch(reader, writer)
-                return
-            self._begin()
-            try:
-                reply = await self.dispatcher(request, peer)
-            finally:
-                self._end()
-                if isinstance(request, _SECRET_CARRYING):
-                    wipe(body)
-            await self._send(writer, reply)
-            if isinstance(request, p.Stop):
-                self.request_stop()
-                return
-
     def _begin(self) -> None:
         self._inflight += 1
         self._idle.clear()
@@ -260,27 +206,136 @@ class AgentServer:
         if self._inflight == 0:
             self._idle.set()
 
-    @staticmethod
-    async def _send(writer: asyncio.StreamWriter, reply: p.Response) -> None:
-        writer.write(p.encode_frame(reply))
-        await writer.drain()
 
-    async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        queue: asyncio.Queue[p.StateEvent] = asyncio.Queue(maxsize=64)
-        self.state.watchers.add(queue)
-        closed = asyncio.ensure_future(reader.read(1))  # a watcher sends nothing; EOF = gone
+class _Connection(asyncio.Protocol):
+    """One client. Requests are answered strictly in order; cheap ones synchronously, as soon as
+    their frame is complete (no task, no stream machinery: the hot path of seal and open), slow
+    ones (unlock, generate, import) in a task while later frames wait their turn."""
+
+    def __init__(self, server: AgentServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.frames = p.FrameReader()
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.busy = False
+        self.watching = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server, state = self.server, self.server.state
         try:
-            await self._send(writer, self.state.event("watch"))
-            while True:
-                got = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({got, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if closed in done:
-                    got.cancel()
-                    return
-                event = got.result()
-                await self._send(writer, event)
-                if event.reason == "stopping":
-                    return
+            self.peer = peer_of(transport.get_extra_info("socket"))
+        except OSError:
+            transport.abort()
+            return
+        if self.peer.uid != os.getuid():
+            state.counters.rejected_peers += 1
+            log.warning("refused a connection from uid %d (pid %d)", self.peer.uid, self.peer.pid)
+            transport.abort()
+            return
+        if len(server.connections) >= MAX_CONNECTIONS or server.stopping:
+            transport.abort()
+            return
+        state.counters.connections += 1
+        server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.server.state.watchers.discard(self._push)
+        self._disarm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.watching or self.transport is None or self.transport.is_closing():
+            return  # a watcher has nothing to say; anything it sends is ignored
+        try:
+            self.pending.extend(self.frames.feed(data))
+        except p.FrameTooLarge as exc:
+            log.warning("closed a connection: %s", exc)
+            self.transport.abort()
+            return
+        # Only a started frame has a deadline: an idle connection between frames is legitimate.
+        if self.frames.pending:
+            if self.timer is None:
+                loop = asyncio.get_running_loop()
+                self.timer = loop.call_later(FRAME_TIMEOUT, self._stalled)
+        else:
+            self._disarm()
+        self._pump()
+
+    # --- requests -------------------------------------------------------------------
+
+    def _stalled(self) -> None:
+        log.warning("closed a connection that stalled mid-frame")
+        if self.transport:
+            self.transport.abort()
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _pump(self) -> None:
+        server, transport = self.server, self.transport
+        assert transport is not None
+        assert self.peer is not None
+        while self.pending and not self.busy and not transport.is_closing():
+            body = self.pending.popleft()
+            try:
+                request = p.decode_request(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                server.state.counters.errors += 1
+                self._send(BadRequestError(f"invalid request: {exc}").to_reply())
+                continue
+            if isinstance(request, p.Watch):
+                self._start_watch()
+                return
+            if server.dispatcher.immediate(request):
+                self._send(server.dispatcher.call_now(request, self.peer))
+                if isinstance(request, p.Stop):
+                    server.request_stop()
+                continue
+            self.busy = True
+            server.track(asyncio.ensure_future(self._slow(request, body)))
+
+    async def _slow(self, request: p.Request, body: bytes) -> None:
+        assert self.peer is not None
+        self.server._begin()
+        try:
+            reply = await self.server.dispatcher(request, self.peer)
         finally:
-            closed.cancel()
-            self.state.watchers.discard(queue)
+            self.server._end()
+            if isinstance(request, _SECRET_CARRYING):
+                wipe(body)
+            self.busy = False
+        self._send(reply)
+        self._pump()
+
+    def _send(self, reply: p.Response) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(p.encode_frame(reply))
+
+    # --- watch -------------------------------------------------------------------
+
+    def _start_watch(self) -> None:
+        self.watching = True
+        self.pending.clear()
+        self._disarm()
+        self._send(self.server.state.event("watch"))
+        self.server.state.watchers.add(self._push)
+
+    def _push(self, event: p.StateEvent) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > WATCH_BACKLOG:
+            log.warning("dropped a watcher that stopped reading")
+            transport.abort()
+            return
+        transport.write(p.encode_frame(event))
+        if event.reason == "stopping":
+            transport.close()

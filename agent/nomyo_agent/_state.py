@@ -3,13 +3,12 @@
 Rules: time comes from an injected ``Clock`` (``CLOCK_BOOTTIME`` in production, so that time
 spent suspended counts towards the idle timeout and the maximum lifetime); the unlocked key is
 held in exactly one place (``AgentState.key``) so that ``lock`` provably drops the only
-reference; watchers get state changes through bounded queues that drop the oldest event rather
-than let a stuck tray grow the agent's memory.
+reference; watchers are callbacks that must not block (the server's drops a watcher whose
+unsent events pile up, rather than let a stuck tray grow the agent's memory).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import time
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["AgentState", "Clock", "MutableCounters", "Peer", "SystemClock"]
 
 RECENT_CLIENTS = 16
-WATCH_QUEUE = 64
 
 
 class Clock(Protocol):
@@ -95,7 +93,7 @@ class AgentState:
         self.served_since_unlock = 0
         self.recent: collections.OrderedDict[int, p.ClientInfo] = collections.OrderedDict()
         self.failed_unlocks = 0  # consecutive, for the growing delay; reset on success
-        self.watchers: set[asyncio.Queue[p.StateEvent]] = set()
+        self.watchers: set[Callable[[p.StateEvent], None]] = set()
         self.on_lock: list[Callable[[], None]] = []
 
     # --- queries -----------------------------------------------------------------------------
@@ -142,10 +140,8 @@ class AgentState:
 
     def emit(self, reason: str, origin: str | None = None) -> None:
         event = self.event(reason, origin)
-        for queue in self.watchers:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(event)
+        for watcher in list(self.watchers):
+            watcher(event)
 
     def set_unlocked(self, key: UnlockedKey) -> None:
         if self.key is not None and self.key is not key:

@@ -1,0 +1,166 @@
+"""Issue 2's figures: unlock time, and what the RPC adds to one ``open`` of a 4 KiB response.
+
+Run with ``./dev figures`` (or ``.venv/bin/python bench/agent_figures.py``). It starts its own
+private D-Bus + gnome-keyring and agent, so it touches nothing of yours, and prints one table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from nomyo_agent import _envelope, _keys
+from nomyo_agent import protocol as p
+from nomyo_agent.connection import AgentConnection
+
+ROUNDS = 200
+OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def median_ms(fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, float]:
+    for _ in range(5):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.9)]
+
+
+def private_session(root: Path) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBUS_", "XDG_", "NOMYO_"))}
+    for name, sub in (("HOME", "home"), ("XDG_RUNTIME_DIR", "run")):
+        (root / sub).mkdir(mode=0o700)
+        env[name] = str(root / sub)
+    env["XDG_STATE_HOME"] = str(root / "home" / "state")
+    env["XDG_CONFIG_HOME"] = str(root / "home" / "config")
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.SecretService.Keyring"
+    bus = subprocess.Popen(
+        ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    assert bus.stdout is not None
+    env["DBUS_SESSION_BUS_ADDRESS"] = bus.stdout.readline().decode().strip()
+    bus.stdout.close()
+    ring = subprocess.Popen(
+        ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    assert ring.stdin is not None
+    ring.stdin.write(b"bench")
+    ring.stdin.close()
+    time.sleep(0.5)
+    return env, [bus, ring]
+
+
+def start_agent(env: dict[str, str], path: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nomyo_agent", "serve", "--socket", path],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit("the agent did not start")
+        time.sleep(0.02)
+    return proc
+
+
+def main() -> None:
+    for program in ("dbus-daemon", "gnome-keyring-daemon"):
+        if shutil.which(program) is None:
+            raise SystemExit(f"error: {program} is missing\nhint: run ./dev setup")
+    rows: list[tuple[str, float, float]] = []
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    wrapped = key.public_key().encrypt(os.urandom(32), OAEP)
+    rows.append(
+        ("bare RSA-4096 OAEP decrypt, in-process", *median_ms(lambda: key.decrypt(wrapped, OAEP)))
+    )
+    response = os.urandom(2048).hex().encode()  # 4 KiB of JSON-ish text
+    package = _envelope.seal(key.public_key(), response)
+    rows.append(
+        ("open 4 KiB package, in-process", *median_ms(lambda: _envelope.open_package(key, package)))
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env, procs = private_session(Path(tmp))
+        path = str(Path(env["XDG_RUNTIME_DIR"]) / "bench.sock")
+        agent = start_agent(env, path)
+        try:
+            conn = AgentConnection.open(path, timeout=120)
+            ident = conn.call(p.Generate(bits=4096, passphrase=b"", force=True), p.IdentityReply)
+            agent_key = _keys.load_router_key(ident.public_key_pem)
+            agent_package = _envelope.seal(agent_key, response)
+            rows.append(
+                (
+                    "open 4 KiB package over the socket",
+                    *median_ms(lambda: conn.call(p.Open(package=agent_package), p.OpenReply)),
+                )
+            )
+            router_pem = _keys.public_pem(key.public_key())
+            seal = p.Seal(
+                origin="http://127.0.0.1:1", router_key_pem=router_pem, plaintext=response
+            )
+            rows.append(
+                ("seal 4 KiB over the socket", *median_ms(lambda: conn.call(seal, p.SealReply)))
+            )
+            rows.append(
+                (
+                    "status round trip over the socket",
+                    *median_ms(lambda: conn.call(p.Status(), p.StatusReply)),
+                )
+            )
+
+            def unlock(passphrase: bytes) -> None:
+                conn.call(p.Lock(), p.Ok)
+                conn.call(p.Unlock(passphrase=passphrase), p.Ok)
+
+            rows.append(
+                ("unlock, no passphrase (keyring -> ready)", *median_ms(lambda: unlock(b""), 20))
+            )
+            conn.call(
+                p.Generate(bits=4096, passphrase=b"bench passphrase", force=True), p.IdentityReply
+            )
+            rows.append(
+                (
+                    "unlock, passphrase (PBKDF2 600k + keyring)",
+                    *median_ms(lambda: unlock(b"bench passphrase"), 10),
+                )
+            )
+            conn.close()
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=10)
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=10)
+
+    print(f"\n{'operation':<46} {'median ms':>10} {'p90 ms':>8}")
+    print("-" * 66)
+    for name, med, p90 in rows:
+        print(f"{name:<46} {med:>10.3f} {p90:>8.3f}")
+    rsa_only, in_process, over_socket = rows[0][1], rows[1][1], rows[2][1]
+    print(
+        f"\nopen over the socket vs the bare RSA decryption: {100 * (over_socket / rsa_only - 1):+.1f} %"
+    )
+    print(
+        f"open over the socket vs open in-process:        {100 * (over_socket / in_process - 1):+.1f} %"
+    )
+
+
+if __name__ == "__main__":
+    main()
