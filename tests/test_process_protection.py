@@ -45,7 +45,7 @@ try:
     s.sendall(bytes.fromhex(sys.argv[2]))
     data = s.recv(65536)
     print("reply" if data else "closed")
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):  # closed before or while we sent
     print("closed")
 except socket.timeout:
     print("timeout")
