@@ -55,7 +55,7 @@ def test_shape_and_usage() -> None:
 
 @given(st.dictionaries(st.text(max_size=5), st.integers(), max_size=5))
 def test_deterministic_whatever_the_key_order(extra: dict[str, int]) -> None:
-    a = req(**{f"x{k}": v for k, v in extra.items()})
+    a = {**req(), **{f"x{k}": v for k, v in extra.items()}}
     b = dict(reversed(list(a.items())))
     assert completion(a) == completion(b)
     assert request_digest(a) == request_digest(json.loads(json.dumps(b, indent=3)))

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nomyo_agent import _envelope
+
+from nomyo_agent import _envelope, _secret
 from nomyo_agent._envelope import Opened, diagnose, open_package, seal
 from nomyo_agent.errors import DecryptFailedError
 from support.peer import peer_key_dir, run_peer
@@ -138,7 +139,7 @@ def test_the_aes_key_and_the_unwrapped_key_are_wiped(
         wiped.append(obj)
         real(obj)
 
-    real = _envelope.wipe
+    real = _secret.wipe
     monkeypatch.setattr(_envelope, "wipe", spy)
     sealed = seal(key.public_key(), b"secret text")
     assert open_package(key, sealed).plaintext == b"secret text"
