@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from nomyo_agent.errors import (
     LockedError,
     NoIdentityError,
     PassphraseRequiredError,
+    PinentryError,
     PinMismatchError,
     ProtocolMismatchError,
 )
@@ -254,6 +256,17 @@ class Dispatcher:
     async def _ask(
         self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: str
     ) -> SecretBuffer:
+        # On X11/Wayland desktops a pinentry needs the asker's terminal or display; with neither
+        # it would fail in a way that looks like a cancel. (pinentry-mac needs neither.)
+        if (
+            sys.platform.startswith("linux")
+            and not where.ttyname
+            and not (where.env.get("DISPLAY") or where.env.get("WAYLAND_DISPLAY"))
+        ):
+            raise PinentryError(
+                "no terminal or display to ask for the passphrase on",
+                hint="run it in a terminal, or pass the passphrase with --passphrase-stdin",
+            )
         return await self.services.ask_passphrase(where, confirm=confirm, error=error, **text)
 
     async def _failed(self) -> None:
