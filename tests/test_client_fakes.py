@@ -80,6 +80,7 @@ class FakeAgent:
     connections: int = 0
     pins: dict[str, str] = field(default_factory=dict)
     imported: list[bytes] = field(default_factory=list)
+    on_stop: Callable[[], None] | None = None  # called after answering Stop
 
     def handle(self, req: p.Request) -> p.Response:
         self.requests.append(req)
@@ -140,8 +141,12 @@ class FakeAgent:
                         self.drop_next -= 1
                         writer.close()
                         return
-                    writer.write(p.encode_frame(self.handle(p.decode_request(body))))
+                    request = p.decode_request(body)
+                    writer.write(p.encode_frame(self.handle(request)))
                     await writer.drain()
+                    if isinstance(request, p.Stop) and self.on_stop is not None:
+                        self.on_stop()
+                        return
         except (ConnectionError, p.FrameError):
             pass
         finally:
@@ -162,6 +167,12 @@ def fake_agent_fixture(tmp_path: Path) -> Iterator[FakeAgent]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+
+    def stop_listening() -> None:  # as a real agent does on Stop: the socket goes away
+        server[0].close()
+        Path(agent.path).unlink(missing_ok=True)
+
+    agent.on_stop = stop_listening
     yield agent
 
     async def stop() -> None:

@@ -1,0 +1,136 @@
+"""Agent auto-start, as gpg starts gpg-agent: two clients that find no agent at the same moment
+start exactly one; ``NOMYO_AGENT_AUTOSTART=0`` starts none; a stale auto-started agent of another
+protocol version is stopped and replaced. Clients run as separate processes in a private desktop
+session, so the agents they start use its keyring and folders, never the developer's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_client_fakes import FakeAgent, fake_agent_fixture  # noqa: F401 - the fixture
+
+from nomyo_agent import protocol as p
+from nomyo_agent.connection import AgentConnection
+from nomyo_devserver import DevServer
+from support.desktop import Session
+
+# A client: one request (the new agent has no identity, so NoIdentityError proves it got there),
+# then the agent's hello as the client saw it.
+CLIENT = r"""
+import asyncio, json, sys
+import nomyo_client
+
+async def main():
+    client = nomyo_client.SecureChatCompletion(sys.argv[1], allow_http=True)
+    try:
+        await client.create(model="devserver/echo", messages=[{"role": "user", "content": "hi"}])
+        outcome = "answered"
+    except nomyo_client.APIError as exc:
+        outcome = type(exc).__name__
+    hello = client._engine._state.agent.hello
+    print(json.dumps({"outcome": outcome, "pid": hello and hello.pid,
+                      "protocol": hello and hello.protocol,
+                      "autostarted": hello and hello.autostarted}), flush=True)
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def router() -> Iterator[DevServer]:
+    with DevServer(key_bits=2048) as server:
+        yield server
+
+
+@pytest.fixture
+def session_env(desktop: Session) -> Iterator[dict[str, str]]:
+    """The desktop's environment with a socket nobody listens on yet; kills what got started."""
+    path = str(desktop.runtime_dir / "nomyo-agent" / "auto.sock")
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": path, "PYTHONWARNINGS": "error"}
+    env.pop("NOMYO_AGENT_AUTOSTART", None)
+    yield env
+    with contextlib.suppress(Exception), AgentConnection.open(path, timeout=5) as conn:
+        pid = conn.call(p.Hello(), p.HelloReply).pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def run_clients(env: dict[str, str], url: str, count: int) -> list[dict[str, object]]:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLIENT, url], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]  # fmt: skip
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    return results
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_clients_start_one_agent(session_env: dict[str, str], router: DevServer) -> None:
+    assert not Path(session_env["NOMYO_AGENT_SOCK"]).exists()
+    first, second = run_clients(session_env, router.url, 2)
+    assert first["outcome"] == second["outcome"] == "NoIdentityError"
+    assert first["pid"] == second["pid"]
+    assert first["autostarted"] is True
+    assert first["protocol"] == p.PROTOCOL_VERSION
+    assert isinstance(first["pid"], int)
+    assert _alive(first["pid"])
+    # A third client later reuses it rather than starting another.
+    (third,) = run_clients(session_env, router.url, 1)
+    assert third["pid"] == first["pid"]
+
+
+def test_autostart_off_starts_nothing(session_env: dict[str, str], router: DevServer) -> None:
+    env = {**session_env, "NOMYO_AGENT_AUTOSTART": "0"}
+    (result,) = run_clients(env, router.url, 1)
+    assert result["outcome"] == "AgentUnavailableError"
+    assert not Path(env["NOMYO_AGENT_SOCK"]).exists()
+
+
+def test_stale_autostarted_agent_is_replaced(
+    fake_agent: FakeAgent, desktop: Session, router: DevServer
+) -> None:
+    fake_agent.protocol = p.PROTOCOL_VERSION + 1  # an agent left over from another version
+    fake_agent.autostarted = True
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": fake_agent.path, "PYTHONWARNINGS": "error"}
+    try:
+        (result,) = run_clients(env, router.url, 1)
+        assert "Stop" in fake_agent.ops()
+        assert result["protocol"] == p.PROTOCOL_VERSION
+        assert result["outcome"] == "NoIdentityError"  # a real, fresh agent answered
+        assert result["pid"] != 1  # the fake says pid 1
+    finally:
+        with contextlib.suppress(Exception), AgentConnection.open(fake_agent.path) as conn:
+            os.kill(conn.call(p.Hello(), p.HelloReply).pid, signal.SIGTERM)
+        time.sleep(0.1)
+
+
+def test_stale_agent_not_started_by_a_client_is_left_alone(
+    fake_agent: FakeAgent, desktop: Session, router: DevServer
+) -> None:
+    fake_agent.protocol = p.PROTOCOL_VERSION + 1
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": fake_agent.path}
+    (result,) = run_clients(env, router.url, 1)
+    assert result["outcome"] == "AgentProtocolError"
+    assert "Stop" not in fake_agent.ops()
