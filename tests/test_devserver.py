@@ -265,6 +265,7 @@ def test_bodies_over_the_cap_get_413_and_the_connection_closes(
         assert big.status_code == 413
         assert "over this router's 4096" in detail(big)
         assert big.headers["connection"] == "close"
+        assert server.stats()["status_413"] == 1
         assert post(http, server, client_key, chat()).status_code == 200  # a new connection
 
 

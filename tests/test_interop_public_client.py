@@ -245,3 +245,14 @@ def test_https_with_a_trusted_certificate(
     response = response_of(outcome)
     assert response["id"] == expected_answer(CHATS["tier-high"])["id"]
     assert response["_metadata"]["security_tier"] == "high"
+
+
+def test_an_oversized_body_is_a_413_it_reports_as_api_error(
+    make_devserver: Callable[..., RunningDevServer],
+) -> None:
+    server = make_devserver(max_body=256 * 1024)
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * (1 << 20)}]}
+    error = run_public_client(server.url, max_retries=2, **big)["error"]
+    assert (error["type"], error["status_code"]) == ("APIError", 413)
+    assert "over this router's 262144" in error["message"]
+    assert server.stats()["status_413"] == 1  # not retried

@@ -6,9 +6,11 @@ Rules of this module:
   = "HTTP/1.1"`` so connections are kept alive, and ``TCP_NODELAY`` (``disable_nagle_algorithm``)
   so that a small answer is never held back waiting for an ACK: pooling clients depend on both.
   Headers and body leave in one buffered write.
-- The body size is checked from ``Content-Length`` before a byte of the body is read: a larger
-  one is a 413 and the connection is closed (reading it all to keep the connection would let a
-  client make us read any amount). A body without ``Content-Length`` is a 411.
+- The body size is checked from ``Content-Length`` before the body is kept: a larger one is a
+  413 and the connection is closed. A moderately larger body (up to 4x the cap, at least 64 MiB)
+  is read and discarded first, because a client still writing its body when we close would see
+  a connection reset instead of the 413; anything larger is not read at all. A body without
+  ``Content-Length`` is a 411.
 - TLS is set up per connection in that connection's thread, so a slow or broken handshake never
   stalls the accept loop.
 - ``stop`` ends the accept loop, then shuts down every kept-alive connection, so no thread is
@@ -34,6 +36,7 @@ __all__ = ["DEFAULT_MAX_BODY", "HTTPServer"]
 
 # The public client refuses plaintexts over 10 MiB; base64 makes that 13.4 MiB of package.
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+_DRAIN_MAX = 64 * 1024 * 1024
 _PATHS = ("/", "/pki/public_key", "/v1/chat/secure_completion", "/devserver/stats")
 
 
@@ -101,10 +104,20 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0:
             return error(400, "Content-Length is negative", close=True)
         if length > limit:
+            self.server.router.count("status_413")
+            if length <= max(4 * limit, _DRAIN_MAX):
+                self._drain(length)  # else the client may see a reset instead of the 413
             return error(
                 413, f"the body has {length} bytes, over this router's {limit}", close=True
             )
         return self.rfile.read(length)
+
+    def _drain(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                return
+            length -= len(chunk)
 
     def _discard_body_or_close(self) -> None:
         body = self._read_body()
