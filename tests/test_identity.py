@@ -367,3 +367,42 @@ def test_unlock_time_rsa4096(
     print("\n" + line)
     record_property("unlock_figures", line)
     assert rpc < 2000
+
+
+# --- the documented migration, through the CLI ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_migration_from_client_keys_via_cli(
+    make_agent: Callable[..., RunningAgent], client_keys: dict[str, Path]
+) -> None:
+    """docs/key-custody.md's commands, on files the public client wrote."""
+    agent = make_agent()
+    plain, protected = client_keys["plain"], client_keys["password"]
+
+    out = agent.cli("import", str(plain))
+    assert "no passphrase" in out.stderr
+    assert agent.cli("public-key").stdout.strip() == _public_pem(plain).strip()
+    assert agent.status().passphrase_protected is False
+
+    agent.cli("import", str(plain), "--force", "--passphrase-stdin", input=b"new pw\n")
+    assert agent.status().passphrase_protected is True
+    agent.cli("lock")
+    agent.cli("unlock", "--passphrase-stdin", input=b"new pw\n")
+
+    refused = agent.cli("import", str(protected), "--passphrase-stdin", input=b"x\n", check=False)
+    assert refused.returncode == 1
+    assert "identity exists" in refused.stderr
+    wrong = agent.cli(
+        "import", str(protected), "--force", "--passphrase-stdin", input=b"wrong\n", check=False
+    )
+    assert wrong.returncode == 1
+    assert "wrong password" in wrong.stderr
+    agent.cli(
+        "import", str(protected), "--force", "--passphrase-stdin", input="hunter2 ü\n".encode()
+    )
+    assert agent.cli("public-key").stdout.strip() == _public_pem(protected).strip()
+    agent.cli("lock")
+    assert agent.status().state is p.State.LOCKED
+    agent.cli("unlock", "--passphrase-stdin", input="hunter2 ü\n".encode())
+    assert agent.status().state is p.State.UNLOCKED
