@@ -351,3 +351,26 @@ def test_the_public_client_and_we_open_each_others_packages(key: rsa.RSAPrivateK
     # It refuses a downgrade too, though with a ValueError rather than a SecurityError.
     assert results[3]["error"]["type"] == "ValueError"
     assert "version" in results[3]["error"]["message"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_single_byte_change_is_refused_or_harmless(
+    key: rsa.RSAPrivateKey, package: bytes, data: st.DataObject
+) -> None:
+    position = data.draw(st.integers(0, len(package) - 1))
+    value = data.draw(st.integers(0, 255))
+    changed = package[:position] + bytes([value]) + package[position + 1 :]
+    try:
+        opened = open_package(key, changed)
+    except DecryptFailedError:
+        return
+    # Only a change JSON ignores (the byte itself, or a digit of processed_at) may pass.
+    assert opened.plaintext == PLAINTEXT
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_only_ever_raise_decrypt_failed(key: rsa.RSAPrivateKey, data: bytes) -> None:
+    with pytest.raises(DecryptFailedError):
+        open_package(key, data)
