@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from nomyo_agent import _pkcs8
 from nomyo_agent._pkcs8 import Pkcs8Error, WrongPassphrase, decode_pem, encrypt_der
 from nomyo_agent._secret import SecretBuffer

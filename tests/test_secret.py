@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from nomyo_agent._secret import SecretBuffer, wipe
 
 
