@@ -118,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except APIError as exc:
         print(f"nomyo-chat: error: {exc.message}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            # The library's hints name its arguments; here the user typed options.
+            hint = exc.hint.replace("allow_http=True", "--allow-http")
+            print(f"hint: {hint}", file=sys.stderr)
         return _exit_code(exc)
     except KeyboardInterrupt:
         return 130
