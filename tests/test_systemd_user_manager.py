@@ -9,15 +9,19 @@ There is no journal here: a drop-in sends the agent's output to a file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
+import random
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError
 from support.desktop import Session, require_programs
+from support.x11 import XDisplay
 
 SYSTEMD = "/lib/systemd/systemd"
 AGENT = [sys.executable, "-m", "nomyo_agent"]
@@ -267,3 +272,135 @@ def test_uninstall_stops_and_removes_everything(user_manager: UserManager) -> No
     assert not Path(user_manager.socket).exists()
     for unit in ("nomyo-agent.socket", "nomyo-agent.service"):
         assert user_manager.show(unit, "ActiveState")["ActiveState"] == "inactive"
+
+
+# --- pinentry, run by the sandboxed agent on the asker's terminal or display ---------------------
+
+
+def _protected_identity(manager: UserManager, pinentry: str) -> None:
+    install(manager)
+    manager.drop_in("pinentry", f"[Service]\nEnvironment=NOMYO_AGENT_PINENTRY={pinentry}\n")
+    manager.systemctl("daemon-reload")
+    keygen = manager.agent("keygen", "--bits", "2048", "--passphrase-stdin", input=b"pw-sandbox\n")
+    assert keygen.returncode == 0, keygen.stderr + manager.logs()
+    assert manager.agent("lock").returncode == 0
+
+
+def _unlock_in_background(
+    env: dict[str, str],
+) -> concurrent.futures.Future[subprocess.CompletedProcess[bytes]]:
+    """``nomyo-agent unlock`` without a terminal of its own: the agent's pinentry must ask."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    cmd = [*AGENT, "unlock"]
+    future = pool.submit(
+        subprocess.run, cmd, env=env, capture_output=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    pool.shutdown(wait=False)
+    return future
+
+
+def _assert_unlocked(
+    manager: UserManager, future: concurrent.futures.Future[subprocess.CompletedProcess[bytes]]
+) -> None:
+    result = future.result(timeout=60)
+    assert result.returncode == 0, result.stderr.decode() + manager.logs()
+    with AgentConnection.open(manager.socket) as conn:
+        assert conn.call(p.Status(), p.StatusReply).state == p.State.UNLOCKED
+    manager.systemctl("stop", "nomyo-agent.socket")
+
+
+def _wait(
+    manager: UserManager, what: str, check: Callable[[], bool], timeout: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n{manager.logs()}")
+        time.sleep(0.05)
+
+
+def test_pinentry_on_a_terminal_from_the_sandbox(user_manager: UserManager) -> None:
+    # PrivateDevices= keeps /dev/pts; ProtectSystem= and the syscall filter must not stop a
+    # terminal pinentry from opening the asker's tty.
+    require_programs("tmux", "pinentry-tty")
+    _protected_identity(user_manager, "/usr/bin/pinentry-tty")
+    folder = tempfile.mkdtemp(prefix="pe-")  # a short socket path for tmux
+    sock = os.path.join(folder, "tmux")
+
+    def tmux(*args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-S", sock, *args], capture_output=True, text=True, check=True, timeout=10,
+            env={**os.environ, "TERM": "xterm-256color", "LANG": "C.UTF-8"},
+        ).stdout  # fmt: skip
+
+    tmux("new-session", "-d", "-s", "pe", "-x", "100", "-y", "30", "sleep 600")
+    try:
+        tty = tmux("display", "-p", "-t", "pe", "#{pane_tty}").strip()
+        future = _unlock_in_background({**user_manager.env, "GPG_TTY": tty})
+        _wait(
+            user_manager,
+            "the passphrase prompt",
+            lambda: "Passphrase:" in tmux("capture-pane", "-p"),
+        )
+        tmux("send-keys", "-t", "pe", "-l", "pw-sandbox")
+        tmux("send-keys", "-t", "pe", "Enter")
+        _assert_unlocked(user_manager, future)
+    finally:
+        subprocess.run(["tmux", "-S", sock, "kill-server"], check=False, timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_display(tmp_path: Path) -> Iterator[XDisplay]:
+    """An Xvfb on a display number far above those ``-displayfd`` hands out from 0 upwards.
+
+    Seen here: a server probing a number that is taken unlinks that display's path socket in
+    /tmp/.X11-unix on its way to the next number, so concurrent test runs broke each other.
+    """
+    require_programs("Xvfb", "xdotool", "xdpyinfo")
+    for number in random.sample(range(150, 900), 8):
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            continue
+        proc = subprocess.Popen(
+            ["Xvfb", f":{number}", "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                probe = subprocess.run(
+                    ["xdpyinfo", "-display", f":{number}"],
+                    capture_output=True, timeout=10, check=False,
+                )  # fmt: skip
+                if probe.returncode == 0:
+                    yield XDisplay(name=f":{number}", artifacts=tmp_path, _procs=[proc])
+                    return
+                time.sleep(0.05)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+    pytest.fail("no Xvfb display could be started")
+
+
+def test_graphical_pinentry_from_the_sandbox(
+    user_manager: UserManager, own_display: XDisplay
+) -> None:
+    xdisplay = own_display
+    # The X socket lives in /tmp/.X11-unix (and the abstract namespace): PrivateTmp= or
+    # PrivateNetwork= would hide it. MemoryDenyWriteExecute= applies to GTK in the child too.
+    require_programs("pinentry-gtk-2", "xdotool")
+    _protected_identity(user_manager, "/usr/bin/pinentry-gtk-2")
+    env = {**user_manager.env, **xdisplay.env, "NO_AT_BRIDGE": "1", "LANG": "C.UTF-8"}
+    future = _unlock_in_background(env)
+
+    def shown() -> bool:
+        if future.done():
+            result = future.result()
+            pytest.fail(f"unlock ended first: {result.stderr.decode()}\n{user_manager.logs()}")
+        return bool(xdisplay.windows_named("nomyo"))
+
+    _wait(user_manager, "the pinentry window", shown)
+    xdisplay.xdotool("type", "--delay", "20", "pw-sandbox")
+    xdisplay.xdotool("key", "Return")
+    _assert_unlocked(user_manager, future)
