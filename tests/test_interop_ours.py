@@ -10,15 +10,15 @@ import json
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
 import nomyo_client as nc
 from nomyo_agent import _envelope
 from nomyo_agent import protocol as p
-from nomyo_client._transport import H11Transport
+from nomyo_client._transport import Answer, H11Pool
 from nomyo_devserver import DevServer
 from support.agent import RunningAgent
 from support.peer import chat_op, run_peer
@@ -50,20 +50,27 @@ CHATS: dict[str, dict[str, Any]] = {
 STATUSES = [400, 401, 403, 404, 429, 500, 502, 503, 504]
 
 
-class Recorder(httpx.AsyncBaseTransport):
-    """Our own transport, recording each request as sent."""
+class Recorder(H11Pool):
+    """Our own HTTP client, recording each request as sent."""
 
     def __init__(self) -> None:
-        self.inner = H11Transport()
-        self.requests: list[httpx.Request] = []
+        super().__init__()
+        self.requests: list[Sent] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        self.requests.append(request)
-        return await self.inner.handle_async_request(request)
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Answer:
+        lower = {k.lower(): v for k, v in headers.items()}
+        self.requests.append(Sent(method, urllib.parse.urlsplit(url).path, lower, body or b""))
+        return await super().request(method, url, body, headers)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+
+@dataclass
+class Sent:
+    method: str
+    path: str
+    headers: dict[str, str]
+    content: bytes
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +98,11 @@ def run_ours(
     """Our client on each chat; results shaped like the peer's (response or error)."""
 
     async def go() -> list[dict[str, Any]]:
-        http = httpx.AsyncClient(transport=recorder or Recorder())
+        http = recorder or Recorder()
         results: list[dict[str, Any]] = []
         async with nc.SecureChatCompletion(
-            url, allow_http=True, agent_socket=agent.path, autostart=False, http_client=http,
+            url, allow_http=True, agent_socket=agent.path, autostart=False,
+            http_client=http,  # type: ignore[arg-type]
             max_retries=0, **client,
         ) as c:  # fmt: skip
             for chat in chats:
@@ -161,14 +169,14 @@ def test_our_requests_follow_the_protocol_bytes(ours: RunningAgent, router: DevS
     run_ours(ours, router.url, [chat, CHATS["plain"]], recorder=recorder)
     gets = [r for r in recorder.requests if r.method == "GET"]
     posts = [r for r in recorder.requests if r.method == "POST"]
-    assert [r.url.path for r in gets] == ["/pki/public_key"]  # fetched once, reused
+    assert [r.path for r in gets] == ["/pki/public_key"]  # fetched once, reused
     assert len(posts) == 2
     with ours.connect() as conn:
         our_pem = conn.call(p.PublicKey(), p.IdentityReply).public_key_pem
     ids = []
     for request in posts:
         headers = request.headers
-        assert request.url.path == "/v1/chat/secure_completion"
+        assert request.path == "/v1/chat/secure_completion"
         assert headers["content-type"] == "application/octet-stream"
         assert headers["x-public-key"] == urllib.parse.quote(our_pem)
         payload_id = headers["x-payload-id"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._engine import Engine
 from nomyo_client._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["SecureChatCompletion"]
 

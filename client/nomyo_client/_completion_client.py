@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
@@ -22,6 +20,9 @@ from nomyo_client import _autostart, _wire
 from nomyo_client._engine import Engine
 from nomyo_client._errors import AgentProtocolError, InvalidRequestError, from_agent_error
 from nomyo_client._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["SecureCompletionClient"]
 

@@ -2,9 +2,9 @@
 
 Rules of this module:
 
-- One pooled ``httpx.AsyncClient`` and one agent connection per engine and event loop. A script
-  that calls ``asyncio.run`` twice with one client gets fresh ones on the second loop, since
-  sockets cannot move between loops (the public client has no such state, so this must work).
+- One pooled HTTP client (``_transport``) and one agent connection per engine and event loop.
+  A script that calls ``asyncio.run`` twice with one client gets fresh ones on the second loop,
+  since sockets cannot move between loops (the public client has no such state, so this must work).
 - The router key is fetched once per origin and reused. When the router answers 400 to a request
   sealed to a cached key, the key is fetched again; if it changed, the agent re-checks it against
   its pin (refusing means nothing is sent) and the request is sent once more.
@@ -19,33 +19,33 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import APIConnectionError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
-from nomyo_client._transport import H11Transport
-
-__all__ = ["DEFAULT_TIMEOUT", "Engine"]
-
-DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
-_MAX_ROUTER_KEY_BYTES = 64 * 1024
-# Failures where the router cannot have started on the request, or dropped it: safe to resend.
-_RETRYABLE_TRANSPORT = (
-    httpx.NetworkError,
-    httpx.RemoteProtocolError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
+from nomyo_client._transport import (
+    Answer,
+    H11Pool,
+    HttpxAdapter,
+    TimedOut,
+    Timeouts,
+    TransportError,
 )
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["Engine"]
+
+_MAX_ROUTER_KEY_BYTES = 64 * 1024
 
 
 @dataclass
 class _LoopState:
     loop: asyncio.AbstractEventLoop
-    http: httpx.AsyncClient
+    http: H11Pool | HttpxAdapter
     owns_http: bool
     agent: AgentLink
     key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -80,14 +80,14 @@ class Engine:
         allow_http: bool,
         retry: RetryPolicy,
         timeout: float | httpx.Timeout | None,
-        http_client: httpx.AsyncClient | None,
+        http_client: httpx.AsyncClient | H11Pool | None,
         agent_socket: str | os.PathLike[str] | None,
         autostart: bool | None = None,
         key_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.allow_http = allow_http
         self.retry = retry
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self.timeouts = Timeouts.of(timeout)
         self._given_http = http_client
         self._agent_socket = None if agent_socket is None else os.fspath(agent_socket)
         self._autostart = autostart
@@ -100,7 +100,14 @@ class Engine:
         state = self._state
         if state is not None and state.loop is loop and not state.closed:
             return state
-        http = self._given_http or httpx.AsyncClient(transport=H11Transport(), timeout=self.timeout)
+        given = self._given_http
+        http: H11Pool | HttpxAdapter
+        if given is None:
+            http = H11Pool(self.timeouts)
+        elif isinstance(given, H11Pool):
+            http = given
+        else:
+            http = HttpxAdapter(given)
         agent = AgentLink(self._agent_socket, autostart=self._autostart, key_dir=self._key_dir)
         state = _LoopState(loop=loop, http=http, owns_http=self._given_http is None, agent=agent)
         state.closer = _close_at_loop_shutdown(state)
@@ -191,29 +198,27 @@ class Engine:
         url: str,
         body: bytes | None,
         headers: dict[str, str],
-    ) -> httpx.Response:
+    ) -> Answer:
         """One HTTP exchange with retries; a retryable status is returned once retries run out."""
         retry = 0
         while True:
             retry_after: float | None = None
             try:
-                response = await state.http.request(method, url, content=body, headers=headers)
-            except _RETRYABLE_TRANSPORT as exc:
-                if retry >= self.retry.max_retries:
-                    raise _connection_error(url, exc, retry) from exc
-            except httpx.TimeoutException as exc:
+                answer = await state.http.request(method, url, body, headers)
+            except TimedOut as exc:
                 raise APIConnectionError(
-                    f"the router did not answer {url} in time",
+                    f"the router did not answer {url} in time ({exc})",
                     hint="raise timeout= for long generations; the request was not retried",
                 ) from exc
-            except httpx.HTTPError as exc:
-                raise _connection_error(url, exc, retry) from exc
+            except TransportError as exc:
+                if not exc.retryable or retry >= self.retry.max_retries:
+                    raise _connection_error(url, exc, retry) from exc
             else:
-                if response.status_code not in RETRYABLE_STATUSES:
-                    return response
+                if answer.status_code not in RETRYABLE_STATUSES:
+                    return answer
                 if retry >= self.retry.max_retries:
-                    return response
-                retry_after = parse_retry_after(response.headers, self.retry.clock())
+                    return answer
+                retry_after = parse_retry_after(answer.headers, self.retry.clock())
             retry += 1
             await self.retry.sleep(self.retry.delay(retry, retry_after))
 
@@ -228,8 +233,6 @@ class Engine:
             await state.closer.aclose()  # runs state.close()
 
 
-def _connection_error(url: str, exc: httpx.HTTPError, retries: int) -> APIConnectionError:
-    what = type(exc).__name__
-    detail = str(exc) or what
+def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:
     tries = f" after {retries + 1} attempts" if retries else ""
-    return APIConnectionError(f"could not reach the router at {url}{tries}: {detail}")
+    return APIConnectionError(f"could not reach the router at {url}{tries}: {exc}")

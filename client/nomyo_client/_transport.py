@@ -1,19 +1,20 @@
-"""The default HTTP transport: HTTP/1.1 keep-alive on asyncio streams with h11.
+"""HTTP for the client: its own small HTTP/1.1 keep-alive pool, or a caller's httpx client.
 
-Why not httpx's own: a new process pays for it before its first answer (the TLS context with
-the CA bundle is built when the client is made, ~30 ms, even for ``http://``; anyio is imported
-on the first request, ~15 ms), and this client only ever sends small bodies and reads whole
-answers. A caller's ``http_client`` (proxies, custom certificates, HTTP/2) replaces this.
+Why its own: a new process pays for its HTTP stack before its first answer, and httpx costs
+about 45 ms to import, ~30 ms to build a client (the TLS context with the CA bundle, even for
+``http://``) and ~15 ms more on the first request (anyio); this client only sends small bodies
+and reads whole answers. Pass ``http_client=httpx.AsyncClient(...)`` for proxies, custom
+certificates or HTTP/2: ``HttpxAdapter`` then does the same job through it.
 
 Rules of this module:
 
+- Both return an ``Answer`` and raise only ``TransportError`` subclasses, whose ``retryable``
+  says whether the request can have been processed (a read timeout: maybe; refused: no).
 - A connection goes back to the pool only after a complete exchange that both sides left
-  reusable; one that saw EOF while idle is dropped before reuse, so a request is never sent
-  into a connection the server already closed. Nothing is resent here (retries are the
-  engine's business).
+  reusable; one that saw EOF while idle is dropped before reuse, so a request is never written
+  into a connection the server already closed. Nothing is resent here: retries are the engine's.
 - The TLS context (certifi's CA bundle, as httpx uses) is made on the first ``https`` request.
-- Failures are raised as the httpx exceptions httpx's own transport would raise, with the
-  request attached, and answers larger than ``MAX_RESPONSE_BYTES`` are refused.
+- Answers larger than ``MAX_RESPONSE_BYTES`` are refused.
 """
 
 from __future__ import annotations
@@ -21,42 +22,101 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import h11
-import httpx
 
-__all__ = ["MAX_RESPONSE_BYTES", "H11Transport"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "Answer",
+    "H11Pool",
+    "HttpxAdapter",
+    "Timeouts",
+    "TransportError",
+]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_Key = tuple[str, str, int]
+_USER_AGENT = b"nomyo-client/0.1"
+
+
+class TransportError(Exception):
+    """The exchange failed below HTTP; ``retryable``: the router cannot have acted on it."""
+
+    retryable: ClassVar[bool] = False
+
+
+class ConnectFailed(TransportError):
+    retryable = True
+
+
+class Dropped(TransportError):
+    """The connection broke before a complete answer (reset, EOF, a write that failed)."""
+
+    retryable = True
+
+
+class TimedOut(TransportError):
+    """No answer in time: the router may still be working, so this is not retried."""
+
+
+class ProtocolFailure(TransportError):
+    """The other side does not speak HTTP/1.1 correctly, or the answer is too large."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float | None = 10.0
+    read: float | None = 600.0
+    write: float | None = 600.0
+
+    @classmethod
+    def of(cls, value: float | httpx.Timeout | Timeouts | None) -> Timeouts:
+        if value is None:
+            return cls()
+        if isinstance(value, Timeouts):
+            return value
+        if isinstance(value, (int, float)):
+            return cls(connect=float(value), read=float(value), write=float(value))
+        return cls(connect=value.connect, read=value.read, write=value.write)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    content: bytes
 
 
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(our_role=h11.CLIENT)
+        self.h11 = h11.Connection(our_role=h11.CLIENT, max_incomplete_event_size=1 << 20)
 
     @property
     def usable(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
 
-    def close(self) -> None:
-        self.writer.close()
+
+async def _within(timeout: float | None, what: Any) -> Any:
+    try:
+        return await asyncio.wait_for(what, timeout)
+    except asyncio.TimeoutError as exc:
+        raise TimedOut(f"no progress within {timeout:g} s") from exc
 
 
-def _timeout(request: httpx.Request, which: str) -> float | None:
-    value = request.extensions.get("timeout", {}).get(which)
-    return None if value is None else float(value)
+class H11Pool:
+    """Keep-alive HTTP/1.1 connections per (scheme, host, port); see the module rules."""
 
-
-class H11Transport(httpx.AsyncBaseTransport):
-    """A small keep-alive pool per (scheme, host, port); see the module rules."""
-
-    def __init__(self, max_idle_per_host: int = 32) -> None:
-        self._idle: dict[_Key, list[_Conn]] = {}
+    def __init__(self, timeouts: Timeouts | None = None, max_idle_per_host: int = 32) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._max_idle = max_idle_per_host
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
@@ -69,125 +129,138 @@ class H11Transport(httpx.AsyncBaseTransport):
             self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
 
-    async def _connect(self, request: httpx.Request, key: _Key) -> _Conn:
-        scheme, host, port = key
+    async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
         tls = self._tls() if scheme == "https" else None
+        opening = asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=host if tls else None, limit=1 << 20
+        )
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None, limit=2**20
-                ),
-                _timeout(request, "connect"),
-            )
+            reader, writer = await asyncio.wait_for(opening, self.timeouts.connect)
         except asyncio.TimeoutError as exc:
-            raise httpx.ConnectTimeout(
-                f"connecting to {host}:{port} timed out", request=request
-            ) from exc
+            raise ConnectFailed(f"connecting to {host}:{port} timed out") from exc
         except (OSError, ssl.SSLError) as exc:
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
         return _Conn(reader, writer)
 
-    async def _acquire(self, request: httpx.Request, key: _Key) -> _Conn:
-        idle = self._idle.get(key, [])
-        while idle:
-            conn = idle.pop()
-            if conn.usable:
-                return conn
-            conn.close()
-        return await self._connect(request, key)
-
-    def _release(self, key: _Key, conn: _Conn) -> None:
-        idle = self._idle.setdefault(key, [])
-        if self._closed or len(idle) >= self._max_idle:
-            conn.close()
-        else:
-            idle.append(conn)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.scheme
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Answer:
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname or ""
         if scheme not in _DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
-        key = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
-        body = await request.aread()
-        conn = await self._acquire(request, key)
+            raise ProtocolFailure(f"unsupported URL scheme {scheme!r}")
+        key = (scheme, host, parts.port or _DEFAULT_PORTS[scheme])
+        idle = self._idle.get(key, [])
+        conn = None
+        while idle and conn is None:
+            candidate = idle.pop()
+            if candidate.usable:
+                conn = candidate
+            else:
+                candidate.writer.close()
+        if conn is None:
+            conn = await self._connect(*key)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = [(b"Host", parts.netloc.rpartition("@")[2].encode()), (b"User-Agent", _USER_AGENT),
+                (b"Accept", b"*/*"), (b"Accept-Encoding", b"identity")]  # fmt: skip
+        head += [(k.encode(), v.encode()) for k, v in headers.items()]
+        if body is not None or method == "POST":
+            head.append((b"Content-Length", str(len(body or b"")).encode()))
         try:
-            response = await self._exchange(conn, request, body)
+            answer = await self._exchange(conn, h11.Request(method=method, target=target,
+                                                            headers=head), body)  # fmt: skip
         except BaseException:
-            conn.close()
+            conn.writer.close()
             raise
         if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
             conn.h11.start_next_cycle()
-            self._release(key, conn)
+            pool = self._idle.setdefault(key, [])
+            if self._closed or len(pool) >= self._max_idle:
+                conn.writer.close()
+            else:
+                pool.append(conn)
         else:
-            conn.close()
-        return response
+            conn.writer.close()
+        return answer
 
-    async def _exchange(self, conn: _Conn, request: httpx.Request, body: bytes) -> httpx.Response:
-        target = request.url.raw_path
-        events: list[Any] = [
-            h11.Request(method=request.method, target=target, headers=request.headers.raw)
-        ]
+    async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes | None) -> Answer:
+        out = conn.h11.send(request) or b""
         if body:
-            events.append(h11.Data(data=body))
-        events.append(h11.EndOfMessage())
+            out += conn.h11.send(h11.Data(data=body)) or b""
+        out += conn.h11.send(h11.EndOfMessage()) or b""
         try:
-            conn.writer.write(b"".join(conn.h11.send(e) or b"" for e in events))
-            await asyncio.wait_for(conn.writer.drain(), _timeout(request, "write"))
-        except asyncio.TimeoutError as exc:
-            raise httpx.WriteTimeout("sending the request timed out", request=request) from exc
+            conn.writer.write(out)
+            await _within(self.timeouts.write, conn.writer.drain())
         except OSError as exc:
-            raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
-        read_timeout = _timeout(request, "read")
-        head: h11.Response | None = None
+            raise Dropped(f"the connection broke while sending: {exc}") from exc
+        response: h11.Response | None = None
         chunks: list[bytes] = []
         size = 0
         while True:
             try:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+                if response is None and not conn.reader.at_eof():
+                    raise ProtocolFailure(f"the server's answer is not HTTP/1.1: {exc}") from exc
+                raise Dropped(f"the server closed the connection mid-answer: {exc}") from exc
             if event is h11.NEED_DATA:
                 try:
-                    data = await asyncio.wait_for(conn.reader.read(65536), read_timeout)
-                except asyncio.TimeoutError as exc:
-                    raise httpx.ReadTimeout(
-                        "the server did not answer in time", request=request
-                    ) from exc
+                    data = await _within(self.timeouts.read, conn.reader.read(65536))
                 except OSError as exc:
-                    raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-                if not data and head is None:
-                    raise httpx.RemoteProtocolError(
-                        "server disconnected without sending a response", request=request
-                    )
+                    raise Dropped(f"the connection broke: {exc}") from exc
+                if not data and response is None:
+                    raise Dropped("the server closed the connection without answering")
                 conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
-                head = event
+                response = event
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > MAX_RESPONSE_BYTES:
-                    raise httpx.RemoteProtocolError("the answer is too large", request=request)
+                    raise ProtocolFailure(f"the answer is over {MAX_RESPONSE_BYTES} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
-        if head is None:
-            raise httpx.RemoteProtocolError("no response from the server", request=request)
-        return httpx.Response(
-            head.status_code,
-            headers=head.headers.raw_items(),
-            content=b"".join(chunks),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": bytes(head.reason)},
-        )
+        assert response is not None  # h11 yields Response before Data or EndOfMessage
+        headers: dict[str, str] = {}
+        for name, value in response.headers:
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        return Answer(response.status_code, headers, b"".join(chunks))
 
     async def aclose(self) -> None:
         self._closed = True
         conns = [c for idle in self._idle.values() for c in idle]
         self._idle.clear()
         for conn in conns:
-            conn.close()
+            conn.writer.close()
         for conn in conns:
             with contextlib.suppress(OSError, ssl.SSLError):
                 await conn.writer.wait_closed()
+
+
+class HttpxAdapter:
+    """The same interface through a caller's ``httpx.AsyncClient`` (which the caller closes)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Answer:
+        import httpx  # noqa: PLC0415 - the caller has imported it already
+
+        try:
+            response = await self.client.request(method, url, content=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
+        except httpx.TimeoutException as exc:
+            raise TimedOut(str(exc) or type(exc).__name__) from exc
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise Dropped(str(exc) or type(exc).__name__) from exc
+        except httpx.HTTPError as exc:
+            raise ProtocolFailure(str(exc) or type(exc).__name__) from exc
+        headers_out = {k.lower(): v for k, v in response.headers.items()}
+        return Answer(response.status_code, headers_out, response.content)
+
+    async def aclose(self) -> None:
+        return None
