@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import sys
 
 from nomyo_agent import _hardening, _pinentry, _systemd
@@ -61,6 +62,9 @@ def serve(
         info=info,
         autostarted=autostarted,
     )
+    inherited = _inherited_socket()
+    if isinstance(inherited, socket.socket) and inherited.getsockname():
+        socket_path = inherited.getsockname()  # activated: report where clients really reach us
     services = Services(
         config=config,
         keystore=KeyringStore(service=config.keyring_service),
@@ -75,7 +79,7 @@ def serve(
         Dispatcher(state, services),
         state,
         path=socket_path,
-        sock=_inherited_socket(),  # type: ignore[arg-type]
+        sock=inherited,  # type: ignore[arg-type]
         on_ready=functools.partial(_ready, ready_fd),
     )
     asyncio.run(server.run())
