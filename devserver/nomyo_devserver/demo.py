@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
+from nomyo_client._transport import Answer, H11Pool
 from nomyo_devserver._devserver import DevServer
 
 __all__ = ["DemoError", "ThrowawayAgent", "main", "throwaway_agent", "throwaway_session"]
@@ -200,40 +199,40 @@ def _pem_fingerprint(pem: str) -> str:
     return hashlib.sha256(base64.b64decode(body)).hexdigest()
 
 
-@dataclass
-class _Wire:
-    """What an httpx event hook saw: (method, path, bytes sent, status, bytes received)."""
+class _Wire(H11Pool):
+    """The client's own HTTP pool, noting what each exchange sent and got."""
 
-    rows: list[tuple[str, str, int, int, int, float]] = field(default_factory=list)
-    public_keys: list[str] = field(default_factory=list)  # X-Public-Key headers, decoded
-    _started: dict[int, float] = field(default_factory=dict)
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str, str, int, int, int, float]] = []
+        self.public_keys: list[str] = []  # the X-Public-Key headers, decoded
 
-    async def on_request(self, request: httpx.Request) -> None:
-        self._started[id(request)] = time.perf_counter()
-        if "x-public-key" in request.headers:
-            self.public_keys.append(urllib.parse.unquote(request.headers["x-public-key"]))
-
-    async def on_response(self, response: httpx.Response) -> None:
-        await response.aread()
-        request = response.request
-        took = time.perf_counter() - self._started.pop(id(request), time.perf_counter())
-        sent = len(request.content) + sum(len(k) + len(v) for k, v in request.headers.raw)
-        self.rows.append(
-            (request.method, request.url.path, sent, response.status_code,
-             len(response.content), took)
-        )  # fmt: skip
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Answer:
+        started = time.perf_counter()
+        answer = await super().request(method, url, body, headers)
+        took = time.perf_counter() - started
+        if "X-Public-Key" in headers:
+            self.public_keys.append(urllib.parse.unquote(headers["X-Public-Key"]))
+        sent = len(body or b"") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        received = len(answer.content) + sum(len(k) + len(v) + 4 for k, v in answer.headers.items())
+        path = urllib.parse.urlsplit(url).path
+        self.rows.append((method, path, sent, answer.status_code, received, took))
+        return answer
 
 
 async def _chat(agent: ThrowawayAgent, router: DevServer, prompt: str) -> dict[str, Any]:
     from nomyo_client import SecureChatCompletion  # noqa: PLC0415 - after the set-up
 
     wire = _Wire()
-    http = httpx.AsyncClient(
-        event_hooks={"request": [wire.on_request], "response": [wire.on_response]}
-    )
     messages = [{"role": "user", "content": prompt}]
     async with SecureChatCompletion(
-        router.url, allow_http=True, agent_socket=agent.path, autostart=False, http_client=http
+        router.url,
+        allow_http=True,
+        agent_socket=agent.path,
+        autostart=False,
+        http_client=wire,  # type: ignore[arg-type]  # our own pool, recording
     ) as client:
         started = time.perf_counter()
         first = await client.create(model="devserver/echo", messages=messages)
@@ -241,7 +240,7 @@ async def _chat(agent: ThrowawayAgent, router: DevServer, prompt: str) -> dict[s
         started = time.perf_counter()
         await client.create(model="devserver/echo", messages=messages)
         warm = time.perf_counter() - started
-    await http.aclose()
+    await wire.aclose()
     sent_key = wire.public_keys[0] if wire.public_keys else ""
     return {"answer": first, "wire": wire.rows, "cold": cold, "warm": warm, "sent_key": sent_key}
 
@@ -282,7 +281,7 @@ def run(bits: int, prompt: str) -> None:
     answer = result["answer"]
     print(f"you:    {prompt}")
     print(f"answer: {answer['choices'][0]['message']['content']}\n")
-    print("what crossed the wire (HTTP, sizes include headers):")
+    print("what crossed the wire (HTTP bodies plus our headers):")
     for method, path, sent, status_code, received, took in result["wire"]:
         print(
             f"  {method:<4} {path:<28} sent {sent:>6} B  got {status_code} {received:>6} B"
