@@ -83,7 +83,9 @@ class _Payload(msgspec.Struct, forbid_unknown_fields=True):
     tag: bytes
 
 
-class _Package(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+# Unknown top-level members are ignored, as the public client ignores them: a router that adds a
+# field (metadata of its own) must not break our client. The encrypted payload stays closed.
+class _Package(msgspec.Struct, omit_defaults=True):
     version: str
     algorithm: str
     encrypted_payload: _Payload
@@ -94,6 +96,9 @@ class _Package(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 _decoder = msgspec.json.Decoder(_Package)
+_MEMBER_NAMES = tuple(
+    f'"{name}"'.encode() for name in (*_Package.__struct_fields__, *_Payload.__struct_fields__)
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -140,19 +145,11 @@ def _parse(package: bytes | bytearray | memoryview) -> _Package:
         parsed = _decoder.decode(package)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
         raise _Malformed(f"not a package: {exc}") from None
-    # Duplicate keys: msgspec keeps the last one silently. Every string of a valid package is
-    # base64 or a fixed name, none holding a colon, and unknown keys are refused above, so the
-    # colons in the raw text must be exactly one per member present.
-    members = (
-        4
-        + 3
-        + sum(
-            value is not msgspec.UNSET
-            for value in (parsed.key_algorithm, parsed.payload_algorithm, parsed.processed_at)
-        )
-    )
+    # Duplicate keys: msgspec keeps the last one silently, so a stale first "version" could hide.
+    # A member name in quotes cannot occur in base64 or in our fixed values, so each known name
+    # must appear at most once in the raw text.
     raw = package if isinstance(package, (bytes, bytearray)) else bytes(package)
-    if raw.count(b":") != members:
+    if any(raw.count(name) > 1 for name in _MEMBER_NAMES):
         raise _Malformed("not a package: a key appears twice")
     if parsed.version != VERSION:
         raise _Malformed(f"unsupported version {parsed.version!r}, expected {VERSION!r}")
