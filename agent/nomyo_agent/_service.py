@@ -215,7 +215,10 @@ def plan(
         return _systemd_plan(env, home, argv, socket)
     if platform == "darwin":
         return _launchd_plan(home, argv, socket, env.get("UID") or str(os.getuid()))
-    raise ValueError(f"install-service does not support {platform} yet")
+    raise AgentError(
+        f"install-service does not support {platform} yet",
+        hint="start the agent at login with `nomyo-agent start`, or let clients auto-start it",
+    )
 
 
 def _xdg(env: Mapping[str, str], var: str, fallback: Path) -> Path:
