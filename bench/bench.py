@@ -221,7 +221,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=60, help="sequential requests (default 60)")
     parser.add_argument("--rounds", type=int, default=6, help="concurrent rounds of 16")
-    parser.add_argument("--processes", type=int, default=5, help="new-process samples")
+    parser.add_argument("--processes", type=int, default=7, help="new-process samples")
     args = parser.parse_args()
     started = time.perf_counter()
     try:
