@@ -41,7 +41,7 @@ def _ready(ready_fd: int | None) -> None:
     _systemd.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
 
 
-def _inherited_socket() -> object:
+def _inherited_socket() -> socket.socket | None:
     if sys.platform == "darwin":
         from nomyo_agent import _launchd  # noqa: PLC0415 - macOS only
 
@@ -63,7 +63,7 @@ def serve(
         autostarted=autostarted,
     )
     inherited = _inherited_socket()
-    if isinstance(inherited, socket.socket) and inherited.getsockname():
+    if inherited is not None and inherited.getsockname():
         socket_path = inherited.getsockname()  # activated: report where clients really reach us
     services = Services(
         config=config,
@@ -79,7 +79,7 @@ def serve(
         Dispatcher(state, services),
         state,
         path=socket_path,
-        sock=inherited,  # type: ignore[arg-type]
+        sock=inherited,
         on_ready=functools.partial(_ready, ready_fd),
     )
     asyncio.run(server.run())

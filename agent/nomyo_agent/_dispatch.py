@@ -22,7 +22,8 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nomyo_agent import __version__, _envelope, _identity, _keys
 from nomyo_agent import protocol as p
@@ -82,7 +83,7 @@ class Services:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @property
-    def identity_file(self) -> Any:
+    def identity_file(self) -> Path:
         return self.config.state_dir / "identity.json"
 
 

@@ -197,11 +197,11 @@ class AgentServer:
             if reason:
                 log.info("locked: %s", reason.replace("_", " "))
 
-    def _begin(self) -> None:
+    def begin_request(self) -> None:
         self._inflight += 1
         self._idle.clear()
 
-    def _end(self) -> None:
+    def end_request(self) -> None:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
@@ -304,11 +304,11 @@ class _Connection(asyncio.Protocol):
 
     async def _slow(self, request: p.Request, body: bytes) -> None:
         assert self.peer is not None
-        self.server._begin()
+        self.server.begin_request()
         try:
             reply = await self.server.dispatcher(request, self.peer)
         finally:
-            self.server._end()
+            self.server.end_request()
             if isinstance(request, _SECRET_CARRYING):
                 wipe(body)
             self.busy = False
