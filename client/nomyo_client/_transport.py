@@ -13,7 +13,8 @@ Rules of this module:
 - A connection goes back to the pool only after a complete exchange that both sides left
   reusable; one that saw EOF while idle is dropped before reuse, so a request is never written
   into a connection the server already closed. Nothing is resent here: retries are the engine's.
-- The TLS context (certifi's CA bundle, as httpx uses) is made on the first ``https`` request.
+- The TLS context (certifi's CA bundle, as httpx uses) is made on the first ``https`` request,
+  unless one is given.
 - Answers larger than ``MAX_RESPONSE_BYTES`` are refused.
 """
 
@@ -114,11 +115,16 @@ async def _within(timeout: float | None, what: Any) -> Any:
 class H11Pool:
     """Keep-alive HTTP/1.1 connections per (scheme, host, port); see the module rules."""
 
-    def __init__(self, timeouts: Timeouts | None = None, max_idle_per_host: int = 32) -> None:
+    def __init__(
+        self,
+        timeouts: Timeouts | None = None,
+        max_idle_per_host: int = 32,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeouts = timeouts or Timeouts()
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._max_idle = max_idle_per_host
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
         self._closed = False
 
     def _tls(self) -> ssl.SSLContext:
@@ -200,7 +206,7 @@ class H11Pool:
             try:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                if response is None and not conn.reader.at_eof():
+                if response is None:  # bytes came, but not an HTTP response head
                     raise ProtocolFailure(f"the server's answer is not HTTP/1.1: {exc}") from exc
                 raise Dropped(f"the server closed the connection mid-answer: {exc}") from exc
             if event is h11.NEED_DATA:
