@@ -185,9 +185,11 @@ def tls_router(devserver_tls: Any) -> Iterator[tuple[DevServer, Any]]:
 
 
 def test_tls_untrusted_certificate_refused_trusted_one_works(
-    tls_router: tuple[DevServer, Any], agent: RunningAgent
+    tls_router: tuple[DevServer, Any], agent: RunningAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     router, files = tls_router
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     assert router.url.startswith("https://")
     agent.keygen(bits=2048)
 
@@ -213,6 +215,30 @@ def test_tls_untrusted_certificate_refused_trusted_one_works(
         ):
             again = await theirs.create(model="devserver/echo", messages=OVER_TLS)
         assert again["choices"] == answer["choices"]
+        # The default client trusts SSL_CERT_FILE, as httpx does.
+        monkeypatch.setenv("SSL_CERT_FILE", str(files.ca))
+        async with nc.SecureChatCompletion(
+            router.url, agent_socket=agent.path, autostart=False
+        ) as default:
+            third = await default.create(model="devserver/echo", messages=OVER_TLS)
+            assert isinstance(default._engine._state.http, H11Pool)  # type: ignore[union-attr]
+        assert third["choices"] == answer["choices"]
         return answer
 
     assert asyncio.run(go())["choices"][0]["message"]["content"] == "echo: over tls"
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "http_proxy"])
+def test_environment_asking_for_a_proxy_gets_httpx(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
+    assert isinstance(_transport.default_http(Timeouts()), H11Pool)
+    monkeypatch.setenv(name, "http://proxy.invalid:3128")
+    chosen = _transport.default_http(Timeouts(connect=3, read=7, write=7))
+    assert isinstance(chosen, _transport.HttpxAdapter)
+    assert chosen.owned
+    assert chosen.client.timeout.read == 7
+    asyncio.run(chosen.aclose())

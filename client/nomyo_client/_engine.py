@@ -32,6 +32,7 @@ from nomyo_client._transport import (
     TimedOut,
     Timeouts,
     TransportError,
+    default_http,
 )
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class Engine:
         given = self._given_http
         http: H11Pool | HttpxAdapter
         if given is None:
-            http = H11Pool(self.timeouts)
+            http = default_http(self.timeouts)
         elif isinstance(given, H11Pool):
             http = given
         else:

@@ -4,7 +4,9 @@ Why its own: a new process pays for its HTTP stack before its first answer, and 
 about 45 ms to import, ~30 ms to build a client (the TLS context with the CA bundle, even for
 ``http://``) and ~15 ms more on the first request (anyio); this client only sends small bodies
 and reads whole answers. Pass ``http_client=httpx.AsyncClient(...)`` for proxies, custom
-certificates or HTTP/2: ``HttpxAdapter`` then does the same job through it.
+certificates or HTTP/2: ``HttpxAdapter`` then does the same job through it. When the
+environment sets a proxy (``HTTPS_PROXY``...), which httpx honours and the small pool does not,
+the client uses httpx by itself.
 
 Rules of this module:
 
@@ -13,8 +15,8 @@ Rules of this module:
 - A connection goes back to the pool only after a complete exchange that both sides left
   reusable; one that saw EOF while idle is dropped before reuse, so a request is never written
   into a connection the server already closed. Nothing is resent here: retries are the engine's.
-- The TLS context (certifi's CA bundle, as httpx uses) is made on the first ``https`` request,
-  unless one is given.
+- The TLS context is made on the first ``https`` request, unless one is given, from the CAs
+  httpx would use: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's bundle.
 - Answers larger than ``MAX_RESPONSE_BYTES`` are refused.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ __all__ = [
     "HttpxAdapter",
     "Timeouts",
     "TransportError",
+    "default_http",
 ]
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -129,9 +133,16 @@ class H11Pool:
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
-            import certifi  # noqa: PLC0415 - only for https, and only once
+            # As httpx chooses (trust_env): SSL_CERT_FILE, else SSL_CERT_DIR, else certifi.
+            cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+            if cafile:
+                self._ssl = ssl.create_default_context(cafile=cafile)
+            elif capath:
+                self._ssl = ssl.create_default_context(capath=capath)
+            else:
+                import certifi  # noqa: PLC0415 - only for https, and only once
 
-            self._ssl = ssl.create_default_context(cafile=certifi.where())
+                self._ssl = ssl.create_default_context(cafile=certifi.where())
             self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
 
@@ -245,10 +256,11 @@ class H11Pool:
 
 
 class HttpxAdapter:
-    """The same interface through a caller's ``httpx.AsyncClient`` (which the caller closes)."""
+    """The same interface through an ``httpx.AsyncClient`` (closed here only if ``owned``)."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, owned: bool = False) -> None:
         self.client = client
+        self.owned = owned
 
     async def request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
@@ -269,4 +281,20 @@ class HttpxAdapter:
         return Answer(response.status_code, headers_out, response.content)
 
     async def aclose(self) -> None:
-        return None
+        if self.owned:
+            await self.client.aclose()
+
+
+# Settings the environment gives httpx (trust_env) that the small pool does not implement.
+_HTTPX_ENV = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+
+
+def default_http(timeouts: Timeouts) -> H11Pool | HttpxAdapter:
+    """The small pool, unless the environment asks for a proxy: then httpx."""
+    if not any(os.environ.get(name) or os.environ.get(name.lower()) for name in _HTTPX_ENV):
+        return H11Pool(timeouts)
+    import httpx  # noqa: PLC0415 - only when the environment needs it
+
+    timeout = httpx.Timeout(connect=timeouts.connect, read=timeouts.read,
+                            write=timeouts.write, pool=timeouts.connect)  # fmt: skip
+    return HttpxAdapter(httpx.AsyncClient(timeout=timeout), owned=True)
