@@ -82,12 +82,34 @@ def _read_exact(pipe: object, into: memoryview) -> None:
         got += n
 
 
+def _read_result(stdout: object, stderr: object) -> Result:
+    """The reply's metadata; a child that died or spoke garbage is an ``InternalError``."""
+    header = bytearray(_HEADER.size)
+    try:
+        _read_exact(stdout, memoryview(header))
+        (length,) = _HEADER.unpack(header)
+        if length > 1 << 16:
+            raise InternalError(f"the key worker sent a {length}-byte header")
+        body = bytearray(length)
+        _read_exact(stdout, memoryview(body))
+        return msgspec.msgpack.decode(body, type=Result)
+    except (InternalError, msgspec.DecodeError) as exc:
+        err = stderr.read().decode(errors="replace").strip().splitlines()[-3:]  # type: ignore[attr-defined]
+        raise InternalError(
+            f"the key worker failed: {' | '.join(err) or exc}",
+            "this is a bug; please report it with the agent's log",
+        ) from exc
+
+
 def run(job: Job, timeout: float = TIMEOUT) -> tuple[SecretBuffer, Result]:
     """Run ``job`` in a fresh child; the stored-PEM buffer is the caller's to close.
 
     Errors the child reports come back as the same ``AgentError`` subclasses.
     """
-    request = bytearray()
+    # Sized up front so that encoding never grows (reallocates) the buffer: a reallocation would
+    # leave a partial copy of the passphrases in freed memory, out of reach of ``wipe``.
+    secrets = (job.pem, job.file_password or b"", job.passphrase or b"")
+    request = bytearray(sum(len(x) for x in secrets) + 1024)
     msgspec.msgpack.Encoder().encode_into(job, request)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
@@ -110,18 +132,7 @@ def run(job: Job, timeout: float = TIMEOUT) -> tuple[SecretBuffer, Result]:
             pass  # the child died; its stderr says why
         finally:
             wipe(request)
-        header = bytearray(_HEADER.size)
-        try:
-            _read_exact(proc.stdout, memoryview(header))
-            body = bytearray(_HEADER.unpack(header)[0])
-            _read_exact(proc.stdout, memoryview(body))
-            result = msgspec.msgpack.decode(body, type=Result)
-        except (InternalError, msgspec.DecodeError, MemoryError) as exc:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()[-3:]
-            raise InternalError(
-                f"the key worker failed: {' | '.join(err) or exc}",
-                "this is a bug; please report it with the agent's log",
-            ) from exc
+        result = _read_result(proc.stdout, proc.stderr)
         if not result.ok:
             raise from_reply(p.Error(code=result.code, message=result.message, hint=result.hint))
         if not 0 < result.pem_len <= MAX_PEM:
