@@ -153,23 +153,28 @@ def measure(url: str, ours: Side, public: Side, key_dir: str, args: argparse.Nam
         better = f"{ratio:.2f}x" if lower_is_better else f"{ratio:.1f}x"
         rows.append((what, fmt(theirs), fmt(mine), better))
 
+    # Each side runs in turns (public, ours, public, ours, ...), so that load from anything else
+    # on the machine falls on both alike.
     print("measuring: sequential ...", file=sys.stderr, flush=True)
-    seq = {}
-    for side in (public, ours):
-        extra = {"key_dir": key_dir} if side is public else {}
-        out, _ = side.run(mode="seq", n=args.n, warmup=3, **common, **extra)
-        seq[side.name] = out["latencies"]
+    seq: dict[str, list[float]] = {"public": [], "ours": []}
+    rounds: dict[str, list[float]] = {"public": [], "ours": []}
+    for _ in range(args.turns):
+        for side in (public, ours):
+            extra = {"key_dir": key_dir} if side is public else {}
+            out, _ = side.run(mode="seq", n=args.n // args.turns, warmup=3, **common, **extra)
+            seq[side.name] += out["latencies"]
     row("sequential 4 KiB, median", statistics.median(seq["public"]),
         statistics.median(seq["ours"]), "ms")  # fmt: skip
     row("sequential 4 KiB, p90", _p90(seq["public"]), _p90(seq["ours"]), "ms")
 
     print("measuring: concurrent ...", file=sys.stderr, flush=True)
-    tput = {}
-    for side in (public, ours):
-        extra = {"key_dir": key_dir} if side is public else {}
-        out, _ = side.run(mode="conc", concurrency=16, rounds=args.rounds, warmup=2, **common,
-                          **extra)  # fmt: skip
-        tput[side.name] = 16 * len(out["rounds"]) / sum(out["rounds"])
+    for _ in range(args.turns):
+        for side in (public, ours):
+            extra = {"key_dir": key_dir} if side is public else {}
+            out, _ = side.run(mode="conc", concurrency=16, rounds=args.rounds // args.turns,
+                              warmup=1, **common, **extra)  # fmt: skip
+            rounds[side.name] += out["rounds"]
+    tput = {name: 16 * len(times) / sum(times) for name, times in rounds.items()}
     row("16 concurrent, throughput", tput["public"], tput["ours"], "rps", lower_is_better=False)
 
     print("measuring: new process to first answer ...", file=sys.stderr, flush=True)
@@ -206,7 +211,8 @@ def measure(url: str, ours: Side, public: Side, key_dir: str, args: argparse.Nam
     print(line)
     print(
         f"devserver echo model, RSA-4096 router and client keys, {os.cpu_count()} CPUs; "
-        f"sequential n={args.n}, concurrent {args.rounds}x16, {args.processes} new processes; "
+        f"sequential n={args.n}, concurrent {args.rounds}x16, {args.processes} new processes, "
+        f"in {args.turns} alternating turns; "
         "ratio = ours / public (throughput: higher is better)"
     )
     for side in (public, ours):
@@ -220,7 +226,8 @@ _HEAD = ("measurement", "public nomyo 0.2.9", "nomyo_client (agent)", "ratio")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=60, help="sequential requests (default 60)")
-    parser.add_argument("--rounds", type=int, default=6, help="concurrent rounds of 16")
+    parser.add_argument("--rounds", type=int, default=9, help="concurrent rounds of 16")
+    parser.add_argument("--turns", type=int, default=3, help="alternations between the sides")
     parser.add_argument("--processes", type=int, default=7, help="new-process samples")
     args = parser.parse_args()
     started = time.perf_counter()
