@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,11 @@ from support.desktop import require_programs
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="setpriv, /proc, gdb")
 
 NO_PTRACE = ("setpriv", "--bounding-set=-sys_ptrace")
-NO_IPC_LOCK = ("setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-all")
+NO_IPC_LOCK = ("--bounding-set=-ipc_lock", "--inh-caps=-all")
+# Root's uid, nobody's group: /proc/PID/* then belongs to root:nogroup while the process is
+# dumpable and to root:root once it is not, so the kernel's view of "dumpable" can be read
+# from outside.
+NOGROUP = ("setpriv", "--regid=65534", "--clear-groups")
 AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 # Runs as uid 65534 under /usr/bin/python3: stdlib only. Sends one Hello frame and reports what
@@ -128,6 +133,15 @@ def test_debugger_cannot_attach(make_agent: Callable[..., RunningAgent]) -> None
     assert agent.status().state is p.State.NO_IDENTITY
 
 
+def _proc_gid(pid: int) -> int:
+    """The group that owns /proc/PID/mem: the process's own while dumpable, else root's."""
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/status").read_text().count("\nGid:\t65534") == 0:
+        assert time.monotonic() < deadline, "setpriv did not switch the group"
+        time.sleep(0.01)
+    return os.stat(f"/proc/{pid}/mem").st_gid
+
+
 def _proc_facts(pid: int) -> dict[str, Any]:
     status = Path(f"/proc/{pid}/status").read_text()
     limits = Path(f"/proc/{pid}/limits").read_text()
@@ -141,13 +155,19 @@ def _proc_facts(pid: int) -> dict[str, Any]:
     return {"VmLck": kib("VmLck"), "VmSize": kib("VmSize"), "core": core[4:6]}
 
 
-@pytest.mark.parametrize("prefix", [(), NO_IPC_LOCK], ids=["root", "no-ipc-lock"])
+@pytest.mark.parametrize("caps", [(), NO_IPC_LOCK], ids=["root", "no-ipc-lock"])
 def test_status_claims_match_proc(
-    make_agent: Callable[..., RunningAgent], prefix: tuple[str, ...]
+    make_agent: Callable[..., RunningAgent], caps: tuple[str, ...]
 ) -> None:
-    if prefix:
-        require_programs("setpriv")
-    agent = make_agent(prefix=prefix)
+    require_programs("setpriv", "sleep")
+    control = subprocess.Popen([*NOGROUP, *caps, "sleep", "60"])
+    try:
+        # The control: a dumpable process with the same credentials shows nobody's group.
+        assert _proc_gid(control.pid) == 65534
+    finally:
+        control.kill()
+        control.wait()
+    agent = make_agent(prefix=(*NOGROUP, *caps))
     agent.keygen(bits=2048)  # unlocked: the key object now lives in the agent's heap
     claims = json.loads(agent.cli("status", "--json").stdout)["hardening"]
     facts = _proc_facts(agent.pid)
@@ -156,8 +176,9 @@ def test_status_claims_match_proc(
     locked = facts["VmLck"] >= 0.9 * facts["VmSize"]
     assert claims["process_memory_locked"] is locked
     assert claims["key_memory_locked"] is locked  # the OpenSSL heap is locked only with the rest
+    assert claims["not_dumpable"] is (_proc_gid(agent.pid) == 0)  # kernel's view, from outside
     assert claims["not_dumpable"]
-    if prefix:
+    if caps:
         assert not locked
         assert facts["VmLck"] < 1024
         assert any("RLIMIT_MEMLOCK" in d for d in claims["details"])
