@@ -111,9 +111,9 @@ class Engine:
             http = HttpxAdapter(given)
         agent = AgentLink(self._agent_socket, autostart=self._autostart, key_dir=self._key_dir)
         state = _LoopState(loop=loop, http=http, owns_http=self._given_http is None, agent=agent)
+        self._state = state  # before any await: concurrent first calls must share it
         state.closer = _close_at_loop_shutdown(state)
         await state.closer.__anext__()
-        self._state = state
         return state
 
     async def agent(self) -> AgentLink:
