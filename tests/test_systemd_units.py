@@ -19,7 +19,7 @@ from support.desktop import require_programs
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "systemd"
 VENV_SCRIPT = Path(sys.executable).parent / "nomyo-agent"
-EXPOSURE_LIMIT = 1.5  # docs/running.md records the measured figure
+EXPOSURE_LIMIT = 1.7  # docs/running.md records the measured figure
 
 
 @pytest.fixture

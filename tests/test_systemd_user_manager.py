@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -45,6 +46,8 @@ class UserManager:
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
     log: Path
+    prefix: tuple[str, ...] = ()  # how to run a command as the manager's user
+    python: str = sys.executable
 
     @property
     def units(self) -> Path:
@@ -56,7 +59,7 @@ class UserManager:
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            ["systemctl", "--user", *args],
+            [*self.prefix, "systemctl", "--user", *args],
             env=self.env, capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         if check and result.returncode != 0:
@@ -70,8 +73,8 @@ class UserManager:
     def agent(self, *args: str, input: bytes = b"") -> subprocess.CompletedProcess[str]:
         """``nomyo-agent ARGS`` as the user would run it in this session."""
         result = subprocess.run(
-            [*AGENT, *args], env=self.env, input=input, capture_output=True, timeout=120,
-            check=False,
+            [*self.prefix, self.python, "-m", "nomyo_agent", *args],
+            env=self.env, input=input, capture_output=True, timeout=120, check=False,
         )  # fmt: skip
         return subprocess.CompletedProcess(
             result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
@@ -87,6 +90,11 @@ class UserManager:
         parts = [f"manager log:\n{self.log.read_text(errors='replace')[-3000:]}"]
         if agent_log.exists():
             parts.append(f"agent log:\n{agent_log.read_text(errors='replace')[-3000:]}")
+        status = subprocess.run(
+            [*self.prefix, "systemctl", "--user", "status", "--no-pager", "nomyo-agent.service"],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        parts.append(status.stdout[-2000:])
         return "\n".join(parts)
 
     def wait_for(self, unit: str, state: str, timeout: float = 20.0) -> dict[str, str]:
@@ -404,3 +412,179 @@ def test_graphical_pinentry_from_the_sandbox(
     xdisplay.xdotool("type", "--delay", "20", "pw-sandbox")
     xdisplay.xdotool("key", "Return")
     _assert_unlocked(user_manager, future)
+
+
+# --- an ordinary user's manager: the sandbox without root's privileges ---------------------------
+
+NOBODY = 65534
+AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+# What PID 1 has made on any systemd machine before a user logs in; namespaced user services
+# mount onto /run/systemd/unit-root and mask paths with /run/systemd/inaccessible/*.
+PID1_RUN = (
+    "mkdir -p /run/systemd/system /run/systemd/unit-root /run/systemd/inaccessible/dir"
+    " && mknod -m 0 /run/systemd/inaccessible/chr c 0 0"
+    " && mknod -m 0 /run/systemd/inaccessible/blk b 0 0"
+    " && mkfifo -m 0 /run/systemd/inaccessible/fifo"
+    " && touch /run/systemd/inaccessible/reg && chmod 0 /run/systemd/inaccessible/*"
+)
+
+
+def _python_for_nobody(env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """An interpreter that user 65534 can run with this project importable.
+
+    The venv's own may sit under a home folder others cannot enter (pyenv under /root); the
+    system Python of the same minor version then runs the venv's packages from PYTHONPATH
+    (their wheels are built for that minor version).
+    """
+    candidates = [(sys.executable, {})]
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    site = sysconfig.get_paths()["purelib"]
+    root = Path(__file__).resolve().parents[1]
+    candidates.append((system, {"PYTHONPATH": f"{site}:{root / 'agent'}"}))
+    for python, extra in candidates:
+        # Inside a user namespace, as the service will run: stricter than outside here.
+        probe = subprocess.run(
+            [*AS_NOBODY, "unshare", "--user", python, "-c", "import nomyo_agent._daemon, keyring"],
+            env={**env, **extra}, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return python, extra
+    pytest.fail(f"no Python that user {NOBODY} can run imports nomyo_agent (tried {candidates})")
+
+
+def _cgroup_roots() -> list[Path]:
+    hybrid = [Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd")]
+    return [p for p in hybrid if (p / "cgroup.procs").exists()] or [Path("/sys/fs/cgroup")]
+
+
+def _remove_cgroup(path: Path) -> None:
+    if path.is_dir():
+        for child in [c for c in path.iterdir() if c.is_dir()]:
+            _remove_cgroup(child)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+@pytest.fixture
+def unprivileged_manager() -> Iterator[UserManager]:
+    """``systemd --user`` of user 65534 with its own session bus and unlocked gnome-keyring.
+
+    As user@.service does, the test delegates a cgroup to the user; the manager then runs with
+    no capabilities at all, as every real user's manager does.
+    """
+    require_programs("unshare", "systemctl", "setpriv", "dbus-daemon", "gnome-keyring-daemon")
+    top = Path(tempfile.mkdtemp(prefix="nomyo-user-"))  # /tmp/pytest-of-root is 0700
+    home = top / "home"
+    env = {
+        "HOME": str(home), "XDG_RUNTIME_DIR": str(top / "run"), "PATH": "/usr/bin:/bin",
+        "XDG_CONFIG_HOME": str(home / ".config"), "XDG_STATE_HOME": str(home / ".local/state"),
+        "LANG": "C.UTF-8", "PYTHON_KEYRING_BACKEND": "keyring.backends.SecretService.Keyring",
+    }  # fmt: skip
+    for folder in (home / ".config/systemd/user", home / ".local/state", top / "run"):
+        folder.mkdir(parents=True, mode=0o700)
+    for unit in ("dbus.socket", "dbus.service"):  # the session bus is ours, as in user_manager
+        (home / ".config/systemd/user" / unit).symlink_to(os.devnull)
+    for path in [top, *top.rglob("*")]:
+        os.lchown(path, NOBODY, NOBODY)
+    python, extra = _python_for_nobody(env)
+    env.update(extra)
+    procs: list[subprocess.Popen[bytes]] = []
+    cgroups = [root / f"nomyo-test-{os.getpid()}" for root in _cgroup_roots()]
+    try:
+        bus = subprocess.Popen(
+            [*AS_NOBODY, "dbus-daemon", "--session", "--nofork", "--nopidfile",
+             "--print-address=1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        procs.append(bus)
+        assert bus.stdout is not None
+        env["DBUS_SESSION_BUS_ADDRESS"] = bus.stdout.readline().decode().strip()
+        bus.stdout.close()
+        keyring = subprocess.Popen(
+            [*AS_NOBODY, "gnome-keyring-daemon", "--foreground", "--unlock",
+             "--components=secrets"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        procs.append(keyring)
+        assert keyring.stdin is not None
+        keyring.stdin.write(b"test-login-password")
+        keyring.stdin.close()
+        for cgroup in cgroups:
+            cgroup.mkdir()
+            for path in [cgroup, *cgroup.iterdir()]:
+                os.chown(path, NOBODY, NOBODY)
+        join = "; ".join(f"echo $$ > {c}/cgroup.procs" for c in cgroups)
+        script = f"{join}; mount -t tmpfs tmpfs /run && {PID1_RUN} && exec {' '.join(AS_NOBODY)}"
+        log = top / "manager.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 f"{script} {SYSTEMD} --user"],
+                env=env, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        procs.append(proc)
+        manager = UserManager(proc, env, log, prefix=AS_NOBODY, python=python)
+        deadline = time.monotonic() + 20
+        while manager.systemctl(
+            "show", "--property=SystemState", "--value", check=False
+        ).stdout.strip() not in {"running", "degraded"}:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the unprivileged user manager did not start\n{manager.logs()}")
+            time.sleep(0.05)
+        yield manager
+        manager.systemctl("exit", check=False)
+        proc.wait(timeout=15)
+    finally:
+        for started in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started.pid, signal.SIGKILL)
+            started.wait(timeout=10)
+        for cgroup in cgroups:
+            _remove_cgroup(cgroup)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+SEAL_OPEN = """
+from nomyo_agent import protocol as p
+from nomyo_agent.connection import AgentConnection
+with AgentConnection.open(timeout=60) as conn:
+    ident = conn.call(p.PublicKey(), p.IdentityReply)
+    sealed = conn.call(p.Seal(origin="https://self.test", router_key_pem=ident.public_key_pem,
+                              plaintext=b"as nobody"), p.SealReply)
+    print(conn.call(p.Open(package=sealed.package), p.OpenReply).plaintext.decode())
+"""
+
+
+def test_sandbox_works_for_an_ordinary_user(unprivileged_manager: UserManager) -> None:
+    manager = unprivileged_manager
+    install(manager)
+    # Only a test artefact: the interpreter that runs the venv's packages for user 65534.
+    if "PYTHONPATH" in manager.env:
+        manager.drop_in(
+            "pythonpath", f"[Service]\nEnvironment=PYTHONPATH={manager.env['PYTHONPATH']}\n"
+        )
+    manager.systemctl("daemon-reload")
+    status = manager.agent("status", "--json")  # the first connection starts the agent
+    assert status.returncode == 0, status.stderr + manager.logs()
+    pid = int(manager.wait_for("nomyo-agent.service", "active")["MainPID"])
+    st = proc_status(pid)
+    assert st["Uid"].split()[0] == str(NOBODY)
+    assert (st["NoNewPrivs"], st["Seccomp"]) == ("1", "2")
+    # The filesystem sandbox really applies (PrivateUsers= lets an unprivileged manager build
+    # it): its own user and mount namespaces, / read-only, the state folder writable.
+    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(f"/proc/{manager.proc.pid}/ns/mnt")
+    mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    assert any(line.split()[4] == "/" and " ro," in f" {line.split()[5]}," for line in mounts)
+    keygen = manager.agent("keygen", "--bits", "2048", "--passphrase-stdin", input=b"\n")
+    assert keygen.returncode == 0, keygen.stderr + manager.logs()
+    result = subprocess.run(
+        [*AS_NOBODY, manager.python, "-c", SEAL_OPEN],
+        env=manager.env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.stdout.strip() == "as nobody", result.stderr + manager.logs()
+    assert (Path(manager.env["XDG_STATE_HOME"]) / "nomyo-agent" / "pins.json").exists()
+    manager.systemctl("stop", "nomyo-agent.socket")
+    props = manager.show("nomyo-agent.service", "Result", "ExecMainStatus")
+    assert (props["Result"], props["ExecMainStatus"]) == ("success", "0"), manager.logs()
