@@ -1,0 +1,282 @@
+"""The tray icon itself: pystray rendering ``_view``'s decisions, and threads talking to the agent.
+
+Rules of this module:
+
+- pystray is imported only inside ``TrayApp.run`` (it needs a display at import time).
+- One watcher thread holds a ``Watch`` connection; the agent pushes a ``StateEvent`` on every
+  change, so there is no polling while it runs. When it goes away the icon shows "no agent"
+  and the watcher reconnects with a short backoff (at most 1 s apart: one connect attempt, no
+  storm), so a restarted agent is picked up within a second.
+- Unlock, lock and start run in worker threads on their own connections, never on the watcher's.
+  Unlock sends only *where* to show pinentry (this process's display, bus and terminal): the
+  agent runs pinentry, so the passphrase never passes through the tray.
+- pystray's xorg backend never selects ``ButtonPressMask`` on its icon window, so clicks never
+  arrive (pystray issue #151); ``_fix_xorg_clicks`` adds it to the window right after creation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any, cast
+
+from nomyo_agent import protocol as p
+from nomyo_agent._pinentry import pinentry_env_from
+from nomyo_agent.connection import AgentConnection
+from nomyo_agent.errors import AgentError, PinentryCancelledError, from_reply
+from nomyo_agent.paths import socket_path
+from nomyo_tray import _icons, _view
+from nomyo_tray._view import Action, View
+
+__all__ = ["BACKENDS", "TrayApp", "TrayError", "import_pystray"]
+
+log = logging.getLogger("nomyo_tray")
+
+BACKENDS = ("appindicator", "gtk", "xorg")  # pystray's own order of preference on Linux
+RECONNECT_MAX = 1.0  # seconds between attempts while no agent answers
+UNLOCK_TIMEOUT = 330.0  # the agent's pinentry timeout (300 s) and then some
+TICK = 10.0  # how often the "locks in ..." row is refreshed while unlocked
+XORG_TILE = (48, 48, 48)  # xorg cannot show alpha: the icon sits on a dark tile
+
+
+class TrayError(Exception):
+    """The tray cannot be shown (no display, no usable pystray backend)."""
+
+
+def import_pystray(backend: str | None) -> ModuleType:
+    """Import pystray with ``backend`` (or the first that loads); ``TrayError`` when none does.
+
+    pystray picks its backend at import time from ``PYSTRAY_BACKEND``, and its automatic choice
+    stops at the first failure (PyGObject without the Gtk typelib raises ``ValueError``), so we
+    try each backend ourselves.
+    """
+    errors = []
+    for name in (backend,) if backend else BACKENDS:
+        os.environ["PYSTRAY_BACKEND"] = name
+        for mod in [m for m in sys.modules if m == "pystray" or m.startswith("pystray.")]:
+            del sys.modules[mod]  # a failed import may leave half a package behind
+        try:
+            import pystray  # noqa: PLC0415 - needs a display, so only here
+
+            return cast(ModuleType, pystray)
+        except Exception as exc:  # Xlib, gi and pystray raise anything at import time
+            errors.append(f"{name}: {str(exc).strip() or type(exc).__name__}")
+    raise TrayError("no tray backend could start (" + "; ".join(errors) + ")")
+
+
+def _fix_xorg_clicks(icon: Any) -> None:
+    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
+    if window is None or display is None:
+        return
+    from Xlib import X  # type: ignore[import-untyped]  # noqa: PLC0415 - xorg only
+
+    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
+    display.flush()
+
+
+class TrayApp:
+    """The tray for the agent at ``socket`` (default: the usual socket path)."""
+
+    def __init__(self, socket: str | None = None, backend: str | None = None) -> None:
+        self.explicit_socket = socket
+        self.path = socket_path(socket)
+        self.backend = backend
+        self._view = _view.no_agent()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # cut the reconnect wait short (after "Start agent")
+        self._icon: Any = None
+        self._pystray: ModuleType | None = None
+        self._kind: _view.IconKind | None = None
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def view(self) -> View:
+        with self._lock:
+            return self._view
+
+    def _update(self, change: Callable[[View], View]) -> None:
+        with self._lock:
+            self._view = change(self._view)
+            view = self._view
+        self._render(view)
+
+    def _set(self, view: View) -> None:
+        self._update(lambda v: dataclasses.replace(view, busy=v.busy))
+
+    def _render(self, view: View) -> None:
+        icon = self._icon
+        if icon is None:
+            return
+        kind = _view.icon_kind(view)
+        if kind is not self._kind:
+            self._kind = kind
+            icon.icon = _icons.render(kind, 64, self._tile())
+            log.info("state: %s", kind.value)
+        icon.title = _view.tooltip(view)
+        icon.update_menu()
+
+    def _tile(self) -> tuple[int, int, int] | None:
+        return XORG_TILE if self._backend_name() == "xorg" else None
+
+    def _backend_name(self) -> str:
+        return type(self._icon).__module__.rsplit("._", 1)[-1] if self._icon is not None else ""
+
+    # --- pystray -----------------------------------------------------------------------------
+
+    def _menu_items(self) -> Iterator[Any]:
+        assert self._pystray is not None
+        item = self._pystray.MenuItem
+        for row in _view.menu(self.view, time.monotonic()):
+            if row.action is Action.QUIT:
+                yield self._pystray.Menu.SEPARATOR
+            yield item(
+                row.text,
+                self._handler(row.action),
+                enabled=row.enabled,
+                default=row.default,
+            )
+
+    def _handler(self, action: Action) -> Callable[[Any, Any], None]:
+        def run(icon: Any, item: Any) -> None:
+            self.perform(action)
+
+        return run
+
+    def run(self) -> None:
+        """Show the icon and block until Quit (or ``stop()``)."""
+        pystray = import_pystray(self.backend)
+        self._pystray = pystray
+        kind = _view.icon_kind(self.view)
+        icon = pystray.Icon(
+            "nomyo-agent",
+            icon=_icons.render(kind, 64),
+            title=_view.tooltip(self.view),
+            menu=pystray.Menu(self._menu_items),
+        )
+        self._icon = icon
+        if self._backend_name() == "xorg":
+            _fix_xorg_clicks(icon)
+            icon.icon = _icons.render(kind, 64, XORG_TILE)
+        self._kind = kind
+        log.info(
+            "backend %s (menu: %s, default action: %s, notifications: %s)",
+            self._backend_name(), icon.HAS_MENU, icon.HAS_DEFAULT_ACTION, icon.HAS_NOTIFICATION,
+        )  # fmt: skip
+        icon.run(setup=self._setup)
+
+    def _setup(self, icon: Any) -> None:
+        icon.visible = True
+        for target in (self._watch_loop, self._tick_loop):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._icon is not None:
+            self._icon.stop()
+
+    def _notify(self, notice: _view.Notice) -> None:
+        log.info("notice: %s: %s", notice.title, notice.message)
+        icon = self._icon
+        if icon is not None and icon.HAS_NOTIFICATION:
+            with contextlib.suppress(Exception):  # a missing notification daemon is no error
+                icon.notify(notice.message, notice.title)
+
+    # --- the agent ---------------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                with AgentConnection.open(self.path, timeout=10) as conn:
+                    self._set(
+                        _view.view_from_status(
+                            conn.call(p.Status(), p.StatusReply), time.monotonic()
+                        )
+                    )
+                    delay = 0.1
+                    for event in conn.watch():
+                        self._on_event(event)
+            except AgentError as exc:
+                log.debug("watch: %s", exc)
+            if self._stop.is_set():
+                return
+            self._update(lambda v: View(connected=False, busy=v.busy))
+            self._wake.wait(delay)
+            self._wake.clear()
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _on_event(self, event: p.StateEvent) -> None:
+        self._update(lambda v: _view.apply_event(v, event, time.monotonic()))
+        notice = _view.notice_for(event)
+        if notice is not None:
+            self._notify(notice)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(TICK):
+            if _view.icon_kind(self.view) is _view.IconKind.UNLOCKED and self._icon is not None:
+                self._icon.update_menu()
+
+    def perform(self, action: Action) -> None:
+        """Start ``action`` in a worker thread (menu items and the left click land here)."""
+        if action is Action.QUIT:
+            self.stop()
+            return
+        jobs = {Action.UNLOCK: self._unlock, Action.LOCK: self._lock_now}
+        jobs[Action.START_AGENT] = self._start_agent
+        job = jobs.get(action)
+        if job is None:
+            return
+        with self._lock:
+            if self._view.busy is not None:
+                return  # one at a time: a second click must not open a second pinentry
+            self._view = dataclasses.replace(self._view, busy=action)
+        threading.Thread(target=self._run_job, args=(action, job), daemon=True).start()
+
+    def _run_job(self, action: Action, job: Callable[[], None]) -> None:
+        self._render(self.view)
+        try:
+            job()
+        except PinentryCancelledError:
+            log.info("%s: cancelled", action.value)
+        except AgentError as exc:
+            log.warning("%s failed: %s", action.value, exc)
+            hint = f" ({exc.hint})" if exc.hint else ""
+            self._notify(_view.Notice(f"nomyo-agent: {action.value} failed", f"{exc}{hint}"))
+        finally:
+            self._update(lambda v: dataclasses.replace(v, busy=None))
+
+    def _call(self, request: p.Request, timeout: float) -> None:
+        with AgentConnection.open(self.path, timeout=timeout) as conn:
+            reply = conn.request(request)
+        if isinstance(reply, p.Error):
+            raise from_reply(reply)
+
+    def _unlock(self) -> None:
+        self._call(p.Unlock(pinentry=pinentry_env_from(os.environ, None)), UNLOCK_TIMEOUT)
+
+    def _lock_now(self) -> None:
+        self._call(p.Lock(), 30)
+
+    def _start_agent(self) -> None:
+        argv = [sys.executable, "-m", "nomyo_agent"]
+        if self.explicit_socket:
+            argv += ["--socket", self.path]
+        done = subprocess.run(
+            [*argv, "start"], capture_output=True, text=True, timeout=60, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise AgentError(f"nomyo-agent start failed: {last}")
+        self._wake.set()
