@@ -556,9 +556,21 @@ with AgentConnection.open(timeout=60) as conn:
 """
 
 
-def test_sandbox_works_for_an_ordinary_user(unprivileged_manager: UserManager) -> None:
+# docs/running.md gives this drop-in for systems that forbid unprivileged user namespaces.
+NO_USERNS_DROP_IN = (
+    "[Service]\nPrivateUsers=no\nPrivateDevices=no\nProtectKernelModules=no\nProtectClock=no\n"
+    "CapabilityBoundingSet=~\n"
+)
+
+
+@pytest.mark.parametrize("userns", [True, False], ids=["userns", "no-userns-drop-in"])
+def test_sandbox_works_for_an_ordinary_user(
+    unprivileged_manager: UserManager, userns: bool
+) -> None:
     manager = unprivileged_manager
     install(manager)
+    if not userns:
+        manager.drop_in("no-userns", NO_USERNS_DROP_IN)
     # Only a test artefact: the interpreter that runs the venv's packages for user 65534.
     if "PYTHONPATH" in manager.env:
         manager.drop_in(
@@ -571,12 +583,16 @@ def test_sandbox_works_for_an_ordinary_user(unprivileged_manager: UserManager) -
     st = proc_status(pid)
     assert st["Uid"].split()[0] == str(NOBODY)
     assert (st["NoNewPrivs"], st["Seccomp"]) == ("1", "2")
-    # The filesystem sandbox really applies (PrivateUsers= lets an unprivileged manager build
-    # it): its own user and mount namespaces, / read-only, the state folder writable.
-    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
-    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(f"/proc/{manager.proc.pid}/ns/mnt")
+    # With PrivateUsers= an unprivileged manager can build the filesystem sandbox: its own user
+    # and mount namespaces, / read-only, the state folder writable. Without it, systemd skips
+    # the mount namespace silently; the seccomp-based options above still hold.
     mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    assert any(line.split()[4] == "/" and " ro," in f" {line.split()[5]}," for line in mounts)
+    root_ro = any(line.split()[4] == "/" and "ro" in line.split()[5].split(",") for line in mounts)
+    own_userns = os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    own_mntns = os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(
+        f"/proc/{manager.proc.pid}/ns/mnt"
+    )
+    assert (root_ro, own_userns, own_mntns) == (userns, userns, userns)
     keygen = manager.agent("keygen", "--bits", "2048", "--passphrase-stdin", input=b"\n")
     assert keygen.returncode == 0, keygen.stderr + manager.logs()
     result = subprocess.run(
