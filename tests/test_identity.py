@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from nomyo_agent import _identity, _keys, _keyworker, _pkcs8
 from nomyo_agent import protocol as p
 from nomyo_agent._identity import IdentityInfo, generate, import_pem, unlock
-from nomyo_agent._keystore import KeyringStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import (
     BadKeyError,
@@ -35,7 +32,6 @@ from nomyo_agent.errors import (
     PassphraseRequiredError,
 )
 from support.agent import RunningAgent
-from support.desktop import Session
 from support.peer import peer_python
 
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -305,68 +301,6 @@ def test_worker_timeout_is_an_internal_error() -> None:
 
 
 # --- figures -----------------------------------------------------------------------------------
-
-
-def _median_ms(run: Callable[[], object], n: int) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("passphrase", [b"", b"measured passphrase"], ids=["plain", "passphrase"])
-def test_unlock_time_rsa4096(
-    make_agent: Callable[..., RunningAgent],
-    desktop: Session,
-    monkeypatch: pytest.MonkeyPatch,
-    passphrase: bytes,
-    record_property: Callable[[str, object], None],
-) -> None:
-    """Unlock, keyring to ready, for RSA-4096: over the RPC and in-process, beside one bare
-    RSA-OAEP-SHA256 decryption. Run with ``-s`` to see the figures."""
-    agent = make_agent()
-    agent.keygen(bits=4096, passphrase=passphrase)
-
-    def rpc_unlock() -> None:
-        with agent.connect() as conn:
-            conn.call(p.Lock(), p.Ok)
-            start = time.perf_counter()
-            conn.call(p.Unlock(passphrase=passphrase or None), p.Ok)
-            rpc_times.append((time.perf_counter() - start) * 1000)
-
-    rpc_times: list[float] = []
-    for _ in range(5):
-        rpc_unlock()
-    rpc = statistics.median(rpc_times)
-
-    for name in [n for n in os.environ if n.startswith(("DBUS_", "XDG_"))]:
-        monkeypatch.delenv(name)
-    for name, value in desktop.env.items():
-        monkeypatch.setenv(name, value)
-    store = KeyringStore()
-
-    def local_unlock() -> None:
-        stored = store.load()
-        assert stored is not None
-        with stored:
-            unlock(stored, passphrase or None).close()
-
-    local = _median_ms(local_unlock, 5)
-    key = rsa.generate_private_key(65537, 4096)
-    wrapped = key.public_key().encrypt(os.urandom(32), OAEP)
-    bare = _median_ms(lambda: key.decrypt(wrapped, OAEP), 50)
-    line = (
-        f"RSA-4096 {'with' if passphrase else 'without'} passphrase "
-        f"(PBKDF2-HMAC-SHA256 x{_pkcs8.PBKDF2_ITERATIONS if passphrase else 0}): "
-        f"unlock over RPC {rpc:.1f} ms, in-process keyring load + unlock {local:.1f} ms; "
-        f"bare RSA-OAEP-SHA256 decrypt {bare:.2f} ms"
-    )
-    print("\n" + line)
-    record_property("unlock_figures", line)
-    assert rpc < 2000
 
 
 # --- the documented migration, through the CLI ----------------------------------------------------

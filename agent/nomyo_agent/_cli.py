@@ -335,8 +335,8 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _passphrase_options(parser: argparse.ArgumentParser, new: bool) -> None:
-    group = parser.add_mutually_exclusive_group()
+def _passphrase_options(parser: argparse.ArgumentParser, new: bool, exclusive: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group() if exclusive else parser
     group.add_argument(
         "--passphrase-stdin",
         action="store_true",
@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("path", help="the PEM file (PKCS#1 or PKCS#8, encrypted or not)")
     sp.add_argument("--force", action="store_true", help="replace an existing identity")
-    _passphrase_options(sp, new=True)
+    # import: stdin gives the *file's* password, --no-passphrase says how to *store* it: both fit
+    _passphrase_options(sp, new=True, exclusive=False)
 
     sp = add("unlock", cmd_unlock, "unlock the identity (pinentry asks for the passphrase)")
     _passphrase_options(sp, new=False)

@@ -145,6 +145,7 @@ class Dispatcher:
                 finally:
                     _wipe_opt(request.passphrase)
                     _wipe_opt(request.file_password)
+                    _wipe_opt(request.pem)  # an unencrypted PEM is the private key itself
         raise InternalError(f"unhandled request {type(request).__name__}")  # pragma: no cover
 
     def _now(self, request: p.Request, peer: Peer) -> p.Response:

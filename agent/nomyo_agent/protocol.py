@@ -208,8 +208,9 @@ class Generate(_Msg, frozen=True, tag="generate"):
 class Import(_Msg, frozen=True, tag="import"):
     """Import a PEM private key (e.g. the public client's ``client_keys/private_key.pem``).
 
-    ``file_password`` opens the PEM if it is encrypted; ``passphrase`` is what to store it under
-    (None with ``pinentry`` set: ask; None without: keep ``file_password``; b"": none).
+    ``file_password`` opens the PEM if it is encrypted (when it is None and ``pinentry`` is set,
+    the agent asks for it). ``passphrase`` is what to store the key under: None keeps the file's
+    password (so an unencrypted file stays unencrypted), b"" stores it with none.
     """
 
     pem: bytes
@@ -482,6 +483,9 @@ class FrameReader:
             if len(self._buf) < self._need:
                 return
             body = bytes(self._buf[: self._need])
+            # Zero what was consumed before letting go of it: a frame may carry a passphrase or
+            # a PEM, and bytearray deletion only moves its start pointer over the old bytes.
+            self._buf[: self._need] = bytes(self._need)
             del self._buf[: self._need]
             self._need = None
             yield body
