@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import os
 import random
+import resource
 import shutil
 import signal
 import stat
@@ -188,6 +189,14 @@ def test_first_connection_starts_the_sandboxed_agent(user_manager: UserManager) 
     assert st["Seccomp"] == "2"
     assert int(st["CapBnd"], 16) == 0
     assert os.readlink(f"/proc/{status.pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    # The agent's own hardening works inside the sandbox (syscall filter included). Locking
+    # the whole process needs a memlock limit the manager here does not give (8 MiB, clamped
+    # from LimitMEMLOCK=infinity), and the agent says so rather than pretending.
+    hardening = status.hardening
+    assert hardening.not_dumpable, hardening.details
+    assert hardening.core_dumps_disabled, hardening.details
+    assert hardening.key_memory_dontdump, hardening.details
+    assert hardening.process_memory_locked or any("RLIMIT_MEMLOCK" in d for d in hardening.details)
     limits = Path(f"/proc/{status.pid}/limits").read_text()
     assert any(
         line.startswith("Max core file size") and " 0 " in line for line in limits.splitlines()
@@ -583,6 +592,10 @@ def test_sandbox_works_for_an_ordinary_user(
     st = proc_status(pid)
     assert st["Uid"].split()[0] == str(NOBODY)
     assert (st["NoNewPrivs"], st["Seccomp"]) == ("1", "2")
+    # LimitMEMLOCK=infinity is clamped to the manager's own limit, not refused.
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    memlock = next(line for line in limits if line.startswith("Max locked memory")).split()
+    assert memlock[3:5] == [str(resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])] * 2
     # With PrivateUsers= an unprivileged manager can build the filesystem sandbox: its own user
     # and mount namespaces, / read-only, the state folder writable. Without it, systemd skips
     # the mount namespace silently; the seccomp-based options above still hold.

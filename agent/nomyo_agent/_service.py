@@ -89,6 +89,9 @@ RestartSec=1s
 TimeoutStopSec=30s
 UMask=0077
 LimitCORE=0
+# For mlockall (the agent maps ~50 MB). systemd clamps this to the user manager's own hard limit,
+# so it is harmless where that is low and takes effect where the administrator raised it.
+LimitMEMLOCK=infinity
 
 # No network at all: only Unix sockets (the session bus, the X11/Wayland socket for pinentry).
 RestrictAddressFamilies=AF_UNIX
