@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _keys
 from nomyo_agent import protocol as p
@@ -80,8 +81,21 @@ def test_migrating_the_public_clients_key_file(agent: RunningAgent, tmp_path: Pa
     assert (status.state, status.fingerprint) == (p.State.UNLOCKED, expected)
     assert status.passphrase_protected  # the file's password protects it in the keyring too
 
-    again = agent.cli("import", str(pem), "--passphrase-stdin", input=b"x\n", check=False)
-    assert "an identity exists already" in again.stderr
+    # importing the same key again is not a conflict (a client's load_keys may do it each start)
+    again = agent.cli("import", str(pem), "--passphrase-stdin", input="pw ü\n".encode())
+    assert expected in again.stderr
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    refused = agent.cli("import", str(other), "--no-passphrase", check=False)
+    assert refused.returncode == 1
+    assert "an identity exists already" in refused.stderr
+    assert agent.status().fingerprint == expected
     agent.cli("lock")
     agent.cli("unlock", "--passphrase-stdin", input="pw ü\n".encode())
     assert agent.status().state is p.State.UNLOCKED

@@ -28,7 +28,6 @@ from nomyo_agent.errors import (
     LockedError,
     NoIdentityError,
     PinMismatchError,
-    ProtocolMismatchError,
 )
 from support.agent import RunningAgent, start_agent
 from support.desktop import Session
@@ -324,9 +323,12 @@ def test_invalid_requests_get_errors_and_the_connection_stays_usable(agent: Runn
         assert isinstance(read_reply(sock), p.StatusReply)
 
 
-def test_protocol_version_mismatch_is_a_typed_error(agent: RunningAgent) -> None:
-    with agent.connect() as conn, pytest.raises(ProtocolMismatchError):
-        conn.call(p.Hello(protocol=p.PROTOCOL_VERSION + 1), p.HelloReply)
+def test_hello_from_another_protocol_version_gets_the_agents_own(agent: RunningAgent) -> None:
+    with agent.connect() as conn:
+        reply = conn.call(p.Hello(protocol=p.PROTOCOL_VERSION + 1), p.HelloReply)
+    assert reply.protocol == p.PROTOCOL_VERSION  # the client compares and decides
+    assert reply.autostarted is False
+    assert reply.pid == agent.pid
 
 
 def test_oversized_frames_and_half_frames_close_only_that_connection(agent: RunningAgent) -> None:

@@ -324,7 +324,9 @@ def test_migration_from_client_keys_via_cli(
     agent.cli("lock")
     agent.cli("unlock", "--passphrase-stdin", input=b"new pw\n")
 
-    refused = agent.cli("import", str(protected), "--passphrase-stdin", input=b"x\n", check=False)
+    refused = agent.cli(
+        "import", str(protected), "--passphrase-stdin", input="hunter2 ü\n".encode(), check=False
+    )
     assert refused.returncode == 1
     assert "identity exists" in refused.stderr
     wrong = agent.cli(

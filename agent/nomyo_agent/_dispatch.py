@@ -40,7 +40,6 @@ from nomyo_agent.errors import (
     PassphraseRequiredError,
     PinentryError,
     PinMismatchError,
-    ProtocolMismatchError,
 )
 
 if TYPE_CHECKING:
@@ -160,11 +159,8 @@ class Dispatcher:
                 state.touch(peer)
                 return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
             case p.Hello():
-                if request.protocol != p.PROTOCOL_VERSION:
-                    raise ProtocolMismatchError(
-                        f"client speaks protocol {request.protocol}, "
-                        f"this agent {p.PROTOCOL_VERSION}"
-                    )
+                # Always answer with our own version, even to another one: the client decides,
+                # and only the reply tells it whether it may restart an agent it auto-started.
                 return p.HelloReply(
                     protocol=p.PROTOCOL_VERSION,
                     agent_version=__version__,
@@ -400,7 +396,8 @@ class Dispatcher:
                     secret.close()
 
     async def _import(self, request: p.Import) -> p.Response:
-        self._check_replace(request.force)
+        # No early _check_replace: importing the key the agent already holds is not a conflict
+        # (a client's load_keys may run on every start), and only the key worker can tell.
         async with self._unlock_lock:
             file_secret: SecretBuffer | None = (
                 SecretBuffer.from_bytes(request.file_password)
@@ -435,6 +432,11 @@ class Dispatcher:
                         )
                         continue
                     try:
+                        current = self.state.info
+                        same = current is not None and current.fingerprint == info.fingerprint
+                        if same and not request.force:  # --force re-stores (a new passphrase)
+                            return self._identity_reply()
+                        self._check_replace(request.force)
                         return await self._install(stored, info, store_pw, "import")
                     finally:
                         stored.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 __all__ = ["ENV_SOCK", "IS_WINDOWS", "default_socket_path", "socket_path"]
@@ -33,7 +32,11 @@ def default_socket_path(env: dict[str, str] | None = None) -> str:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime and Path(runtime).is_absolute():
         return str(Path(runtime) / "nomyo-agent" / "agent.sock")
-    tmp = env.get("TMPDIR") or tempfile.gettempdir()
+    tmp = env.get("TMPDIR")
+    if not tmp:
+        import tempfile  # noqa: PLC0415 - ~3 ms that every client start would pay otherwise
+
+        tmp = tempfile.gettempdir()
     return str(Path(tmp) / f"nomyo-agent-{os.getuid()}" / "agent.sock")
 
 
