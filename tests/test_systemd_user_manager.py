@@ -280,7 +280,13 @@ def test_active_only_once_the_agent_says_ready(user_manager: UserManager, tmp_pa
 def test_uninstall_stops_and_removes_everything(user_manager: UserManager) -> None:
     install(user_manager)
     with AgentConnection.open(user_manager.socket, timeout=30) as conn:
-        conn.call(p.Status(), p.StatusReply)
+        first = conn.call(p.Status(), p.StatusReply).pid
+    # `nomyo-agent stop` ends the agent cleanly; the socket stays and starts the next one.
+    assert user_manager.agent("stop").returncode == 0
+    props = user_manager.wait_for("nomyo-agent.service", "inactive")
+    assert props["Result"] == "success"
+    with AgentConnection.open(user_manager.socket, timeout=30) as conn:
+        assert conn.call(p.Status(), p.StatusReply).pid != first
     result = user_manager.agent("uninstall-service")
     assert result.returncode == 0, result.stderr
     assert "removed" in result.stdout
