@@ -623,3 +623,23 @@ def test_sandbox_works_for_an_ordinary_user(
     manager.systemctl("stop", "nomyo-agent.socket")
     props = manager.show("nomyo-agent.service", "Result", "ExecMainStatus")
     assert (props["Result"], props["ExecMainStatus"]) == ("success", "0"), manager.logs()
+
+
+def test_install_refuses_while_a_hand_started_agent_serves(user_manager: UserManager) -> None:
+    # systemd would unbind and rebind the path: the running agent would live on, unreachable.
+    started = user_manager.agent("start")
+    assert started.returncode == 0, started.stderr
+    with AgentConnection.open(user_manager.socket) as conn:
+        pid = conn.call(p.Status(), p.StatusReply).pid
+    refused = user_manager.agent("install-service")
+    assert refused.returncode == 1
+    assert f"an agent started outside the service manager (pid {pid}) serves" in refused.stderr
+    assert "hint: stop it first (`nomyo-agent stop`)" in refused.stderr
+    assert not (user_manager.units / "nomyo-agent.socket").exists()  # nothing written
+    assert user_manager.agent("stop").returncode == 0
+    out = install(user_manager)
+    assert f"the agent now starts on the first connection to {user_manager.socket}\n" in out
+    with AgentConnection.open(user_manager.socket, timeout=30) as conn:
+        assert conn.call(p.Status(), p.StatusReply).pid != pid
+    assert install(user_manager)  # re-installing over the running service is fine
+    user_manager.systemctl("stop", "nomyo-agent.socket")

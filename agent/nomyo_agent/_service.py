@@ -301,10 +301,36 @@ def _write(file: ServiceFile) -> None:
     os.replace(tmp, file.path)  # never a half-written unit for a concurrent daemon-reload
 
 
+def _resolve(listen: str) -> str:
+    """systemd's ``%t`` as this session sees it."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    return runtime + listen[2:] if listen.startswith("%t") and runtime else listen
+
+
+def _refuse_a_running_agent(the_plan: Plan) -> None:
+    """The service manager would unbind a socket a hand-started agent serves, orphaning it."""
+    if sys.platform.startswith("linux"):
+        active = _run(["systemctl", "--user", "is-active", "--quiet", SOCKET_UNIT])
+        if active.returncode == 0:
+            return  # re-installing: the agent that answers is the service's own
+    from nomyo_agent._launch import running_agent  # noqa: PLC0415 - only when installing
+
+    path = _resolve(the_plan.socket_path)
+    hello = running_agent(path, timeout=5.0)
+    if hello is not None:
+        raise AgentError(
+            f"an agent started outside the service manager (pid {hello.pid}) serves {path}",
+            hint="stop it first (`nomyo-agent stop`), then run install-service again",
+        )
+
+
 def install(
     *, print_only: bool = False, start: bool = True, socket: str | None = None, out: TextIO
 ) -> int:
-    """Write the service files, then enable and start the socket if the manager is reachable."""
+    """Write the service files, then enable and start the socket if the manager is reachable.
+
+    Refuses, before writing anything, while an agent started by hand serves the same socket.
+    """
     the_plan = plan(socket=socket)
     if print_only:
         for file in the_plan.files:
@@ -312,6 +338,9 @@ def install(
         for cmd in the_plan.start:
             out.write(f"# then: {shlex.join(cmd)}\n")
         return 0
+    reachable = start and manager_reachable()
+    if reachable:
+        _refuse_a_running_agent(the_plan)
     for file in the_plan.files:
         _write(file)
         out.write(f"wrote {file.path}\n")
@@ -323,7 +352,7 @@ def install(
         Path(the_plan.socket_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not start:
         out.write("not started (--no-start); start it with: " + _commands(the_plan.start) + "\n")
-    elif not manager_reachable():
+    elif not reachable:
         out.write(
             "the service manager of this session does not answer, so nothing was started\n"
             f"hint: in your desktop session, run: {_commands(the_plan.start)}\n"
@@ -337,7 +366,8 @@ def install(
                     hint=f"the files are written; undo with `{the_plan.undo}`",
                 )
             out.write(f"ran {shlex.join(cmd)}\n")
-        out.write(f"the agent now starts on the first connection to {the_plan.socket_path}\n")
+        where = _resolve(the_plan.socket_path)
+        out.write(f"the agent now starts on the first connection to {where}\n")
     out.write(f"to undo: {the_plan.undo}\n")
     return 0
 
