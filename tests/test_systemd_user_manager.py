@@ -98,6 +98,19 @@ class UserManager:
         parts.append(status.stdout[-2000:])
         return "\n".join(parts)
 
+    def wait_running(self, timeout: float = 20.0) -> None:
+        """Until the manager runs. Not `is-system-running`: it stats /proc/1/root, which fails
+        here, and answers "offline". The private socket first, so that systemctl does not fall
+        back to asking the session bus to activate systemd."""
+        private = Path(self.env["XDG_RUNTIME_DIR"]) / "systemd" / "private"
+        deadline = time.monotonic() + timeout
+        while not private.exists() or self.systemctl(
+            "show", "--property=SystemState", "--value", check=False
+        ).stdout.strip() not in {"running", "degraded"}:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the user manager did not start\n{self.logs()}")
+            time.sleep(0.05)
+
     def wait_for(self, unit: str, state: str, timeout: float = 20.0) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while True:
@@ -131,14 +144,7 @@ def user_manager(desktop: Session) -> Iterator[UserManager]:
         )  # fmt: skip
     manager = UserManager(proc, env, log)
     try:
-        # Not `is-system-running`: it stats /proc/1/root, fails here and answers "offline".
-        deadline = time.monotonic() + 20
-        while manager.systemctl(
-            "show", "--property=SystemState", "--value", check=False
-        ).stdout.strip() not in {"running", "degraded"}:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the user manager did not start\n{manager.logs()}")
-            time.sleep(0.05)
+        manager.wait_running()
         yield manager
     finally:
         manager.systemctl("exit", check=False)
@@ -540,13 +546,7 @@ def unprivileged_manager() -> Iterator[UserManager]:
             )  # fmt: skip
         procs.append(proc)
         manager = UserManager(proc, env, log, prefix=AS_NOBODY, python=python)
-        deadline = time.monotonic() + 20
-        while manager.systemctl(
-            "show", "--property=SystemState", "--value", check=False
-        ).stdout.strip() not in {"running", "degraded"}:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the unprivileged user manager did not start\n{manager.logs()}")
-            time.sleep(0.05)
+        manager.wait_running()
         yield manager
         manager.systemctl("exit", check=False)
         proc.wait(timeout=15)
