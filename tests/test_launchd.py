@@ -24,6 +24,7 @@ from nomyo_agent.errors import AgentError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "launchd" / f"{_service.LABEL}.plist"
+SHIPPED_ENV = ROOT / "launchd" / f"{_service.ENV_LABEL}.plist"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.malloc.argtypes = (ctypes.c_size_t,)
@@ -114,17 +115,18 @@ def test_socket_key_matches_the_plist() -> None:
     assert _launchd.SOCKET_NAME == _service.SOCKET_NAME
 
 
-def test_shipped_plist_is_the_installer_rendering() -> None:
+def test_shipped_plists_are_the_installer_rendering() -> None:
     home = Path("/Users/USERNAME")
     plan = _service.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
     assert SHIPPED.read_bytes() == plan.files[0].content
+    assert SHIPPED_ENV.read_bytes() == plan.files[1].content
 
 
 def test_plist_names_what_the_installer_writes() -> None:
     home = Path("/Users/ada")
     argv = ["/opt/nomyo/bin/nomyo-agent"]
-    plan = _service.plan("darwin", {"HOME": str(home)}, argv)
-    (file,) = plan.files
+    plan = _service.plan("darwin", {"HOME": str(home), "UID": "501"}, argv)
+    file, env_file = plan.files
     assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.agent.plist"
     doc = plistlib.loads(file.content)
     assert doc["Label"] == "ai.nomyo.agent"
@@ -137,8 +139,19 @@ def test_plist_names_what_the_installer_writes() -> None:
     assert sock["SockPathMode"] == 0o600
     assert doc["EnvironmentVariables"]["NOMYO_AGENT_SOCK"] == plan.socket_path
     assert len(plan.socket_path.encode()) < 104  # sun_path on macOS
-    assert ("launchctl", "setenv", "NOMYO_AGENT_SOCK", plan.socket_path) in plan.start
-    assert plan.start[0][:2] == ("launchctl", "bootstrap")
+    # Discovery: a second agent sets NOMYO_AGENT_SOCK for the GUI session at every login.
+    assert env_file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.agent.environment.plist"
+    env_doc = plistlib.loads(env_file.content)
+    assert env_doc["Label"] == "ai.nomyo.agent.environment"
+    assert env_doc["ProgramArguments"] == [
+        "/bin/launchctl", "setenv", "NOMYO_AGENT_SOCK", plan.socket_path,
+    ]  # fmt: skip
+    assert env_doc["RunAtLoad"] is True
+    assert plan.start == (
+        ("launchctl", "bootstrap", "gui/501", str(file.path)),
+        ("launchctl", "bootstrap", "gui/501", str(env_file.path)),
+    )
+    assert ("launchctl", "unsetenv", "NOMYO_AGENT_SOCK") in plan.stop
     assert plan.undo == "/opt/nomyo/bin/nomyo-agent uninstall-service"
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "manager_reachable",
     "plan",
     "program_argv",
+    "render_env_plist",
     "render_plist",
     "render_service_unit",
     "render_socket_unit",
@@ -51,6 +52,7 @@ SOCKET_UNIT = "nomyo-agent.socket"
 SERVICE_UNIT = "nomyo-agent.service"
 SYSTEMD_LISTEN = "%t/nomyo-agent/agent.sock"  # %t: the user's $XDG_RUNTIME_DIR
 LABEL = "ai.nomyo.agent"
+ENV_LABEL = "ai.nomyo.agent.environment"
 MACOS_SUN_PATH = 104  # sizeof(sockaddr_un.sun_path), the terminating NUL included
 SOCKET_NAME = "agent"  # LISTEN_FDNAMES on systemd, the Sockets key on launchd
 
@@ -202,6 +204,20 @@ def render_plist(argv: Sequence[str], socket_path: str, log_path: str) -> bytes:
     return plistlib.dumps(document, sort_keys=False)
 
 
+def render_env_plist(socket_path: str) -> bytes:
+    """A LaunchAgent run at every login that sets ``NOMYO_AGENT_SOCK`` for the GUI session.
+
+    ``launchctl setenv`` lasts until logout; run at load, it holds for every session, so apps
+    and Terminal's shells find the agent as they find ``SSH_AUTH_SOCK``.
+    """
+    document = {
+        "Label": ENV_LABEL,
+        "ProgramArguments": ["/bin/launchctl", "setenv", "NOMYO_AGENT_SOCK", socket_path],
+        "RunAtLoad": True,
+    }
+    return plistlib.dumps(document, sort_keys=False)
+
+
 def plan(
     platform: str = sys.platform,
     env: Mapping[str, str] | None = None,
@@ -260,17 +276,23 @@ def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str)
             hint="pass a shorter one with --socket",
         )
     log = str(home / "Library" / "Logs" / "nomyo-agent.log")
-    plist = home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+    agents = home / "Library" / "LaunchAgents"
+    plist, env_plist = agents / f"{LABEL}.plist", agents / f"{ENV_LABEL}.plist"
     domain = f"gui/{uid}"
     return Plan(
-        files=(ServiceFile(plist, render_plist(argv, path, log)),),
-        # setenv: apps started from now on find the agent, as they find SSH_AUTH_SOCK.
+        files=(
+            ServiceFile(plist, render_plist(argv, path, log)),
+            ServiceFile(env_plist, render_env_plist(path)),
+        ),
+        # Bootstrapping the second one runs its setenv at once: apps started from now on find
+        # the agent; it runs again at every login.
         start=(
             ("launchctl", "bootstrap", domain, str(plist)),
-            ("launchctl", "setenv", "NOMYO_AGENT_SOCK", path),
+            ("launchctl", "bootstrap", domain, str(env_plist)),
         ),
         stop=(
             ("launchctl", "bootout", f"{domain}/{LABEL}"),
+            ("launchctl", "bootout", f"{domain}/{ENV_LABEL}"),
             ("launchctl", "unsetenv", "NOMYO_AGENT_SOCK"),
         ),
         socket_path=path,
