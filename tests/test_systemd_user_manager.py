@@ -9,6 +9,7 @@ There is no journal here: a drop-in sends the agent's output to a file.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
@@ -642,4 +643,33 @@ def test_install_refuses_while_a_hand_started_agent_serves(user_manager: UserMan
     with AgentConnection.open(user_manager.socket, timeout=30) as conn:
         assert conn.call(p.Status(), p.StatusReply).pid != pid
     assert install(user_manager)  # re-installing over the running service is fine
+    user_manager.systemctl("stop", "nomyo-agent.socket")
+
+
+def test_chat_through_the_client_with_the_service_agent(user_manager: UserManager) -> None:
+    import nomyo_client as nc
+    from nomyo_devserver import DevServer
+
+    install(user_manager)
+    keygen = user_manager.agent("keygen", "--bits", "2048", "--passphrase-stdin", input=b"\n")
+    assert keygen.returncode == 0, keygen.stderr + user_manager.logs()
+    user_manager.systemctl("stop", "nomyo-agent.service")  # the socket stays
+    user_manager.wait_for("nomyo-agent.service", "inactive")
+    # A new agent starts locked; unlocking is the user's step (no passphrase: no prompt).
+    unlock = user_manager.agent("unlock")
+    assert unlock.returncode == 0, unlock.stderr + user_manager.logs()
+    user_manager.wait_for("nomyo-agent.service", "active")  # that connection started it
+
+    async def chat(url: str) -> dict[str, object]:
+        client = nc.SecureChatCompletion(
+            url, allow_http=True, agent_socket=user_manager.socket, autostart=False
+        )
+        async with client:
+            messages = [{"role": "user", "content": "hello from systemd"}]
+            return await client.create(model="devserver/echo", messages=messages)
+
+    with DevServer(key_bits=2048) as router:
+        answer = asyncio.run(chat(router.url))
+    assert "hello from systemd" in answer["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert answer["_metadata"]["is_encrypted"] is True  # type: ignore[index]
     user_manager.systemctl("stop", "nomyo-agent.socket")
