@@ -11,6 +11,13 @@ on. Rules:
   installation, this user's state folder), since neither systemd nor launchd knows our venv.
 - The files in the repository's ``systemd/`` and ``launchd/`` folders are ``plan()``'s output for
   a pipx/uv-tool install; a test keeps them equal.
+- ``install`` refuses, before writing anything, while an agent started by hand serves the socket
+  the service manager would take over (that agent would live on, unreachable).
+
+Example::
+
+    the_plan = plan("linux", {"HOME": "/home/ada"}, ["/home/ada/.local/bin/nomyo-agent"])
+    [f.path.name for f in the_plan.files]   # ['nomyo-agent.socket', 'nomyo-agent.service']
 """
 
 from __future__ import annotations
