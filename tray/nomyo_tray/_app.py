@@ -172,7 +172,14 @@ class TrayApp:
             "backend %s (menu: %s, default action: %s, notifications: %s)",
             self._backend_name(), icon.HAS_MENU, icon.HAS_DEFAULT_ACTION, icon.HAS_NOTIFICATION,
         )  # fmt: skip
-        icon.run(setup=self._setup)
+        try:
+            icon.run(setup=self._setup)
+        except Exception:
+            # pystray's gtk backend tidies up over D-Bus on the way out, which fails when the
+            # session is ending too (a closed bus); that is no reason to die with a traceback.
+            if not self._stop.is_set():
+                raise
+            log.debug("error while stopping the icon", exc_info=True)
 
     def _setup(self, icon: Any) -> None:
         icon.visible = True

@@ -144,10 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.platform not in ("darwin", "win32") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
-        return _fail(
-            "no display: DISPLAY and WAYLAND_DISPLAY are unset",
-            "run nomyo-tray inside your desktop session",
-        )
+        # One line: this is what a login script or a service manager's log shows.
+        return _fail("no display (DISPLAY and WAYLAND_DISPLAY are unset): run it in your desktop")
     from nomyo_tray._app import TrayApp, TrayError  # noqa: PLC0415 - after the display check
 
     app = TrayApp(socket=args.socket, backend=args.backend)
