@@ -153,11 +153,14 @@ def test_off_windows_the_pipe_functions_say_so() -> None:
 
 
 def test_windows_code_type_checks_against_win32_stubs() -> None:
-    # The Windows branch never runs here; mypy --platform win32 at least checks every call in it
+    # The Windows branches never run here; mypy --platform win32 at least checks every call in
+    # them (the pipe, the server's transport choice, the client's connect, the launcher)
     # against typeshed's _winapi, ctypes.wintypes and asyncio.windows_utils.
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--platform", "win32", "--no-incremental",
-         "agent/nomyo_agent/_winpipe.py"],
+         "agent/nomyo_agent/_winpipe.py", "agent/nomyo_agent/_server.py",
+         "agent/nomyo_agent/connection.py", "agent/nomyo_agent/paths.py",
+         "agent/nomyo_agent/_launch.py", "agent/nomyo_agent/_daemon.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=110, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

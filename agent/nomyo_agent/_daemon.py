@@ -29,6 +29,8 @@ log = logging.getLogger("nomyo_agent")
 
 def daemonize() -> None:
     """Fork once; the parent exits at once, the child leads a new session."""
+    if sys.platform == "win32":
+        raise SystemExit("nomyo-agent: --daemon is for POSIX systems; on Windows use `start`")
     if os.fork() != 0:
         os._exit(0)
     os.setsid()

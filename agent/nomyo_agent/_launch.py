@@ -11,7 +11,6 @@ its log in the error.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
 import subprocess
@@ -53,6 +52,36 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _lock_path(path: str) -> str:
+    """The starters' lock file: beside the socket, or for a Windows pipe in the temp folder."""
+    if sys.platform == "win32":
+        import tempfile  # noqa: PLC0415
+
+        return os.path.join(tempfile.gettempdir(), os.path.basename(path) + ".start")
+    folder = Path(path).parent
+    old = os.umask(0o077)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
+    return path + ".start"
+
+
+def _lock_exclusive(fd: int) -> None:
+    """Block until this process holds the starters' lock (released when ``fd`` is closed)."""
+    if sys.platform == "win32":
+        import msvcrt  # noqa: PLC0415
+
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises OSError
+    else:
+        import fcntl  # noqa: PLC0415
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def start_background(
     path: str | None = None,
     *,
@@ -62,15 +91,9 @@ def start_background(
 ) -> tuple[int, bool]:
     """Make sure an agent serves ``path``; returns (its pid, whether this call started it)."""
     path = socket_path(path)
-    folder = Path(path).parent
-    old = os.umask(0o077)
+    lock_fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    finally:
-        os.umask(old)
-    lock_fd = os.open(path + ".start", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        _lock_exclusive(lock_fd)
         hello = running_agent(path)
         if hello is not None:
             return hello.pid, False
@@ -79,7 +102,36 @@ def start_background(
         os.close(lock_fd)
 
 
+def _spawn_windows(path: str, autostarted: bool, timeout: float, extra_args: list[str]) -> int:
+    """Windows has neither fork nor fd passing: start a detached process, then wait until the
+    pipe answers (not tested here: see docs/running.md)."""
+    log = log_path()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "nomyo_agent", "serve", "--socket", path, *extra_args]
+    if autostarted:
+        argv.append("--autostarted")
+    flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(
+        subprocess, "CREATE_NEW_PROCESS_GROUP", 0
+    )
+    with log.open("ab") as log_fh:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, creationflags=flags
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hello = running_agent(path, timeout=1.0)
+        if hello is not None:
+            proc.returncode = 0  # it lives on detached; Popen must not warn about it
+            return hello.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AgentError(f"the agent failed to start: {_tail(log) or 'no output'}", hint=f"see {log}")
+
+
 def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) -> int:
+    if sys.platform == "win32":
+        return _spawn_windows(path, autostarted, timeout, extra_args)
     log = log_path()
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()

@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
 import logging
 import os
 import signal
 import socket
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -70,6 +71,8 @@ class _Bound:
 
 
 def _private_dir(folder: Path) -> None:
+    if sys.platform == "win32":
+        raise AgentError("socket folders are a POSIX thing")
     old = os.umask(0o077)
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -87,6 +90,10 @@ def _private_dir(folder: Path) -> None:
 
 def bind_socket(path: str) -> _Bound:
     """Create the listening socket at ``path`` per this module's rules."""
+    if sys.platform == "win32":
+        raise AgentError("Windows serves a named pipe (_winpipe), not a Unix socket")
+    import fcntl  # noqa: PLC0415 - POSIX only
+
     _private_dir(Path(path).parent)
     lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -113,6 +120,20 @@ def bind_socket(path: str) -> _Bound:
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class _PipeServer:
+    """The named-pipe accept loop, closed like an ``asyncio.Server``."""
+
+    def __init__(self, task: asyncio.Future[None]) -> None:
+        self._task = task
+
+    def close(self) -> None:
+        self._task.cancel()
 
 
 class AgentServer:
@@ -152,14 +173,11 @@ class AgentServer:
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or a ``Stop`` request; then shut down cleanly."""
-        sock = self._inherited
-        if sock is None:
-            self._bound = bind_socket(self.path)
-            sock = self._bound.sock
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+        server = await self._listen(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C ends it instead
+                loop.add_signal_handler(sig, self.request_stop)
         timers = asyncio.create_task(self._timers())
         log.info("listening on %s (pid %d)", self.path, os.getpid())
         if self._on_ready:
@@ -182,7 +200,26 @@ class AgentServer:
             if self._bound:
                 self._bound.remove()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+                with contextlib.suppress(NotImplementedError):
+                    loop.remove_signal_handler(sig)
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> _Closable:
+        """The Unix socket (bound here, or inherited from systemd/launchd), or on Windows the
+        named pipe; both feed the same ``_Connection`` protocol."""
+        if sys.platform == "win32":
+            from nomyo_agent._winpipe import serve_pipe  # noqa: PLC0415 - Windows only
+
+            def on_pipe(pid: int) -> _Connection:
+                # The pipe's DACL admits only our user and rejects remote clients, so the
+                # kernel has done the uid check; the pid is for the tray's "recent apps".
+                return _Connection(self, peer=Peer(pid=pid, uid=-1, gid=-1, exe=f"pid {pid}"))
+
+            return _PipeServer(asyncio.ensure_future(serve_pipe(self.path, on_pipe)))
+        sock = self._inherited
+        if sock is None:
+            self._bound = bind_socket(self.path)
+            sock = self._bound.sock
+        return await loop.create_unix_server(lambda: _Connection(self), sock=sock)
 
     async def _timers(self) -> None:
         # Sleep on the event loop's clock (which may stop during suspend) but in steps of at most a
@@ -212,10 +249,10 @@ class _Connection(asyncio.Protocol):
     their frame is complete (no task, no stream machinery: the hot path of seal and open), slow
     ones (unlock, generate, import) in a task while later frames wait their turn."""
 
-    def __init__(self, server: AgentServer) -> None:
+    def __init__(self, server: AgentServer, peer: Peer | None = None) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.peer: Peer | None = None
+        self.peer = peer  # known up front for a Windows pipe; else read from the socket
         self.frames = p.FrameReader()
         self.pending: collections.deque[bytes] = collections.deque()
         self.busy = False
@@ -228,16 +265,21 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         server, state = self.server, self.server.state
-        try:
-            self.peer = peer_of(transport.get_extra_info("socket"))
-        except OSError:
-            transport.abort()
-            return
-        if self.peer.uid != os.getuid():
-            state.counters.rejected_peers += 1
-            log.warning("refused a connection from uid %d (pid %d)", self.peer.uid, self.peer.pid)
-            transport.abort()
-            return
+        if self.peer is None:  # a Unix socket: the kernel tells who is there
+            if sys.platform == "win32":
+                raise AgentError("a pipe connection must come with its peer")
+            try:
+                self.peer = peer_of(transport.get_extra_info("socket"))
+            except OSError:
+                transport.abort()
+                return
+            if self.peer.uid != os.getuid():
+                state.counters.rejected_peers += 1
+                log.warning(
+                    "refused a connection from uid %d (pid %d)", self.peer.uid, self.peer.pid
+                )
+                transport.abort()
+                return
         if len(server.connections) >= MAX_CONNECTIONS or server.stopping:
             transport.abort()
             return

@@ -147,9 +147,8 @@ if sys.platform == "win32":
     import ctypes
     import time
     from asyncio import windows_utils
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable
     from ctypes import wintypes
-    from typing import Any
 
     from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError
 
@@ -351,15 +350,13 @@ if sys.platform == "win32":
             raise
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    OnConnection = Callable[
-        [asyncio.StreamReader, asyncio.StreamWriter, int], Coroutine[Any, Any, None]
-    ]
+    ProtocolFactory = Callable[[int], asyncio.Protocol]
 
-    async def serve_pipe(
-        name: str, on_connection: OnConnection, *, limit: int = 16 * 1024 * 1024
-    ) -> None:
-        """Accept clients on ``name`` until cancelled; ``on_connection(reader, writer, peer_pid)``
-        runs as its own task for each. Raises ``AgentError`` if the pipe exists already.
+    async def serve_pipe(name: str, protocol_factory: ProtocolFactory) -> None:
+        """Accept clients on ``name`` until cancelled; each connection gets
+        ``protocol_factory(peer_pid)``, the same ``asyncio.Protocol`` the Unix socket uses, so
+        the agent has one connection handler for both transports. Raises ``AgentError`` if the
+        pipe exists already (first-instance rule: nobody can squat the name before us).
 
         There is always one unconnected instance waiting, so clients never see "not found"
         between two accepts.
@@ -368,7 +365,6 @@ if sys.platform == "win32":
         proactor = loop._proactor  # type: ignore[attr-defined]  # the IOCP behind the loop
         descriptor = build_security_descriptor(current_user_sid())
         pending = windows_utils.PipeHandle(_create_instance(name, True, descriptor))
-        tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
                 try:
@@ -380,15 +376,10 @@ if sys.platform == "win32":
                 pending = windows_utils.PipeHandle(_create_instance(name, False, descriptor))
                 pid = wintypes.ULONG(0)
                 _k32.GetNamedPipeClientProcessId(pipe.fileno(), ctypes.byref(pid))
-                reader = asyncio.StreamReader(limit=limit, loop=loop)
-                protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-                transport = loop._make_duplex_pipe_transport(  # type: ignore[attr-defined]
-                    pipe, protocol
+                # The transport calls connection_made/data_received/connection_lost itself.
+                loop._make_duplex_pipe_transport(  # type: ignore[attr-defined]
+                    pipe, protocol_factory(int(pid.value))
                 )
-                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-                task = loop.create_task(on_connection(reader, writer, int(pid.value)))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
         finally:
             pending.close()
 
@@ -402,6 +393,6 @@ else:
         """Windows only."""
         raise _unsupported()
 
-    async def serve_pipe(name: str, on_connection: object) -> None:
+    async def serve_pipe(name: str, protocol_factory: object) -> None:
         """Windows only."""
         raise _unsupported()

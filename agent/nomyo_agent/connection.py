@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Protocol, TypeVar, cast
@@ -29,7 +30,7 @@ import msgspec
 
 from nomyo_agent import protocol as p
 from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError, from_reply
-from nomyo_agent.paths import IS_WINDOWS, socket_path
+from nomyo_agent.paths import socket_path
 
 __all__ = ["AgentConnection", "AsyncAgentConnection"]
 
@@ -89,7 +90,7 @@ class AgentConnection:
     def open(cls, path: str | None = None, timeout: float | None = 30.0) -> AgentConnection:
         """Connect to the agent at ``path`` (default: ``paths.socket_path()``)."""
         path = socket_path(path)
-        if IS_WINDOWS:
+        if sys.platform == "win32":
             from nomyo_agent._winpipe import connect_pipe  # noqa: PLC0415 - Windows only
 
             return cls(cast(_Stream, connect_pipe(path, timeout)), path)
@@ -183,13 +184,10 @@ class AsyncAgentConnection:
     async def open(cls, path: str | None = None) -> AsyncAgentConnection:
         path = socket_path(path)
         try:
-            if IS_WINDOWS:
+            if sys.platform == "win32":
                 from nomyo_agent._winpipe import open_pipe_connection  # noqa: PLC0415
 
-                reader, writer = cast(
-                    tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                    await open_pipe_connection(path),
-                )
+                reader, writer = await open_pipe_connection(path)
             else:
                 reader, writer = await asyncio.open_unix_connection(
                     path, limit=p.MAX_FRAME_BYTES + p.HEADER.size

@@ -25,7 +25,7 @@ IS_WINDOWS = sys.platform == "win32"
 def default_socket_path(env: dict[str, str] | None = None) -> str:
     """The path the agent uses when ``NOMYO_AGENT_SOCK`` is not set."""
     env = dict(os.environ) if env is None else env
-    if IS_WINDOWS:
+    if sys.platform == "win32":  # a literal test, so that mypy --platform win32 narrows
         from nomyo_agent._winpipe import default_pipe_name  # noqa: PLC0415 - Windows only
 
         return default_pipe_name()
