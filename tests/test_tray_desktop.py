@@ -9,6 +9,7 @@ from its colours: blue padlock locked, green unlocked, red stroke no agent.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from PIL import Image
 
 from nomyo_agent import protocol as p
@@ -71,16 +74,22 @@ class Tray:
     def wait_state(self, kind: IconKind, timeout: float = 10.0) -> float:
         """Wait until the icon shows ``kind``; returns how long that took."""
         start = time.monotonic()
+        self._wait(f"the tray icon to show {kind.value}", lambda: self.state() is kind, timeout)
+        return time.monotonic() - start
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        self._wait(f"{text!r} in the tray's log", lambda: text in self.log_text(), timeout)
+
+    def _wait(self, what: str, check: Callable[[], bool], timeout: float) -> None:
         try:
-            wait_until(f"the tray icon to show {kind.value}", lambda: self.state() is kind, timeout)
+            wait_until(what, check, timeout)
         except pytest.fail.Exception:
-            self.host.shot(f"failed-waiting-for-{kind.value}.png")
+            self.host.shot("failed.png")
             if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGUSR1)
+                self.proc.send_signal(signal.SIGUSR1)  # every thread's stack, into the log
                 time.sleep(0.5)
             print(f"tray log:\n{self.log_text()}\nscreenshots in {self.host.display.artifacts}")
             raise
-        return time.monotonic() - start
 
     def click(self, button: str = "1") -> None:
         _, box = find_color(self.host.shot(), lambda c: not _near(PANEL, 30)(c))
@@ -219,7 +228,7 @@ def test_cancelled_pinentry_leaves_it_locked_without_an_error(
     tray.click()
     wait_until("a pinentry-gtk-2 window", lambda: bool(pinentry_windows(tray)), 20)
     tray.host.display.xdotool("key", "Escape")
-    wait_until("the unlock to end", lambda: "unlock: cancelled" in tray.log_text(), 10)
+    tray.wait_log("unlock: cancelled")
     assert locked_agent.status().state is p.State.LOCKED
     assert tray.state() is IconKind.LOCKED
     assert "failed" not in tray.log_text()
@@ -262,7 +271,7 @@ def test_idle_lock_is_notified(
     with start_tray(tray_host, desktop, agent.path) as tray:
         tray.wait_state(IconKind.LOCKED)
         agent.cli("unlock", "--passphrase-stdin", input=f"{PASSPHRASE}\n".encode())
-        wait_until("the idle-lock notice", lambda: "because it was idle" in tray.log_text(), 10)
+        tray.wait_log("because it was idle")
         tray.wait_state(IconKind.LOCKED, timeout=2)
         assert agent.status().state is p.State.LOCKED
 
@@ -284,3 +293,65 @@ def test_appindicator_click_opens_the_menu_whose_first_row_unlocks(
     type_into_pinentry(tray, PASSPHRASE)
     tray.wait_state(IconKind.UNLOCKED)
     assert locked_agent.status().state is p.State.UNLOCKED
+
+
+def dunst_history(display: dict[str, str], desktop: Session) -> list[tuple[str, str]]:
+    """(summary, body) of every notification dunst showed, after closing them all."""
+    env = {**desktop.env, **display}
+    subprocess.run(["dunstctl", "close-all"], env=env, check=True, timeout=10)
+    out = subprocess.run(
+        ["dunstctl", "history"], env=env, capture_output=True, text=True, check=True, timeout=10
+    )
+    data = json.loads(out.stdout)["data"][0]
+    return [(n["summary"]["data"], n["body"]["data"]) for n in data]
+
+
+def test_gtk_notifications_reach_a_real_notification_daemon(
+    tray_host: TrayHost, desktop: Session, make_agent: Callable[..., RunningAgent]
+) -> None:
+    require_programs("dunst", "dunstctl")
+    require_gtk()
+    env = {**desktop.env, **tray_host.display.env}
+    dunst = subprocess.Popen(
+        ["dunst"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until("dunst on the session bus",
+                   lambda: desktop.name_has_owner("org.freedesktop.Notifications"))  # fmt: skip
+        agent = make_agent(args=["--pinentry", PINENTRY, "--idle-timeout", "2"])
+        agent.cli("keygen", "--bits", "2048", "--passphrase-stdin", input=b"pw\n")
+        with start_tray(tray_host, desktop, agent.path, "gtk") as tray:
+            tray.wait_state(IconKind.UNLOCKED)
+            # a router whose key changed: the seal is refused and the user is told how to accept
+            keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "ab"]
+            pems = [
+                k.public_key()
+                .public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                .decode()
+                for k in keys
+            ]
+            with agent.connect() as conn:
+                conn.call(p.Seal("https://r.example", pems[0], b"{}"), p.SealReply)
+                assert isinstance(
+                    conn.request(p.Seal("https://r.example", pems[1], b"{}")), p.Error
+                )
+            tray.wait_log("router key changed")
+            time.sleep(0.3)  # the log line comes just before the D-Bus call
+            pin_shown = dunst_history(tray_host.display.env, desktop)
+            # ... and the idle timeout locks it, with a notice. pystray shows one notification
+            # at a time, replacing the last: hence one look at the daemon's history per notice.
+            tray.wait_log("because it was idle")
+            tray.wait_state(IconKind.LOCKED, timeout=2)
+            time.sleep(0.3)
+            tray.host.display.screenshot("screen-gtk-notification.png")
+            lock_shown = dunst_history(tray_host.display.env, desktop)
+    finally:
+        os.killpg(dunst.pid, signal.SIGTERM)
+        dunst.wait(timeout=10)
+    body = dict(pin_shown)["nomyo-agent: router key changed"]
+    assert "https://r.example" in body
+    assert "nomyo-agent pins accept https://r.example" in body
+    assert "because it was idle" in dict(lock_shown)["nomyo-agent locked"]

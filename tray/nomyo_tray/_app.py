@@ -10,8 +10,7 @@ Rules of this module:
 - Unlock, lock and start run in worker threads on their own connections, never on the watcher's.
   Unlock sends only *where* to show pinentry (this process's display, bus and terminal): the
   agent runs pinentry, so the passphrase never passes through the tray.
-- pystray's xorg backend never selects ``ButtonPressMask`` on its icon window, so clicks never
-  arrive (pystray issue #151); ``_fix_xorg_clicks`` adds it to the window right after creation.
+- Everything that knows pystray's backends' quirks lives in ``_backends``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
 from nomyo_agent import protocol as p
 from nomyo_agent._pinentry import pinentry_env_from
@@ -34,52 +33,23 @@ from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, PinentryCancelledError, from_reply
 from nomyo_agent.paths import socket_path
 from nomyo_tray import _icons, _view
+from nomyo_tray._backends import (
+    XORG_TILE,
+    TrayError,
+    XorgPump,
+    fix_xorg_clicks,
+    guard_notifications,
+    import_pystray,
+)
 from nomyo_tray._view import Action, View
 
-__all__ = ["BACKENDS", "TrayApp", "TrayError", "import_pystray"]
+__all__ = ["TrayApp", "TrayError"]
 
 log = logging.getLogger("nomyo_tray")
 
-BACKENDS = ("appindicator", "gtk", "xorg")  # pystray's own order of preference on Linux
 RECONNECT_MAX = 1.0  # seconds between attempts while no agent answers
 UNLOCK_TIMEOUT = 330.0  # the agent's pinentry timeout (300 s) and then some
 TICK = 10.0  # how often the "locks in ..." row is refreshed while unlocked
-XORG_TILE = (48, 48, 48)  # xorg cannot show alpha: the icon sits on a dark tile
-
-
-class TrayError(Exception):
-    """The tray cannot be shown (no display, no usable pystray backend)."""
-
-
-def import_pystray(backend: str | None) -> ModuleType:
-    """Import pystray with ``backend`` (or the first that loads); ``TrayError`` when none does.
-
-    pystray picks its backend at import time from ``PYSTRAY_BACKEND``, and its automatic choice
-    stops at the first failure (PyGObject without the Gtk typelib raises ``ValueError``), so we
-    try each backend ourselves.
-    """
-    errors = []
-    for name in (backend,) if backend else BACKENDS:
-        os.environ["PYSTRAY_BACKEND"] = name
-        for mod in [m for m in sys.modules if m == "pystray" or m.startswith("pystray.")]:
-            del sys.modules[mod]  # a failed import may leave half a package behind
-        try:
-            import pystray  # noqa: PLC0415 - needs a display, so only here
-
-            return cast(ModuleType, pystray)
-        except Exception as exc:  # Xlib, gi and pystray raise anything at import time
-            errors.append(f"{name}: {str(exc).strip() or type(exc).__name__}")
-    raise TrayError("no tray backend could start (" + "; ".join(errors) + ")")
-
-
-def _fix_xorg_clicks(icon: Any) -> None:
-    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
-    if window is None or display is None:
-        return
-    from Xlib import X  # type: ignore[import-untyped]  # noqa: PLC0415 - xorg only
-
-    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
-    display.flush()
 
 
 class TrayApp:
@@ -90,12 +60,16 @@ class TrayApp:
         self.path = socket_path(socket)
         self.backend = backend
         self._view = _view.no_agent()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _view
+        self._render_lock = threading.Lock()  # one render at a time, always of the latest view
         self._stop = threading.Event()
         self._wake = threading.Event()  # cut the reconnect wait short (after "Start agent")
         self._icon: Any = None
         self._pystray: ModuleType | None = None
         self._kind: _view.IconKind | None = None
+        # Where icon calls run: the xorg mainloop thread (see XorgPump), else right here
+        # (pystray's gtk backends marshal onto the GLib main loop themselves).
+        self._post: Callable[[Callable[[], None]], None] = lambda job: job()
 
     # --- state -------------------------------------------------------------------------------
 
@@ -107,23 +81,28 @@ class TrayApp:
     def _update(self, change: Callable[[View], View]) -> None:
         with self._lock:
             self._view = change(self._view)
-            view = self._view
-        self._render(view)
+        self._render()
 
     def _set(self, view: View) -> None:
         self._update(lambda v: dataclasses.replace(view, busy=v.busy))
 
-    def _render(self, view: View) -> None:
+    def _render(self) -> None:
+        if self._icon is not None:
+            self._post(self._render_now)
+
+    def _render_now(self) -> None:
+        """Show the current view. Several threads change it; each render reads the latest view
+        under one lock, so the last render can never show an older state than the newest."""
         icon = self._icon
-        if icon is None:
-            return
-        kind = _view.icon_kind(view)
-        if kind is not self._kind:
-            self._kind = kind
-            icon.icon = _icons.render(kind, 64, self._tile())
-            log.info("state: %s", kind.value)
-        icon.title = _view.tooltip(view)
-        icon.update_menu()
+        with self._render_lock:
+            view = self.view
+            kind = _view.icon_kind(view)
+            if kind is not self._kind:
+                self._kind = kind
+                icon.icon = _icons.render(kind, 64, self._tile())
+                log.info("state: %s", kind.value)
+            icon.title = _view.tooltip(view)
+            icon.update_menu()
 
     def _tile(self) -> tuple[int, int, int] | None:
         return XORG_TILE if self._backend_name() == "xorg" else None
@@ -164,8 +143,11 @@ class TrayApp:
             menu=pystray.Menu(self._menu_items),
         )
         self._icon = icon
+        if self._backend_name() in ("gtk", "appindicator"):
+            guard_notifications()
         if self._backend_name() == "xorg":
-            _fix_xorg_clicks(icon)
+            fix_xorg_clicks(icon)
+            self._post = XorgPump(icon).call_soon
             icon.icon = _icons.render(kind, 64, XORG_TILE)
         self._kind = kind
         log.info(
@@ -182,15 +164,17 @@ class TrayApp:
             log.debug("error while stopping the icon", exc_info=True)
 
     def _setup(self, icon: Any) -> None:
-        icon.visible = True
+        self._post(lambda: setattr(icon, "visible", True))
         for target in (self._watch_loop, self._tick_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._icon is not None:
-            self._icon.stop()
+        icon = self._icon
+        if icon is not None:
+            # posted: a signal handler may run while the mainloop thread is inside Xlib
+            self._post(icon.stop)
 
     def _notify(self, notice: _view.Notice) -> None:
         log.info("notice: %s: %s", notice.title, notice.message)
@@ -231,8 +215,8 @@ class TrayApp:
 
     def _tick_loop(self) -> None:
         while not self._stop.wait(TICK):
-            if _view.icon_kind(self.view) is _view.IconKind.UNLOCKED and self._icon is not None:
-                self._icon.update_menu()
+            if _view.icon_kind(self.view) is _view.IconKind.UNLOCKED:
+                self._render()  # the "locks in ..." row counts down
 
     def perform(self, action: Action) -> None:
         """Start ``action`` in a worker thread (menu items and the left click land here)."""
@@ -251,7 +235,7 @@ class TrayApp:
         threading.Thread(target=self._run_job, args=(action, job), daemon=True).start()
 
     def _run_job(self, action: Action, job: Callable[[], None]) -> None:
-        self._render(self.view)
+        self._render()
         try:
             job()
         except PinentryCancelledError:

@@ -159,4 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.run()
     except TrayError as exc:
         return _fail(str(exc), "install PyGObject and gir1.2-gtk-3.0, or use --backend xorg")
+    except Exception as exc:  # a backend failing while it starts
+        _fail(f"the tray icon failed: {str(exc).strip().splitlines()[0]}")
+        sys.stderr.flush()
+        os._exit(1)  # pystray's setup thread is not a daemon and would wait for ever
     return 0
