@@ -29,7 +29,7 @@ from nomyo_tray._icons import COLORS, SLASH
 from nomyo_tray._view import IconKind
 from support.agent import RunningAgent
 from support.desktop import Session, require_programs
-from support.x11 import TrayHost, find_color, wait_until
+from support.x11 import TrayHost, XDisplay, find_color, start_trayer, wait_until
 
 PASSPHRASE = "pw"
 PINENTRY = "/usr/bin/pinentry-gtk-2"
@@ -355,3 +355,16 @@ def test_gtk_notifications_reach_a_real_notification_daemon(
     assert "https://r.example" in body
     assert "nomyo-agent pins accept https://r.example" in body
     assert "because it was idle" in dict(lock_shown)["nomyo-agent locked"]
+
+
+def test_xorg_icon_docks_when_the_panel_starts_after_the_tray(
+    xdisplay: XDisplay, desktop: Session, locked_agent: RunningAgent
+) -> None:
+    # At login the tray may start before the panel: pystray asks to dock once, finds no tray
+    # and never asks again; the tray's own check docks it once a panel appears.
+    host = TrayHost(display=xdisplay, region=(640 - 200, 0, 640, 32))
+    with start_tray(host, desktop, locked_agent.path) as tray:
+        tray.wait_log("state: locked")
+        time.sleep(0.5)
+        start_trayer(xdisplay)
+        assert tray.wait_state(IconKind.LOCKED, timeout=10) < 5

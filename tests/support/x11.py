@@ -22,7 +22,7 @@ from PIL import Image, ImageGrab
 
 from support.desktop import require_programs
 
-__all__ = ["TrayHost", "XDisplay", "find_color", "wait_until"]
+__all__ = ["TrayHost", "XDisplay", "find_color", "start_trayer", "wait_until"]
 
 TRAY_HEIGHT = 32
 
@@ -149,6 +149,11 @@ def xdisplay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XDisplay]:
 def tray_host(xdisplay: XDisplay) -> TrayHost:
     """trayer as the system tray (XEmbed), 200x32 px at the top right; ready once it owns
     ``_NET_SYSTEM_TRAY_S0``, so an icon shown after this docks at once."""
+    return start_trayer(xdisplay)
+
+
+def start_trayer(xdisplay: XDisplay) -> TrayHost:
+    """Start trayer on ``xdisplay`` now (stopped with the display); see ``tray_host``."""
     require_programs("trayer")
     proc = subprocess.Popen(
         ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",

@@ -40,6 +40,7 @@ from nomyo_tray._backends import (
     fix_xorg_clicks,
     guard_notifications,
     import_pystray,
+    xorg_redock,
 )
 from nomyo_tray._view import Action, View
 
@@ -50,6 +51,7 @@ log = logging.getLogger("nomyo_tray")
 RECONNECT_MAX = 1.0  # seconds between attempts while no agent answers
 UNLOCK_TIMEOUT = 330.0  # the agent's pinentry timeout (300 s) and then some
 TICK = 10.0  # how often the "locks in ..." row is refreshed while unlocked
+DOCK_CHECK = 2.0  # xorg: how often to check that the tray still embeds the icon (one X round trip)
 
 
 class TrayApp:
@@ -214,9 +216,17 @@ class TrayApp:
             self._notify(notice)
 
     def _tick_loop(self) -> None:
-        while not self._stop.wait(TICK):
-            if _view.icon_kind(self.view) is _view.IconKind.UNLOCKED:
+        ticks = 0
+        while not self._stop.wait(DOCK_CHECK):
+            ticks += 1
+            if self._backend_name() == "xorg":
+                self._post(self._redock)
+            countdown = _view.icon_kind(self.view) is _view.IconKind.UNLOCKED
+            if countdown and ticks % round(TICK / DOCK_CHECK) == 0:
                 self._render()  # the "locks in ..." row counts down
+
+    def _redock(self) -> None:
+        xorg_redock(self._icon)
 
     def perform(self, action: Action) -> None:
         """Start ``action`` in a worker thread (menu items and the left click land here)."""

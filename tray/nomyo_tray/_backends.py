@@ -29,6 +29,7 @@ __all__ = [
     "fix_xorg_clicks",
     "guard_notifications",
     "import_pystray",
+    "xorg_redock",
 ]
 
 log = logging.getLogger("nomyo_tray")
@@ -164,3 +165,23 @@ class XorgPump:
         with self._lock:
             self._window.send_event(message, event_mask=self._x.NoEventMask)
             self._display.flush()
+
+
+def xorg_redock(icon: Any) -> bool:
+    """Ask the tray to embed the icon again if it is not embedded; True when it asked.
+
+    pystray requests docking once, when shown. A tray that misses that request (one that was
+    still starting, or busy) leaves the icon undocked for good, and a panel restarted without a
+    DestroyNotify reaching us does the same. Run on the mainloop thread (``XorgPump``).
+    """
+    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
+    if window is None or display is None or not icon.visible:
+        return False
+    if window.query_tree().parent.id != display.screen().root.id:
+        return False  # embedded: its parent is the tray's socket window
+    with contextlib.suppress(AssertionError):  # no tray at all right now: try again later
+        icon._systray_manager = None
+        icon._assert_docked()
+        icon._draw()
+    log.info("asked the system tray to dock the icon again")
+    return True

@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"{PROG}: %(message)s",
         stream=sys.stderr,
     )
+    # pystray logs a traceback each time it finds no tray to dock in (a panel not up yet at
+    # login); the tray retries by itself, so that is noise unless asked for with -v.
+    logging.getLogger("pystray").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
     if sys.platform not in ("darwin", "win32") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
