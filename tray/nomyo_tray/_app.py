@@ -49,7 +49,7 @@ __all__ = ["TrayApp", "TrayError"]
 log = logging.getLogger("nomyo_tray")
 
 RECONNECT_MAX = 1.0  # seconds between attempts while no agent answers
-UNLOCK_TIMEOUT = 330.0  # the agent's pinentry timeout (300 s) and then some
+UNLOCK_TIMEOUT = 960.0  # the agent asks up to 3 times, 300 s each, with delays between
 TICK = 10.0  # how often the "locks in ..." row is refreshed while unlocked
 DOCK_CHECK = 2.0  # xorg: how often to check that the tray still embeds the icon (one X round trip)
 
