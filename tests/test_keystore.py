@@ -141,6 +141,36 @@ class TestKeyringStoreOnGnomeKeyring(KeyStoreContract):
         assert out.stdout == b"-----seen by secret-tool-----"
 
 
+class TestKeyringStoreChunkedOnGnomeKeyring(KeyStoreContract):
+    """The split-over-entries form Windows' Credential Locker needs (2560-byte cap), run on the
+    real Secret Service with 1000-character parts, so that a PEM and the large values split."""
+
+    @pytest.fixture
+    def store(self, desktop: Session, monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyStore]:
+        use_env(monkeypatch, desktop.env)
+        store = KeyringStore(service="nomyo-agent-test", chunk_size=1000)
+        yield store
+        store.delete()
+
+    def test_round_trip_8_mib(self, store: KeyStore) -> None:
+        # 8 MiB would be 8400 entries (minutes of D-Bus calls); twenty show the same mechanism
+        value = bytes(range(33, 127)) * 210
+        store.save(value)
+        with store.load() as loaded:  # type: ignore[union-attr]
+            assert bytes(loaded.view) == value
+
+    def test_a_shorter_value_leaves_no_stale_parts(self, store: KeyStore, desktop: Session) -> None:
+        store.save(b"x" * 2500)  # 3 parts
+        store.save(b"y" * 1500)  # 2 parts: part 3 must go
+        with store.load() as loaded:  # type: ignore[union-attr]
+            assert bytes(loaded.view) == b"y" * 1500
+        lookup = subprocess.run(
+            ["secret-tool", "lookup", "service", "nomyo-agent-test", "username", "identity.3"],
+            env=desktop.env, capture_output=True, timeout=20, check=False,
+        )  # fmt: skip
+        assert lookup.stdout == b""
+
+
 # --- failure modes of the real keyring ---------------------------------------------------------
 
 

@@ -316,7 +316,7 @@ class Dispatcher:
                 error=error,
                 title="nomyo-agent",
                 description=(
-                    "Unlock the nomyo-agent identity for end-to-end encrypted inference%0A"
+                    "Unlock the nomyo-agent identity for end-to-end encrypted inference\n"
                     f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}"
                 ),
                 prompt="Passphrase:",
@@ -344,7 +344,7 @@ class Dispatcher:
             error=None,
             title="nomyo-agent",
             description=(
-                f"Choose a passphrase for the {what}.%0A"
+                f"Choose a passphrase for the {what}.\n"
                 "Leave it empty to rely on the OS keyring's protection alone."
             ),
             prompt="Passphrase:",

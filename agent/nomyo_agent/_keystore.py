@@ -116,6 +116,11 @@ def _translate(exc: Exception, backend: str) -> AgentError:
     return KeyringUnavailableError(f"the keyring {backend} failed ({type(exc).__name__}: {exc})")
 
 
+CHUNKED = "nomyo-agent-chunks:"  # the main entry's value when the PEM is split over entries
+WINDOWS_CHUNK = 1000  # characters; 2560 bytes of UTF-16 is the cap, with room to spare
+_WINDOWS_BACKEND = "keyring.backends.Windows"
+
+
 class KeyringStore:
     """The identity in the OS keyring (Secret Service, macOS Keychain, Windows Credential Locker).
 
@@ -129,10 +134,12 @@ class KeyringStore:
         service: str = SERVICE,
         username: str = USERNAME,
         backend: keyring.backend.KeyringBackend | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         self._service = service
         self._username = username
         self._backend = backend
+        self._chunk_size = chunk_size
 
     def _ring(self) -> keyring.backend.KeyringBackend:
         if self._backend is None:
@@ -155,10 +162,20 @@ class KeyringStore:
         except KeyringUnavailableError:
             return "unavailable"
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _chunk(self) -> int | None:
+        """How many characters one entry may hold, if the backend has a cap.
+
+        Windows' Credential Locker caps a credential at 2560 bytes of UTF-16 (keyring issue
+        #540), under an RSA-4096 PEM's ~3.3 KB: there the PEM is split over several entries.
+        """
+        if self._chunk_size is not None:
+            return self._chunk_size
+        return WINDOWS_CHUNK if _dotted(self._ring()).startswith(_WINDOWS_BACKEND) else None
+
+    def _call(self, method: str, *args: Any, username: str | None = None) -> Any:
         ring = self._ring()
         try:
-            return getattr(ring, method)(self._service, self._username, *args)
+            return getattr(ring, method)(self._service, username or self._username, *args)
         except keyring.errors.PasswordDeleteError:
             if method == "delete_password":
                 return None  # nothing stored: delete is idempotent
@@ -172,6 +189,8 @@ class KeyringStore:
         value = self._call("get_password")
         if value is None:
             return None
+        if isinstance(value, str) and value.startswith(CHUNKED):
+            return self._load_chunks(value)
         if not isinstance(value, str):
             raise CorruptIdentityError("the keyring returned something that is not text")
         try:
@@ -192,12 +211,58 @@ class KeyringStore:
         except UnicodeDecodeError as exc:
             raise CorruptIdentityError("a PEM key must be ASCII text") from exc
         try:
-            self._call("set_password", text)
+            chunk = self._chunk()
+            if chunk is None or len(text) <= chunk:
+                self._call("set_password", text)
+                self._delete_chunks(1)
+                return
+            parts = [text[i : i + chunk] for i in range(0, len(text), chunk)]
+            try:
+                # The parts first, the pointer last: a reader never follows a pointer to parts
+                # that are not written yet.
+                for number, part in enumerate(parts, 1):
+                    self._call("set_password", part, username=f"{self._username}.{number}")
+                self._call("set_password", f"{CHUNKED}{len(parts)}")
+                self._delete_chunks(len(parts) + 1)
+            finally:
+                for part in parts:
+                    wipe(part)
         finally:
             wipe(text)
 
+    def _load_chunks(self, pointer: str) -> SecretBuffer:
+        try:
+            count = int(pointer[len(CHUNKED) :])
+        except ValueError:
+            raise CorruptIdentityError("the stored identity's chunk count is unreadable") from None
+        parts: list[str] = []
+        try:
+            for number in range(1, count + 1):
+                part = self._call("get_password", username=f"{self._username}.{number}")
+                if not isinstance(part, str):
+                    raise CorruptIdentityError(f"part {number} of the stored identity is missing")
+                parts.append(part)
+            size = sum(len(part) for part in parts)
+            buffer = SecretBuffer(size)
+            offset = 0
+            for part in parts:
+                buffer.view[offset : offset + len(part)] = part.encode("ascii")
+                offset += len(part)
+            return buffer
+        finally:
+            for part in parts:
+                wipe(part)
+
+    def _delete_chunks(self, first: int) -> None:
+        """Remove parts numbered ``first`` and up, left over from a longer value."""
+        number = first
+        while self._call("get_password", username=f"{self._username}.{number}") is not None:
+            self._call("delete_password", username=f"{self._username}.{number}")
+            number += 1
+
     def delete(self) -> None:
         self._call("delete_password")
+        self._delete_chunks(1)
 
 
 class MemoryStore:
