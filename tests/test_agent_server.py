@@ -407,3 +407,44 @@ def test_watchers_hear_unlock_lock_idle_timeout_and_stop(make_agent: object) -> 
     assert next(events).reason == "stopping"
     assert next(events, None) is None
     conn.close()
+
+
+# --- auto-unlock -------------------------------------------------------------------------
+
+
+def test_an_identity_without_passphrase_unlocks_itself_on_first_use_but_not_after_lock(
+    desktop: Session, agent: RunningAgent
+) -> None:
+    """As a socket-activated agent is: started locked, then a client's first seal must work."""
+    agent.keygen()  # no passphrase
+    agent.stop()
+    again = start_agent(desktop)
+    try:
+        assert again.status().state is p.State.LOCKED
+        with again.connect() as conn:
+            events = again.connect()
+            watch = events.watch()
+            assert next(watch).state is p.State.LOCKED
+            seal = p.Seal(origin=ORIGIN, router_key_pem=ROUTER_PEM, plaintext=b"{}")
+            assert conn.call(seal, p.SealReply).pinned == "new"
+            event = next(watch)
+            assert (event.state, event.reason) == (p.State.UNLOCKED, "auto_unlock")
+            conn.call(p.Lock(), p.Ok)  # the user's lock holds
+            with pytest.raises(LockedError):
+                conn.call(seal, p.SealReply)
+            conn.call(p.Unlock(), p.Ok)
+            assert conn.call(seal, p.SealReply).pinned == "known"
+            events.close()
+    finally:
+        again.stop()
+
+
+def test_a_passphrase_identity_never_unlocks_itself(desktop: Session, agent: RunningAgent) -> None:
+    agent.keygen(passphrase=b"pw")
+    agent.stop()
+    again = start_agent(desktop)
+    try:
+        with again.connect() as conn, pytest.raises(LockedError):
+            conn.call(p.Seal(origin=ORIGIN, router_key_pem=ROUTER_PEM, plaintext=b""), p.SealReply)
+    finally:
+        again.stop()

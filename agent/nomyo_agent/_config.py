@@ -6,6 +6,8 @@
     idle_timeout = 1800      # seconds without a seal/open before the key is dropped; 0 = off
     max_lifetime = 43200     # seconds after unlock before the key is dropped; 0 = off
     pin_policy = "tofu"      # "tofu": pin each router origin's key on first use; "off"
+    auto_unlock = true       # an identity with no passphrase unlocks itself on first use after
+                             # start or a timeout (an explicit `lock` holds until `unlock`)
     pinentry = "/usr/bin/pinentry-gtk-2"   # default: pinentry on PATH (pinentry-mac on macOS)
     keyring_service = "nomyo-agent"
 
@@ -54,6 +56,7 @@ class Config:
     idle_timeout: float = 1800.0
     max_lifetime: float = 43200.0
     pin_policy: str = "tofu"
+    auto_unlock: bool = True
     pinentry: str | None = None
     keyring_service: str = APP
     state_dir: Path = dataclasses.field(default_factory=state_dir)

@@ -93,10 +93,22 @@ class Dispatcher:
         self._unlock_lock = asyncio.Lock()
         self._router_keys: OrderedDict[str, tuple[rsa.RSAPublicKey, str]] = OrderedDict()
 
-    @staticmethod
-    def immediate(request: p.Request) -> bool:
-        """Whether ``call_now`` can answer it (everything but unlock, generate and import)."""
-        return not isinstance(request, _SLOW)
+    def immediate(self, request: p.Request) -> bool:
+        """Whether ``call_now`` can answer it: everything but unlock, generate and import, and a
+        seal or open that must first auto-unlock an identity with no passphrase."""
+        if isinstance(request, _SLOW):
+            return False
+        return not (isinstance(request, (p.Seal, p.Open)) and self._may_auto_unlock())
+
+    def _may_auto_unlock(self) -> bool:
+        state, info = self.state, self.state.info
+        return (
+            state.key is None
+            and info is not None
+            and not info.passphrase_protected
+            and not state.user_locked
+            and self.services.config.auto_unlock
+        )
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
         """Answer a request that needs no waiting, synchronously: the server's hot path."""
@@ -114,6 +126,9 @@ class Dispatcher:
             return self.call_now(request, peer)
         self.state.counters.requests += 1
         try:
+            if isinstance(request, (p.Seal, p.Open)):
+                await self._auto_unlock()
+                return self._now(request, peer)
             return await self._slow(request)
         except AgentError as exc:
             self.state.counters.errors += 1
@@ -174,6 +189,7 @@ class Dispatcher:
                 return self._identity_reply()
             case p.Lock():
                 state.lock("lock")
+                state.user_locked = True
                 return p.Ok()
             case p.PinsList():
                 return p.PinsReply(
@@ -266,6 +282,21 @@ class Dispatcher:
                 hint="run it in a terminal, or pass the passphrase with --passphrase-stdin",
             )
         return await self.services.ask_passphrase(where, confirm=confirm, error=error, **text)
+
+    async def _auto_unlock(self) -> None:
+        """Load an identity that has no passphrase: nothing to ask, so nothing to wait for."""
+        async with self._unlock_lock:
+            if not self._may_auto_unlock():
+                return  # unlocked meanwhile, or locked by the user: _now says which
+            stored = await asyncio.to_thread(self.services.keystore.load)
+            if stored is None:
+                return  # _now answers "locked"; an explicit unlock explains what is missing
+            try:
+                key = await asyncio.to_thread(_identity.unlock, stored.view, None)
+            finally:
+                stored.close()
+            self.state.set_unlocked(key)
+            self.state.emit("auto_unlock")
 
     async def _failed(self) -> None:
         self.state.failed_unlocks += 1

@@ -93,6 +93,7 @@ class AgentState:
         self.served_since_unlock = 0
         self.recent: collections.OrderedDict[int, p.ClientInfo] = collections.OrderedDict()
         self.failed_unlocks = 0  # consecutive, for the growing delay; reset on success
+        self.user_locked = False  # locked on request: no auto-unlock until an explicit unlock
         self.watchers: set[Callable[[p.StateEvent], None]] = set()
         self.on_lock: list[Callable[[], None]] = []
 
@@ -153,6 +154,7 @@ class AgentState:
         self.served_since_unlock = 0
         self.recent.clear()
         self.failed_unlocks = 0
+        self.user_locked = False
 
     def lock(self, reason: str) -> bool:
         """Drop and clear the key; returns whether there was one. Emits ``reason``."""
