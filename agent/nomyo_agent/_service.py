@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nomyo_agent.errors import AgentError
+from nomyo_agent.paths import darwin_socket_path
 
 __all__ = [
     "LABEL",
@@ -271,8 +272,9 @@ def _systemd_plan(
 
 
 def launchd_socket_path(home: Path) -> str:
-    """Where the LaunchAgent listens: a folder of the user's that macOS never purges."""
-    return str(home / "Library" / "Application Support" / "nomyo-agent" / "agent.sock")
+    """Where the LaunchAgent listens: a folder of the user's that macOS never purges, and the
+    path clients find by default on macOS (``paths.darwin_socket_path``)."""
+    return darwin_socket_path(home)
 
 
 def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str) -> Plan:

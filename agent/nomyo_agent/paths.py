@@ -5,9 +5,10 @@ ARCHITECTURE.md fixes it and as ``SSH_AUTH_SOCK`` works for ssh:
 
 1. ``NOMYO_AGENT_SOCK`` (for the agent and every client alike);
 2. ``$XDG_RUNTIME_DIR/nomyo-agent/agent.sock`` (Linux desktops, systemd's ``%t``);
-3. a private ``0700`` folder ``nomyo-agent-<uid>`` in the temp dir (macOS's per-user
-   ``$TMPDIR``, minimal Linux sessions);
-4. on Windows, the named pipe ``\\\\.\\pipe\\nomyo-agent-<user>``.
+3. on macOS, ``~/Library/Application Support/nomyo-agent/agent.sock``, where the LaunchAgent
+   that ``nomyo-agent install-service`` writes listens;
+4. a private ``0700`` folder ``nomyo-agent-<uid>`` in the temp dir (minimal Linux sessions);
+5. on Windows, the named pipe ``\\\\.\\pipe\\nomyo-agent-<user>``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["ENV_SOCK", "IS_WINDOWS", "default_socket_path", "socket_path"]
+__all__ = ["ENV_SOCK", "IS_WINDOWS", "darwin_socket_path", "default_socket_path", "socket_path"]
 
 ENV_SOCK = "NOMYO_AGENT_SOCK"
 IS_WINDOWS = sys.platform == "win32"
+
+
+def darwin_socket_path(home: Path) -> str:
+    """macOS: one fixed path per user, so that launchd's plist and every client agree on it."""
+    return str(home / "Library" / "Application Support" / "nomyo-agent" / "agent.sock")
 
 
 def default_socket_path(env: dict[str, str] | None = None) -> str:
@@ -32,6 +38,8 @@ def default_socket_path(env: dict[str, str] | None = None) -> str:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime and Path(runtime).is_absolute():
         return str(Path(runtime) / "nomyo-agent" / "agent.sock")
+    if sys.platform == "darwin":
+        return darwin_socket_path(Path(env.get("HOME") or Path.home()))
     tmp = env.get("TMPDIR")
     if not tmp:
         import tempfile  # noqa: PLC0415 - ~3 ms that every client start would pay otherwise
