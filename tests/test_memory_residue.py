@@ -13,13 +13,10 @@ docs/key-custody.md discusses them.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
@@ -28,49 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from nomyo_agent import _envelope
 from nomyo_agent import protocol as p
 from support.agent import RunningAgent
+from support.memory import Hit, scan
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/mem")
-
-CHUNK = 16 << 20
-
-
-@dataclass(frozen=True)
-class Hit:
-    needle: str
-    address: int
-    region: str  # the mapping's path, or [anon]
-
-
-def scan(pid: int, needles: dict[str, bytes]) -> list[Hit]:
-    """Every occurrence of every needle in the readable mappings of ``pid``."""
-    hits: list[Hit] = []
-    longest = max(len(n) for n in needles.values())
-    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    try:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            name = fields[5] if len(fields) > 5 else "[anon]"
-            if not fields[1].startswith("r") or name in ("[vvar]", "[vsyscall]"):
-                continue
-            pos = start
-            while pos < end:
-                size = min(CHUNK + longest, end - pos)
-                try:
-                    data = os.pread(fd, size, pos)
-                except OSError:
-                    break  # e.g. a guard page
-                for label, needle in needles.items():
-                    i = data.find(needle)
-                    while i != -1:
-                        if i < CHUNK or pos + size == end:  # overlap: count each hit once
-                            hits.append(Hit(label, pos + i, name))
-                        i = data.find(needle, i + 1)
-                pos += CHUNK
-    finally:
-        os.close(fd)
-    return hits
 
 
 def prime_needles(key: rsa.RSAPrivateKey) -> dict[str, bytes]:

@@ -10,7 +10,6 @@ must find the primes there, or it proves nothing.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_devserver import DevServer
 from support.agent import RunningAgent
+from support.memory import found
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/mem")
 
@@ -51,33 +51,6 @@ key = serialization.load_pem_private_key(open(sys.argv[1], "rb").read(), passwor
 print("{}", flush=True)
 sys.stdin.readline()
 """
-
-
-def scan(pid: int, needles: dict[str, bytes]) -> set[str]:
-    """The names of the needles found anywhere in the readable memory of ``pid``."""
-    found: set[str] = set()
-    longest = max(len(n) for n in needles.values())
-    chunk = 8 << 20
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    try:
-        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-            fields = line.split(maxsplit=5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            name = fields[5] if len(fields) > 5 else ""
-            if not fields[1].startswith("r") or name in ("[vvar]", "[vsyscall]"):
-                continue
-            pos = start
-            while pos < end:
-                size = min(chunk + longest, end - pos)
-                try:
-                    data = os.pread(fd, size, pos)
-                except OSError:
-                    break
-                found.update(k for k, needle in needles.items() if needle in data)
-                pos += chunk
-    finally:
-        os.close(fd)
-    return found
 
 
 @pytest.fixture
@@ -111,7 +84,7 @@ def _run_and_scan(
         line = proc.stdout.readline()
         if not line:
             pytest.fail(f"the child failed:\n{proc.stderr.read() if proc.stderr else ''}")
-        return json.loads(line), scan(proc.pid, needles)
+        return json.loads(line), found(proc.pid, needles)
     finally:
         try:
             proc.communicate(input="\n", timeout=30)
