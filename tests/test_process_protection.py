@@ -136,8 +136,13 @@ def test_debugger_cannot_attach(make_agent: Callable[..., RunningAgent]) -> None
 def _proc_gid(pid: int) -> int:
     """The group that owns /proc/PID/mem: the process's own while dumpable, else root's."""
     deadline = time.monotonic() + 5
-    while Path(f"/proc/{pid}/status").read_text().count("\nGid:\t65534") == 0:
-        assert time.monotonic() < deadline, "setpriv did not switch the group"
+    # Wait for the exec after setpriv's setresgid: between the two, the kernel has marked the
+    # process non-dumpable (a credential change), which the exec of a plain binary undoes.
+    while (
+        Path(f"/proc/{pid}/status").read_text().count("\nGid:\t65534") == 0
+        or Path(f"/proc/{pid}/comm").read_text().strip() == "setpriv"
+    ):
+        assert time.monotonic() < deadline, "setpriv did not switch the group and exec"
         time.sleep(0.01)
     return os.stat(f"/proc/{pid}/mem").st_gid
 
