@@ -101,9 +101,10 @@ def agent_code_path(key: rsa.RSAPrivateKey, package: bytes) -> Callable[[], obje
     socket taken away: what the RPC costs apart from the kernel's round trip."""
     from nomyo_agent import _hardening, _server
     from nomyo_agent._config import Config
-    from nomyo_agent._dispatch import Dispatcher, Services
+    from nomyo_agent._dispatch import Dispatcher
     from nomyo_agent._keystore import MemoryStore
     from nomyo_agent._pins import PinStore
+    from nomyo_agent._services import Services
     from nomyo_agent._state import AgentState, Peer, SystemClock
 
     class Unlocked:

@@ -15,11 +15,12 @@ import sys
 
 from nomyo_agent import _hardening, _pinentry, _systemd
 from nomyo_agent._config import Config
-from nomyo_agent._dispatch import Dispatcher, Services
+from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._identity import IdentityInfo
 from nomyo_agent._keystore import KeyringStore
 from nomyo_agent._pins import PinStore
 from nomyo_agent._server import AgentServer
+from nomyo_agent._services import Services
 from nomyo_agent._state import AgentState, SystemClock
 
 __all__ = ["daemonize", "serve"]

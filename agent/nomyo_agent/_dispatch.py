@@ -5,92 +5,51 @@ Rules (openssh's ``ssh-agent.c`` hygiene):
 - Every ``AgentError`` becomes an ``Error`` reply; anything unexpected becomes ``internal`` and
   is logged, never raised: one client's bad request never hurts the others.
 - The lock check comes first for every operation that needs the key.
-- Blocking work (keyring D-Bus calls, PBKDF2, the key-generation child) runs in a thread, so the
-  event loop keeps serving other clients; seal and open run inline (about 2 ms at 4096 bits,
-  cheaper than a thread hop for the common case).
-- Failed unlocks are answered after a growing delay (``unlock_delay``), held under the unlock
-  lock so parallel guesses queue up behind it.
-- Passphrases from the wire are wiped once used; those from pinentry live in ``SecretBuffer``s.
+- Cheap requests are answered synchronously by ``call_now`` (the server's hot path: seal and
+  open run inline, about 2 ms at 4096 bits, cheaper than a thread hop). Unlock, keygen, import
+  and an auto-unlock wait on a person or the keyring: ``Custody`` (``_custody.py``) does them.
+- Passphrases and PEMs from the wire are wiped once the request is done.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
 import os
-import sys
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nomyo_agent import __version__, _envelope, _identity, _keys
 from nomyo_agent import protocol as p
-from nomyo_agent._pins import PinStore, normalize_origin
-from nomyo_agent._secret import SecretBuffer, wipe
+from nomyo_agent._custody import Custody
+from nomyo_agent._pins import normalize_origin
+from nomyo_agent._secret import wipe
+from nomyo_agent._services import AskPassphrase, Services
 from nomyo_agent.errors import (
     AgentError,
-    BadPassphraseError,
-    CorruptIdentityError,
-    IdentityExistsError,
     InternalError,
     LockedError,
     NoIdentityError,
-    PassphraseRequiredError,
-    PinentryError,
     PinMismatchError,
 )
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from nomyo_agent._config import Config
-    from nomyo_agent._keystore import KeyStore
     from nomyo_agent._state import AgentState, Peer
 
-__all__ = ["AskPassphrase", "Dispatcher", "Services", "unlock_delay"]
+__all__ = ["AskPassphrase", "Dispatcher", "Services"]
 
 log = logging.getLogger("nomyo_agent")
 
 _SLOW = (p.Unlock, p.Generate, p.Import)  # may wait on pinentry, the keyring or a child process
-MAX_ATTEMPTS = 3  # pinentry retries within one unlock, as gpg-agent does
 ROUTER_KEY_CACHE = 32
-
-AskPassphrase = Callable[..., Awaitable[SecretBuffer]]
-"""``_pinentry.get_passphrase`` with the program bound: (where, *, title, description, prompt,
-error, confirm) -> SecretBuffer."""
-
-Secret = bytes | bytearray | memoryview
-
-
-def unlock_delay(failures: int) -> float:
-    """Seconds to wait before answering the ``failures``-th consecutive failed unlock."""
-    return 0.0 if failures <= 0 else min(0.25 * 2 ** (failures - 1), 16.0)
-
-
-@dataclasses.dataclass
-class Services:
-    """The agent's I/O, injected so that the core can be tested with fakes where needed."""
-
-    config: Config
-    keystore: KeyStore
-    pins: PinStore
-    socket_path: str
-    ask_passphrase: AskPassphrase
-    hardening: Callable[[tuple[SecretBuffer, ...]], p.Hardening]
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-
-    @property
-    def identity_file(self) -> Path:
-        return self.config.state_dir / "identity.json"
 
 
 class Dispatcher:
     def __init__(self, state: AgentState, services: Services) -> None:
         self.state = state
         self.services = services
-        self._unlock_lock = asyncio.Lock()
+        self.custody = Custody(state, services)
         self._router_keys: OrderedDict[str, tuple[rsa.RSAPublicKey, str]] = OrderedDict()
 
     def immediate(self, request: p.Request) -> bool:
@@ -98,17 +57,7 @@ class Dispatcher:
         seal or open that must first auto-unlock an identity with no passphrase."""
         if isinstance(request, _SLOW):
             return False
-        return not (isinstance(request, (p.Seal, p.Open)) and self._may_auto_unlock())
-
-    def _may_auto_unlock(self) -> bool:
-        state, info = self.state, self.state.info
-        return (
-            state.key is None
-            and info is not None
-            and not info.passphrase_protected
-            and not state.user_locked
-            and self.services.config.auto_unlock
-        )
+        return not (isinstance(request, (p.Seal, p.Open)) and self.custody.may_auto_unlock())
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
         """Answer a request that needs no waiting, synchronously: the server's hot path."""
@@ -127,7 +76,7 @@ class Dispatcher:
         self.state.counters.requests += 1
         try:
             if isinstance(request, (p.Seal, p.Open)):
-                await self._auto_unlock()
+                await self.custody.auto_unlock()
                 return self._now(request, peer)
             return await self._slow(request)
         except AgentError as exc:
@@ -145,17 +94,17 @@ class Dispatcher:
         match request:
             case p.Unlock():
                 try:
-                    return await self._unlock(request)
+                    return await self.custody.unlock(request)
                 finally:
                     _wipe_opt(request.passphrase)
             case p.Generate():
                 try:
-                    return await self._generate(request)
+                    return await self.custody.generate(request)
                 finally:
                     _wipe_opt(request.passphrase)
             case p.Import():
                 try:
-                    return await self._import(request)
+                    return await self.custody.import_key(request)
                 finally:
                     _wipe_opt(request.passphrase)
                     _wipe_opt(request.file_password)
@@ -186,7 +135,7 @@ class Dispatcher:
             case p.Status():
                 return self._status()
             case p.PublicKey():
-                return self._identity_reply()
+                return self.custody.identity_reply()
             case p.Lock():
                 state.lock("lock")
                 state.user_locked = True
@@ -253,230 +202,6 @@ class Dispatcher:
             fingerprint=info.fingerprint,
             pinned=pinned,  # type: ignore[arg-type]
         )
-
-    def _identity_reply(self) -> p.IdentityReply:
-        info = self.state.info
-        if info is None:
-            raise NoIdentityError("the agent has no identity yet")
-        return p.IdentityReply(
-            public_key_pem=info.public_key_pem,
-            fingerprint=info.fingerprint,
-            bits=info.bits,
-            passphrase_protected=info.passphrase_protected,
-        )
-
-    # --- passphrases ---------------------------------------------------------------------------
-
-    async def _ask(
-        self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: str
-    ) -> SecretBuffer:
-        # On X11/Wayland desktops a pinentry needs the asker's terminal or display; with neither
-        # it would fail in a way that looks like a cancel. (pinentry-mac needs neither.)
-        if (
-            sys.platform.startswith("linux")
-            and not where.ttyname
-            and not (where.env.get("DISPLAY") or where.env.get("WAYLAND_DISPLAY"))
-        ):
-            raise PinentryError(
-                "no terminal or display to ask for the passphrase on",
-                hint="run it in a terminal, or pass the passphrase with --passphrase-stdin",
-            )
-        return await self.services.ask_passphrase(where, confirm=confirm, error=error, **text)
-
-    async def _auto_unlock(self) -> None:
-        """Load an identity that has no passphrase: nothing to ask, so nothing to wait for."""
-        async with self._unlock_lock:
-            if not self._may_auto_unlock():
-                return  # unlocked meanwhile, or locked by the user: _now says which
-            stored = await asyncio.to_thread(self.services.keystore.load)
-            if stored is None:
-                return  # _now answers "locked"; an explicit unlock explains what is missing
-            try:
-                key = await asyncio.to_thread(_identity.unlock, stored.view, None)
-            finally:
-                stored.close()
-            self.state.set_unlocked(key)
-            self.state.emit("auto_unlock")
-
-    async def _failed(self) -> None:
-        self.state.failed_unlocks += 1
-        self.state.counters.failed_unlocks += 1
-        await self.services.sleep(unlock_delay(self.state.failed_unlocks))
-
-    async def _unlock(self, request: p.Unlock) -> p.Response:
-        if self.state.info is None:
-            raise NoIdentityError("there is no identity to unlock")
-        async with self._unlock_lock:
-            if self.state.key is not None:
-                return p.Ok()
-            stored = await asyncio.to_thread(self.services.keystore.load)
-            if stored is None:
-                raise CorruptIdentityError(
-                    "the keyring holds no nomyo-agent identity, though this agent had one",
-                    hint="restore it with `nomyo-agent import PATH --force`, or `keygen --force`",
-                )
-            try:
-                key = await self._unlock_stored(stored, request)
-            finally:
-                stored.close()
-            self.state.set_unlocked(key)
-            self.state.emit("unlock")
-            return p.Ok()
-
-    async def _unlock_stored(
-        self, stored: SecretBuffer, request: p.Unlock
-    ) -> _identity.UnlockedKey:
-        view = stored.view
-        if not _identity.is_passphrase_protected(view):
-            return await asyncio.to_thread(_identity.unlock, view, None)
-        if request.passphrase is not None:
-            try:
-                return await asyncio.to_thread(_identity.unlock, view, request.passphrase)
-            except BadPassphraseError:
-                await self._failed()
-                raise
-        if request.pinentry is None:
-            raise PassphraseRequiredError("the identity is protected by a passphrase")
-        info = self.state.info
-        assert info is not None
-        error = None
-        for _ in range(MAX_ATTEMPTS):
-            secret = await self._ask(
-                request.pinentry,
-                confirm=False,
-                error=error,
-                title="nomyo-agent",
-                description=(
-                    "Unlock the nomyo-agent identity for end-to-end encrypted inference\n"
-                    f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}"
-                ),
-                prompt="Passphrase:",
-            )
-            try:
-                return await asyncio.to_thread(_identity.unlock, view, secret.view)
-            except BadPassphraseError:
-                await self._failed()
-                error = "Bad passphrase, try again"
-            finally:
-                secret.close()
-        raise BadPassphraseError(f"bad passphrase ({MAX_ATTEMPTS} attempts)")
-
-    async def _new_passphrase(
-        self, given: bytes | None, where: p.PinEntry | None, what: str
-    ) -> SecretBuffer | None:
-        """The passphrase to store a new identity under; None means none."""
-        if given is not None:
-            return SecretBuffer.from_bytes(given) if given else None
-        if where is None:
-            return None
-        secret = await self._ask(
-            where,
-            confirm=True,
-            error=None,
-            title="nomyo-agent",
-            description=(
-                f"Choose a passphrase for the {what}.\n"
-                "Leave it empty to rely on the OS keyring's protection alone."
-            ),
-            prompt="Passphrase:",
-        )
-        if len(secret) == 0:
-            secret.close()
-            return None
-        return secret
-
-    # --- new identities --------------------------------------------------------------------------
-
-    def _check_replace(self, force: bool) -> None:
-        info = self.state.info
-        if info is not None and not force:
-            raise IdentityExistsError(
-                f"an identity exists already ({_keys.short_fingerprint(info.fingerprint)})"
-            )
-
-    async def _install(
-        self,
-        stored: SecretBuffer,
-        info: _identity.IdentityInfo,
-        passphrase: Secret | None,
-        reason: str,
-    ) -> p.IdentityReply:
-        """Store a new identity in the keyring and on disk, and keep it unlocked."""
-        await asyncio.to_thread(self.services.keystore.save, stored.view)
-        info.save(self.services.identity_file)
-        key = await asyncio.to_thread(_identity.unlock, stored.view, passphrase)
-        self.state.lock("replaced")
-        self.state.info = info
-        self.state.set_unlocked(key)
-        self.state.emit(reason)
-        return self._identity_reply()
-
-    async def _generate(self, request: p.Generate) -> p.Response:
-        self._check_replace(request.force)
-        async with self._unlock_lock:
-            secret = await self._new_passphrase(request.passphrase, request.pinentry, "new key")
-            try:
-                pw = secret.view if secret else None
-                stored, info = await asyncio.to_thread(_identity.generate, request.bits, pw)
-                try:
-                    return await self._install(stored, info, pw, "generate")
-                finally:
-                    stored.close()
-            finally:
-                if secret:
-                    secret.close()
-
-    async def _import(self, request: p.Import) -> p.Response:
-        # No early _check_replace: importing the key the agent already holds is not a conflict
-        # (a client's load_keys may run on every start), and only the key worker can tell.
-        async with self._unlock_lock:
-            file_secret: SecretBuffer | None = (
-                SecretBuffer.from_bytes(request.file_password)
-                if request.file_password is not None
-                else None
-            )
-            error = None
-            try:
-                for _ in range(MAX_ATTEMPTS):
-                    file_pw = file_secret.view if file_secret else None
-                    store_pw: Secret | None = file_pw
-                    if request.passphrase is not None:
-                        store_pw = request.passphrase or None
-                    try:
-                        stored, info = await asyncio.to_thread(
-                            _identity.import_pem, request.pem, file_pw, store_pw
-                        )
-                    except (PassphraseRequiredError, BadPassphraseError) as exc:
-                        if request.pinentry is None:
-                            raise
-                        if isinstance(exc, BadPassphraseError):
-                            error = "Bad passphrase, try again"
-                        if file_secret:
-                            file_secret.close()
-                        file_secret = await self._ask(
-                            request.pinentry,
-                            confirm=False,
-                            error=error,
-                            title="nomyo-agent",
-                            description="Enter the passphrase of the key file being imported",
-                            prompt="Passphrase:",
-                        )
-                        continue
-                    try:
-                        current = self.state.info
-                        same = current is not None and current.fingerprint == info.fingerprint
-                        if same and not request.force:  # --force re-stores (a new passphrase)
-                            return self._identity_reply()
-                        self._check_replace(request.force)
-                        return await self._install(stored, info, store_pw, "import")
-                    finally:
-                        stored.close()
-                raise BadPassphraseError(
-                    f"bad passphrase for the key file ({MAX_ATTEMPTS} attempts)"
-                )
-            finally:
-                if file_secret:
-                    file_secret.close()
 
     # --- status ----------------------------------------------------------------------------------
 

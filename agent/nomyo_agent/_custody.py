@@ -1,0 +1,287 @@
+"""Unlocking and replacing the identity: the operations that wait on a person or the keyring.
+
+Rules:
+
+- They hold one lock (``Custody.lock``), so that two unlocks, or an unlock and a keygen, never
+  interleave; a failed unlock's growing delay (``unlock_delay``) is served under it, so parallel
+  guesses queue up behind it.
+- Keyring calls, PBKDF2 and the key-generation child run in a thread: the event loop keeps
+  serving seal and open for the other clients meanwhile.
+- A passphrase from pinentry lives in a ``SecretBuffer``; one from the wire is wiped by the
+  dispatcher once the request is done.
+- pinentry is asked up to ``MAX_ATTEMPTS`` times within one request, as gpg-agent does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TYPE_CHECKING
+
+from nomyo_agent import _identity, _keys
+from nomyo_agent import protocol as p
+from nomyo_agent._secret import SecretBuffer
+from nomyo_agent.errors import (
+    BadPassphraseError,
+    CorruptIdentityError,
+    IdentityExistsError,
+    NoIdentityError,
+    PassphraseRequiredError,
+    PinentryError,
+)
+
+if TYPE_CHECKING:
+    from nomyo_agent._services import Services
+    from nomyo_agent._state import AgentState
+
+__all__ = ["MAX_ATTEMPTS", "Custody", "unlock_delay"]
+
+MAX_ATTEMPTS = 3
+
+Secret = bytes | bytearray | memoryview
+
+
+def unlock_delay(failures: int) -> float:
+    """Seconds to wait before answering the ``failures``-th consecutive failed unlock."""
+    return 0.0 if failures <= 0 else min(0.25 * 2 ** (failures - 1), 16.0)
+
+
+class Custody:
+    def __init__(self, state: AgentState, services: Services) -> None:
+        self.state = state
+        self.services = services
+        self.lock = asyncio.Lock()
+
+    def may_auto_unlock(self) -> bool:
+        state, info = self.state, self.state.info
+        return (
+            state.key is None
+            and info is not None
+            and not info.passphrase_protected
+            and not state.user_locked
+            and self.services.config.auto_unlock
+        )
+
+    def identity_reply(self) -> p.IdentityReply:
+        info = self.state.info
+        if info is None:
+            raise NoIdentityError("the agent has no identity yet")
+        return p.IdentityReply(
+            public_key_pem=info.public_key_pem,
+            fingerprint=info.fingerprint,
+            bits=info.bits,
+            passphrase_protected=info.passphrase_protected,
+        )
+
+    # --- passphrases -----------------------------------------------------------------------
+
+    async def _ask(
+        self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: str
+    ) -> SecretBuffer:
+        # On X11/Wayland desktops a pinentry needs the asker's terminal or display; with neither
+        # it would fail in a way that looks like a cancel. (pinentry-mac needs neither.)
+        if (
+            sys.platform.startswith("linux")
+            and not where.ttyname
+            and not (where.env.get("DISPLAY") or where.env.get("WAYLAND_DISPLAY"))
+        ):
+            raise PinentryError(
+                "no terminal or display to ask for the passphrase on",
+                hint="run it in a terminal, or pass the passphrase with --passphrase-stdin",
+            )
+        return await self.services.ask_passphrase(where, confirm=confirm, error=error, **text)
+
+    async def auto_unlock(self) -> None:
+        """Load an identity that has no passphrase: nothing to ask, so nothing to wait for."""
+        async with self.lock:
+            if not self.may_auto_unlock():
+                return  # unlocked meanwhile, or locked by the user: _now says which
+            stored = await asyncio.to_thread(self.services.keystore.load)
+            if stored is None:
+                return  # _now answers "locked"; an explicit unlock explains what is missing
+            try:
+                key = await asyncio.to_thread(_identity.unlock, stored.view, None)
+            finally:
+                stored.close()
+            self.state.set_unlocked(key)
+            self.state.emit("auto_unlock")
+
+    async def _failed(self) -> None:
+        self.state.failed_unlocks += 1
+        self.state.counters.failed_unlocks += 1
+        await self.services.sleep(unlock_delay(self.state.failed_unlocks))
+
+    async def unlock(self, request: p.Unlock) -> p.Response:
+        if self.state.info is None:
+            raise NoIdentityError("there is no identity to unlock")
+        async with self.lock:
+            if self.state.key is not None:
+                return p.Ok()
+            stored = await asyncio.to_thread(self.services.keystore.load)
+            if stored is None:
+                raise CorruptIdentityError(
+                    "the keyring holds no nomyo-agent identity, though this agent had one",
+                    hint="restore it with `nomyo-agent import PATH --force`, or `keygen --force`",
+                )
+            try:
+                key = await self._unlock_stored(stored, request)
+            finally:
+                stored.close()
+            self.state.set_unlocked(key)
+            self.state.emit("unlock")
+            return p.Ok()
+
+    async def _unlock_stored(
+        self, stored: SecretBuffer, request: p.Unlock
+    ) -> _identity.UnlockedKey:
+        view = stored.view
+        if not _identity.is_passphrase_protected(view):
+            return await asyncio.to_thread(_identity.unlock, view, None)
+        if request.passphrase is not None:
+            try:
+                return await asyncio.to_thread(_identity.unlock, view, request.passphrase)
+            except BadPassphraseError:
+                await self._failed()
+                raise
+        if request.pinentry is None:
+            raise PassphraseRequiredError("the identity is protected by a passphrase")
+        info = self.state.info
+        assert info is not None
+        error = None
+        for _ in range(MAX_ATTEMPTS):
+            secret = await self._ask(
+                request.pinentry,
+                confirm=False,
+                error=error,
+                title="nomyo-agent",
+                description=(
+                    "Unlock the nomyo-agent identity for end-to-end encrypted inference\n"
+                    f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}"
+                ),
+                prompt="Passphrase:",
+            )
+            try:
+                return await asyncio.to_thread(_identity.unlock, view, secret.view)
+            except BadPassphraseError:
+                await self._failed()
+                error = "Bad passphrase, try again"
+            finally:
+                secret.close()
+        raise BadPassphraseError(f"bad passphrase ({MAX_ATTEMPTS} attempts)")
+
+    async def _new_passphrase(
+        self, given: bytes | None, where: p.PinEntry | None, what: str
+    ) -> SecretBuffer | None:
+        """The passphrase to store a new identity under; None means none."""
+        if given is not None:
+            return SecretBuffer.from_bytes(given) if given else None
+        if where is None:
+            return None
+        secret = await self._ask(
+            where,
+            confirm=True,
+            error=None,
+            title="nomyo-agent",
+            description=(
+                f"Choose a passphrase for the {what}.\n"
+                "Leave it empty to rely on the OS keyring's protection alone."
+            ),
+            prompt="Passphrase:",
+        )
+        if len(secret) == 0:
+            secret.close()
+            return None
+        return secret
+
+    # --- new identities --------------------------------------------------------------------------
+
+    def _check_replace(self, force: bool) -> None:
+        info = self.state.info
+        if info is not None and not force:
+            raise IdentityExistsError(
+                f"an identity exists already ({_keys.short_fingerprint(info.fingerprint)})"
+            )
+
+    async def _install(
+        self,
+        stored: SecretBuffer,
+        info: _identity.IdentityInfo,
+        passphrase: Secret | None,
+        reason: str,
+    ) -> p.IdentityReply:
+        """Store a new identity in the keyring and on disk, and keep it unlocked."""
+        await asyncio.to_thread(self.services.keystore.save, stored.view)
+        info.save(self.services.identity_file)
+        key = await asyncio.to_thread(_identity.unlock, stored.view, passphrase)
+        self.state.lock("replaced")
+        self.state.info = info
+        self.state.set_unlocked(key)
+        self.state.emit(reason)
+        return self.identity_reply()
+
+    async def generate(self, request: p.Generate) -> p.Response:
+        self._check_replace(request.force)
+        async with self.lock:
+            secret = await self._new_passphrase(request.passphrase, request.pinentry, "new key")
+            try:
+                pw = secret.view if secret else None
+                stored, info = await asyncio.to_thread(_identity.generate, request.bits, pw)
+                try:
+                    return await self._install(stored, info, pw, "generate")
+                finally:
+                    stored.close()
+            finally:
+                if secret:
+                    secret.close()
+
+    async def import_key(self, request: p.Import) -> p.Response:
+        # No early _check_replace: importing the key the agent already holds is not a conflict
+        # (a client's load_keys may run on every start), and only the key worker can tell.
+        async with self.lock:
+            file_secret: SecretBuffer | None = (
+                SecretBuffer.from_bytes(request.file_password)
+                if request.file_password is not None
+                else None
+            )
+            error = None
+            try:
+                for _ in range(MAX_ATTEMPTS):
+                    file_pw = file_secret.view if file_secret else None
+                    store_pw: Secret | None = file_pw
+                    if request.passphrase is not None:
+                        store_pw = request.passphrase or None
+                    try:
+                        stored, info = await asyncio.to_thread(
+                            _identity.import_pem, request.pem, file_pw, store_pw
+                        )
+                    except (PassphraseRequiredError, BadPassphraseError) as exc:
+                        if request.pinentry is None:
+                            raise
+                        if isinstance(exc, BadPassphraseError):
+                            error = "Bad passphrase, try again"
+                        if file_secret:
+                            file_secret.close()
+                        file_secret = await self._ask(
+                            request.pinentry,
+                            confirm=False,
+                            error=error,
+                            title="nomyo-agent",
+                            description="Enter the passphrase of the key file being imported",
+                            prompt="Passphrase:",
+                        )
+                        continue
+                    try:
+                        current = self.state.info
+                        same = current is not None and current.fingerprint == info.fingerprint
+                        if same and not request.force:  # --force re-stores (a new passphrase)
+                            return self.identity_reply()
+                        self._check_replace(request.force)
+                        return await self._install(stored, info, store_pw, "import")
+                    finally:
+                        stored.close()
+                raise BadPassphraseError(
+                    f"bad passphrase for the key file ({MAX_ATTEMPTS} attempts)"
+                )
+            finally:
+                if file_secret:
+                    file_secret.close()

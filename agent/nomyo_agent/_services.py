@@ -1,0 +1,41 @@
+"""The agent's I/O bundle, injected into the core so that it can be tested with fakes where the
+real part cannot produce a case (and a memory key store for the benchmark)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nomyo_agent import protocol as p
+from nomyo_agent._pins import PinStore
+from nomyo_agent._secret import SecretBuffer
+
+if TYPE_CHECKING:
+    from nomyo_agent._config import Config
+    from nomyo_agent._keystore import KeyStore
+
+__all__ = ["AskPassphrase", "Services"]
+
+AskPassphrase = Callable[..., Awaitable[SecretBuffer]]
+"""``_pinentry.get_passphrase`` with the program bound: (where, *, title, description, prompt,
+error, confirm) -> SecretBuffer."""
+
+
+@dataclasses.dataclass
+class Services:
+    """The agent's I/O, injected so that the core can be tested with fakes where needed."""
+
+    config: Config
+    keystore: KeyStore
+    pins: PinStore
+    socket_path: str
+    ask_passphrase: AskPassphrase
+    hardening: Callable[[tuple[SecretBuffer, ...]], p.Hardening]
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    @property
+    def identity_file(self) -> Path:
+        return self.config.state_dir / "identity.json"
