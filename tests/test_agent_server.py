@@ -448,3 +448,26 @@ def test_a_passphrase_identity_never_unlocks_itself(desktop: Session, agent: Run
             conn.call(p.Seal(origin=ORIGIN, router_key_pem=ROUTER_PEM, plaintext=b""), p.SealReply)
     finally:
         again.stop()
+
+
+def test_the_audit_log_records_state_changes_without_secrets(agent: RunningAgent) -> None:
+    agent.cli("keygen", "--bits", "2048", "--passphrase-stdin", input=b"audit secret\n")
+    agent.cli("lock")
+    agent.cli("unlock", "--passphrase-stdin", input=b"audit secret\n")
+    with agent.connect() as conn:
+        conn.call(p.Seal(origin=ORIGIN, router_key_pem=ROUTER_PEM, plaintext=b"{}"), p.SealReply)
+        other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        with pytest.raises(PinMismatchError):
+            conn.call(p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply)
+    agent.stop()
+    path = Path(agent.env["XDG_STATE_HOME"]) / "nomyo-agent" / "audit.log"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    names = [e["event"] for e in events]
+    # keygen's unlock, the CLI's lock and unlock, the refused key, then the stop (which tells
+    # watchers first, then drops the key)
+    assert names == ["generate", "lock", "unlock", "pin_mismatch", "stopping", "stopping"]
+    assert [e["state"] for e in events][-1] == "locked"
+    assert next(e for e in events if e["event"] == "pin_mismatch")["origin"] == ORIGIN
+    assert "audit secret" not in text

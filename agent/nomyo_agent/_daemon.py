@@ -14,6 +14,7 @@ import socket
 import sys
 
 from nomyo_agent import _hardening, _pinentry, _systemd
+from nomyo_agent._audit import AuditLog
 from nomyo_agent._config import Config
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._identity import IdentityInfo
@@ -68,6 +69,8 @@ def serve(
     inherited = _inherited_socket()
     if inherited is not None and inherited.getsockname():
         socket_path = inherited.getsockname()  # activated: report where clients really reach us
+    audit = AuditLog(config.state_dir / "audit.log")
+    state.watchers.add(lambda event: audit.record(event, state.clock.wall()))
     services = Services(
         config=config,
         keystore=KeyringStore(service=config.keyring_service),
