@@ -41,6 +41,7 @@ from nomyo_tray._backends import (
     guard_notifications,
     import_pystray,
     xorg_redock,
+    xorg_repaint,
 )
 from nomyo_tray._view import Action, View
 
@@ -226,7 +227,8 @@ class TrayApp:
                 self._render()  # the "locks in ..." row counts down
 
     def _redock(self) -> None:
-        xorg_redock(self._icon)
+        if not xorg_redock(self._icon):
+            xorg_repaint(self._icon)
 
     def perform(self, action: Action) -> None:
         """Start ``action`` in a worker thread (menu items and the left click land here)."""

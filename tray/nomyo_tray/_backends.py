@@ -30,6 +30,7 @@ __all__ = [
     "guard_notifications",
     "import_pystray",
     "xorg_redock",
+    "xorg_repaint",
 ]
 
 log = logging.getLogger("nomyo_tray")
@@ -165,6 +166,19 @@ class XorgPump:
         with self._lock:
             self._window.send_event(message, event_mask=self._x.NoEventMask)
             self._display.flush()
+
+
+def xorg_repaint(icon: Any) -> None:
+    """Paint the icon's current image again (on the mainloop thread, ``XorgPump``).
+
+    Seen in CI, not reproduced at will: the state changed, the mainloop ran pystray's icon
+    update, and yet the screen kept the old image. Repainting from ``icon.icon`` on every dock
+    check (2 s) makes a lost draw heal itself; it costs one small image upload per check.
+    """
+    if getattr(icon, "_window", None) is None or not icon.visible:
+        return
+    icon._icon_data = None  # rebuild from icon.icon, not from a possibly stale cache
+    icon._draw()
 
 
 def xorg_redock(icon: Any) -> bool:
