@@ -28,7 +28,7 @@ from nomyo_agent import protocol as p
 from nomyo_tray._icons import COLORS, SLASH
 from nomyo_tray._view import IconKind
 from support.agent import RunningAgent
-from support.desktop import Session, require_programs
+from support.desktop import Session, require_programs, stop_group
 from support.x11 import TrayHost, XDisplay, find_color, start_trayer, wait_until
 
 PASSPHRASE = "pw"
@@ -129,12 +129,7 @@ def start_tray(
         yield tray
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
 
 
 @pytest.fixture

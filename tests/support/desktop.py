@@ -24,6 +24,19 @@ KEYRING_PASSWORD = "test-login-password"
 REQUIRED = ("dbus-daemon", "gnome-keyring-daemon", "dbus-send")
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children; SIGKILL them
+    after ``grace`` seconds. Every real part the tests start is stopped this way."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def require_programs(*names: str) -> None:
     """Fail loudly (never skip) when a system program the test needs is missing."""
     missing = [n for n in names if shutil.which(n) is None]
@@ -133,13 +146,7 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         yield session
     finally:
         for proc in reversed(session._procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ when the test ends; every wait is bounded; a missing program fails the test (nev
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageGrab
 
-from support.desktop import require_programs
+from support.desktop import require_programs, stop_group
 
 __all__ = ["TrayHost", "XDisplay", "find_color", "start_trayer", "wait_until"]
 
@@ -34,17 +32,6 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> N
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @dataclass
@@ -129,7 +116,7 @@ def _start_xvfb(artifacts: Path) -> XDisplay:
         os.close(read_fd)
     number = got.decode().strip() if got.endswith(b"\n") else ""
     if not number:
-        _stop(proc)
+        stop_group(proc)
         pytest.fail("Xvfb did not report a display number within 15 s")
     return XDisplay(name=f":{number}", artifacts=artifacts, _procs=[proc])
 
@@ -142,7 +129,7 @@ def xdisplay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XDisplay]:
         yield disp
     finally:
         for proc in reversed(disp._procs):
-            _stop(proc)
+            stop_group(proc)
 
 
 @pytest.fixture
