@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -60,7 +60,7 @@ def test_backoff_doubles_with_jitter_and_caps() -> None:
 
 def test_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after({"retry-after": "3"}, NOW) == 3.0
-    date = format_datetime(datetime.fromtimestamp(NOW + 5, tz=timezone.utc), usegmt=True)
+    date = format_datetime(datetime.fromtimestamp(NOW + 5, tz=UTC), usegmt=True)
     assert parse_retry_after({"retry-after": date}, NOW) == pytest.approx(5.0)
     assert parse_retry_after({"retry-after": "soon"}, NOW) is None
     assert parse_retry_after({}, NOW) is None

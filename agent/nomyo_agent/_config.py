@@ -19,18 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from nomyo_agent.errors import BadRequestError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 __all__ = ["PIN_POLICIES", "Config", "ConfigError", "config_path", "load_config", "state_dir"]
 

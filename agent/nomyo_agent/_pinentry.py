@@ -279,7 +279,7 @@ async def get_passphrase(
             raise PinentryError(
                 f"{name} exited ({rc}) before answering{_stderr_tail(err_r)}"
             ) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PinentryError(
                 f"no passphrase was entered within {timeout:g} s", hint="unlock again when ready"
             ) from None

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterator
-from typing import Final, Literal, Union, cast
+from typing import Final, Literal, TypeVar
 
 import msgspec
 
@@ -104,7 +104,7 @@ HEADER: Final = struct.Struct(">I")
 MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """What the agent can do right now."""
 
     NO_IDENTITY = "no-identity"
@@ -112,7 +112,7 @@ class State(str, enum.Enum):
     UNLOCKED = "unlocked"
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     """Typed error codes. Each comes with a human ``message`` and a ``hint`` saying what to do."""
 
     BAD_REQUEST = "bad_request"  # well-formed frame, invalid message; the connection stays usable
@@ -243,22 +243,22 @@ class Stop(_Msg, frozen=True, tag="stop"):
     pass
 
 
-Request = Union[  # noqa: UP007 - msgspec needs a runtime union object on 3.10
-    Hello,
-    Status,
-    PublicKey,
-    Seal,
-    Open,
-    Lock,
-    Unlock,
-    Generate,
-    Import,
-    PinsList,
-    PinAccept,
-    PinForget,
-    Watch,
-    Stop,
-]
+Request = (
+    Hello
+    | Status
+    | PublicKey
+    | Seal
+    | Open
+    | Lock
+    | Unlock
+    | Generate
+    | Import
+    | PinsList
+    | PinAccept
+    | PinForget
+    | Watch
+    | Stop
+)
 
 # --- responses -------------------------------------------------------------------------------
 
@@ -389,21 +389,22 @@ class StateEvent(_Msg, frozen=True, tag="state_event"):
     recent_clients: list[ClientInfo] = []
 
 
-Response = Union[  # noqa: UP007
-    HelloReply,
-    StatusReply,
-    IdentityReply,
-    SealReply,
-    OpenReply,
-    PinsReply,
-    Accepted,
-    Ok,
-    Error,
-    StateEvent,
-]
+Response = (
+    HelloReply
+    | StatusReply
+    | IdentityReply
+    | SealReply
+    | OpenReply
+    | PinsReply
+    | Accepted
+    | Ok
+    | Error
+    | StateEvent
+)
 
 # --- encoding and framing --------------------------------------------------------------------
 
+_T = TypeVar("_T")
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _response_decoder = msgspec.msgpack.Decoder(Response)
@@ -422,7 +423,7 @@ def encode_frame(message: _Msg) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def _decode(decoder: msgspec.msgpack.Decoder[object], body: bytes | memoryview) -> object:
+def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes | memoryview) -> _T:
     try:
         return decoder.decode(body)
     except msgspec.MsgspecError:
@@ -435,11 +436,11 @@ def _decode(decoder: msgspec.msgpack.Decoder[object], body: bytes | memoryview) 
 
 def decode_request(body: bytes | memoryview) -> Request:
     """Decode one request body; raises ``msgspec.ValidationError``/``DecodeError`` if invalid."""
-    return cast(Request, _decode(_request_decoder, body))
+    return _decode(_request_decoder, body)
 
 
 def decode_response(body: bytes | memoryview) -> Response:
-    return cast(Response, _decode(_response_decoder, body))
+    return _decode(_response_decoder, body)
 
 
 class FrameError(Exception):

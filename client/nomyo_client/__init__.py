@@ -81,4 +81,4 @@ __all__ = [
     "SyncSecureChatCompletion",
 ]
 
-__version__ = "0.1.0"
+from nomyo_agent import __version__ as __version__

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import h11
 
+from nomyo_agent import __version__
+
 if TYPE_CHECKING:
     import httpx
 
@@ -47,7 +49,7 @@ __all__ = [
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_USER_AGENT = b"nomyo-client/0.1"
+_USER_AGENT = f"nomyo-client/{__version__}".encode()
 
 
 class TransportError(Exception):
@@ -112,7 +114,7 @@ class _Conn:
 async def _within(timeout: float | None, what: Any) -> Any:
     try:
         return await asyncio.wait_for(what, timeout)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise TimedOut(f"no progress within {timeout:g} s") from exc
 
 
@@ -153,7 +155,7 @@ class H11Pool:
         )
         try:
             reader, writer = await asyncio.wait_for(opening, self.timeouts.connect)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from exc
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc

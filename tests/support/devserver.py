@@ -237,7 +237,7 @@ def devserver_tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     folder = tmp_path_factory.mktemp("devserver-tls")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nomyo-devserver test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -42,14 +42,14 @@ APP = "nomyo-agent"
 RECENT_SHOWN = 3
 
 
-class IconKind(str, enum.Enum):
+class IconKind(enum.StrEnum):
     NO_AGENT = "no-agent"
     NO_IDENTITY = "no-identity"
     LOCKED = "locked"
     UNLOCKED = "unlocked"
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     UNLOCK = "unlock"
     LOCK = "lock"
     START_AGENT = "start-agent"
