@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_client_fakes import FakeAgent, fake_agent_fixture  # noqa: F401 - the fixture
 
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_devserver import DevServer
+from support.client_fakes import FakeAgent
 from support.desktop import Session
 
 # A client: one request (the new agent has no identity, so NoIdentityError proves it got there),
