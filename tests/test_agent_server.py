@@ -32,8 +32,9 @@ from nomyo_agent.errors import (
 )
 from support.agent import RunningAgent, start_agent
 from support.desktop import Session
+from support.keys import rsa_key
 
-ROUTER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ROUTER = rsa_key(2048, 0)
 ROUTER_PEM = _keys.public_pem(ROUTER.public_key())
 ORIGIN = "http://127.0.0.1:9"
 
@@ -269,7 +270,7 @@ def test_seal_and_open_round_trip_with_tofu_pins(agent: RunningAgent) -> None:
         )
         assert again.pinned == "known"
 
-        other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        other = _keys.public_pem(rsa_key(2048, 1).public_key())
         with pytest.raises(PinMismatchError) as caught:
             conn.call(p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply)
         assert caught.value.origin == ORIGIN
@@ -296,8 +297,8 @@ def test_pin_policy_off_seals_to_any_key(make_agent: object) -> None:
     agent = make_agent(args=["--pin-policy", "off"])  # type: ignore[operator]
     agent.keygen()
     with agent.connect() as conn:
-        for _ in range(2):
-            other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        for i in range(2):
+            other = _keys.public_pem(rsa_key(2048, 1 + i).public_key())
             reply = conn.call(
                 p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply
             )
@@ -485,7 +486,7 @@ def test_the_audit_log_records_state_changes_without_secrets(agent: RunningAgent
     agent.cli("unlock", "--passphrase-stdin", input=b"audit secret\n")
     with agent.connect() as conn:
         conn.call(p.Seal(origin=ORIGIN, router_key_pem=ROUTER_PEM, plaintext=b"{}"), p.SealReply)
-        other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        other = _keys.public_pem(rsa_key(2048, 1).public_key())
         with pytest.raises(PinMismatchError):
             conn.call(p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply)
     agent.stop()

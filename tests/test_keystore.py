@@ -15,13 +15,13 @@ from collections.abc import Iterator
 import keyring
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _keystore
 from nomyo_agent._keystore import KeyringStore, KeyStore, MemoryStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import KeyringLockedError, KeyringUnavailableError
 from support.desktop import Session
+from support.keys import rsa_key
 
 # keyring's SecretService backend leaks its D-Bus connection when get_preferred_collection()
 # raises (locked or missing collection), and jeepney leaks its socket when the bus is missing.
@@ -39,7 +39,7 @@ def collect_leaks() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pem_4096() -> bytes:
-    key = rsa.generate_private_key(65537, 4096)
+    key = rsa_key(4096)
     pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     assert 3200 <= len(pem) <= 3300
     return pem

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from PIL import Image
 
 from nomyo_agent import protocol as p
@@ -29,6 +28,7 @@ from nomyo_tray._icons import COLORS, SLASH
 from nomyo_tray._view import IconKind
 from support.agent import RunningAgent
 from support.desktop import Session, require_programs, stop_group
+from support.keys import rsa_key
 from support.x11 import TrayHost, XDisplay, find_color, start_trayer, wait_until
 
 PASSPHRASE = "pw"
@@ -321,7 +321,7 @@ def test_gtk_notifications_reach_a_real_notification_daemon(
     require_programs("dunst", "dunstctl")
     require_gtk()
     env = {**desktop.env, **tray_host.display.env}
-    keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "ab"]
+    keys = [rsa_key(2048, i) for i in range(2)]
     pems = [
         k.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
