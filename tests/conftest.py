@@ -16,6 +16,7 @@ pytest_plugins = [
     "support.agent",
     "support.x11",
     "support.client_fakes",
+    "support.session",
 ]
 
 # The fixtures that start something a test can only have on a real desktop or with a real

@@ -172,6 +172,8 @@ def _status_text(st: p.StatusReply) -> str:
             f" (idle lock in {_duration(st.idle_left)},"
             f" lifetime lock in {_duration(st.lifetime_left)})"
         )
+    if st.state is p.State.LOCKED and st.locked_by:
+        state += f" (by {st.locked_by.replace('_', ' ')})"
     lines = [f"state:        {state}"]
     if st.fingerprint:
         protected = "passphrase-protected" if st.passphrase_protected else "no passphrase"
@@ -190,6 +192,7 @@ def _status_text(st: p.StatusReply) -> str:
         f"agent:        pid {st.pid}, version {st.agent_version}, protocol {st.protocol},"
         f" up {_duration(st.uptime)}",
         f"socket:       {st.socket}",
+        *(f"{'session:' if i == 0 else '':14}{line}" for i, line in enumerate(st.session)),
         f"served:       {st.served_since_unlock} requests since unlock; recent apps: {recent}",
         f"hardening:    not dumpable {yes[h.not_dumpable]},"
         f" no core dumps {yes[h.core_dumps_disabled]}, "

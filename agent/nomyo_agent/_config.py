@@ -10,6 +10,8 @@
                              # start or a timeout (an explicit `lock` holds until `unlock`)
     pinentry = "/usr/bin/pinentry-gtk-2"   # default: pinentry on PATH (pinentry-mac on macOS)
     keyring_service = "nomyo-agent"
+    lock_on = ["screen", "suspend"]   # lock on screen lock / session end, and before sleep
+                             # (Linux, D-Bus); [] = neither
 
 Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file or an
 unknown key is an error that names the file: a typo must not silently weaken a timeout.
@@ -31,6 +33,7 @@ __all__ = ["PIN_POLICIES", "Config", "ConfigError", "config_path", "load_config"
 
 APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
+LOCK_ON = ("screen", "suspend")
 
 
 class ConfigError(BadRequestError):
@@ -55,6 +58,7 @@ class Config:
     pinentry: str | None = None
     keyring_service: str = APP
     state_dir: Path = dataclasses.field(default_factory=state_dir)
+    lock_on: tuple[str, ...] = LOCK_ON
 
     def __post_init__(self) -> None:
         for name in ("idle_timeout", "max_lifetime"):
@@ -65,6 +69,12 @@ class Config:
                 )
         if self.pin_policy not in PIN_POLICIES:
             raise ConfigError(f"pin_policy must be one of {', '.join(PIN_POLICIES)}")
+        lock_on = self.lock_on
+        if not isinstance(lock_on, (list, tuple)) or not all(e in LOCK_ON for e in lock_on):
+            raise ConfigError(
+                f"lock_on must be a list of {', '.join(LOCK_ON)} (or [] for none), not {lock_on!r}"
+            )
+        object.__setattr__(self, "lock_on", tuple(lock_on))  # TOML gives a list
 
     def replace(self, **changes: Any) -> Config:
         """A copy with the given settings; ``None`` values leave a setting as it is."""

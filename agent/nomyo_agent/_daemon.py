@@ -22,6 +22,7 @@ from nomyo_agent._keystore import KeyringStore
 from nomyo_agent._pins import PinStore
 from nomyo_agent._server import AgentServer
 from nomyo_agent._services import Services
+from nomyo_agent._session import SessionWatch
 from nomyo_agent._state import AgentState, SystemClock
 
 __all__ = ["daemonize", "serve"]
@@ -71,6 +72,7 @@ def serve(
         socket_path = inherited.getsockname()  # activated: report where clients really reach us
     audit = AuditLog(config.state_dir / "audit.log")
     state.watchers.add(lambda event: audit.record(event, state.clock.wall()))
+    session = SessionWatch(state, config.lock_on)
     services = Services(
         config=config,
         keystore=KeyringStore(service=config.keyring_service),
@@ -80,6 +82,7 @@ def serve(
             _pinentry.get_passphrase, config.pinentry or _pinentry.default_program()
         ),
         hardening=_hardening.report,
+        session_report=session.report,
     )
     server = AgentServer(
         Dispatcher(state, services),
@@ -87,6 +90,7 @@ def serve(
         path=socket_path,
         sock=inherited,
         on_ready=functools.partial(_ready, ready_fd),
+        companions=[session.run],
     )
     asyncio.run(server.run())
     return 0

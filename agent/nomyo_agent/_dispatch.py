@@ -230,6 +230,8 @@ class Dispatcher:
             served_since_unlock=state.served_since_unlock,
             recent_clients=list(reversed(state.recent.values())),
             uptime=state.clock.now() - state.started,
+            locked_by=state.locked_by,
+            session=services.session_report(),
         )
 
 

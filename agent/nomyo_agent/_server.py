@@ -24,7 +24,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -145,6 +145,7 @@ class AgentServer:
         path: str,
         sock: socket.socket | None = None,
         on_ready: Callable[[], None] | None = None,
+        companions: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.dispatcher = dispatcher
         self.state = state
@@ -152,6 +153,7 @@ class AgentServer:
         self._inherited = sock
         self._bound: _Bound | None = None
         self._on_ready = on_ready
+        self._companions = companions  # e.g. the desktop-session watch; cancelled after the lock
         self._stop = asyncio.Event()
         self.connections: set[_Connection] = set()
         self._tasks: set[asyncio.Future[None]] = set()
@@ -179,6 +181,7 @@ class AgentServer:
             with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C ends it instead
                 loop.add_signal_handler(sig, self.request_stop)
         timers = asyncio.create_task(self._timers())
+        companions = [asyncio.ensure_future(run()) for run in self._companions]
         log.info("listening on %s (pid %d)", self.path, os.getpid())
         if self._on_ready:
             self._on_ready()
@@ -193,6 +196,9 @@ class AgentServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
             self.state.lock("stopping")
+            for task in companions:  # only now: a sleep inhibitor outlives the key, never less
+                task.cancel()
+            await asyncio.gather(*companions, return_exceptions=True)
             for conn in list(self.connections):
                 if conn.transport is not None:
                     conn.transport.close()

@@ -35,6 +35,7 @@ class Services:
     ask_passphrase: AskPassphrase
     hardening: Callable[[tuple[SecretBuffer, ...]], p.Hardening]
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    session_report: Callable[[], list[str]] = list  # _session.SessionWatch.report
 
     @property
     def identity_file(self) -> Path:

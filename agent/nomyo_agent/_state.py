@@ -96,6 +96,7 @@ class AgentState:
         self.user_locked = False  # locked on request: no auto-unlock until an explicit unlock
         self.watchers: set[Callable[[p.StateEvent], None]] = set()
         self.on_lock: list[Callable[[], None]] = []
+        self.locked_by: str | None = None  # the reason of the last lock that dropped a key
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class AgentState:
         if key is None:
             return False
         key.close()
+        self.locked_by = reason
         for hook in self.on_lock:
             hook()
         self.emit(reason)

@@ -320,6 +320,8 @@ class StatusReply(_Msg, frozen=True, tag="status_reply"):
     served_since_unlock: int = 0
     recent_clients: list[ClientInfo] = []
     uptime: float = 0.0
+    locked_by: str | None = None  # the reason of the last lock that dropped the key
+    session: list[str] = []  # what of the desktop session is followed (lock_on), per bus
 
 
 class IdentityReply(_Msg, frozen=True, tag="identity_reply"):
@@ -381,7 +383,8 @@ class StateEvent(_Msg, frozen=True, tag="state_event"):
 
     state: State
     reason: str  # "watch", "unlock", "lock", "idle_timeout", "max_lifetime", "generate",
-    # "import", "pin_mismatch", "stopping", "served"
+    # "import", "pin_mismatch", "stopping", "served"; from the desktop session: "session_lock",
+    # "locked_hint", "screensaver", "suspend", "session_end"
     fingerprint: str | None = None
     origin: str | None = None  # for pin_mismatch
     idle_left: float | None = None
