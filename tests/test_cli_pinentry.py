@@ -1,64 +1,23 @@
 """``nomyo-agent unlock`` typed in a real terminal: the agent runs a real pinentry on the asking
 terminal (not its own), retries after a wrong passphrase, and a cancel is exit code 4.
 
-The CLI runs inside a tmux pane, so it has a controlling terminal like a person's shell; keys are
-typed with ``tmux send-keys``.
+The CLI runs inside a tmux pane (``support.terminal``), so it has a controlling terminal like a
+person's shell; keys are typed with ``tmux send-keys``.
 """
 
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from nomyo_agent import protocol as p
 from support.agent import RunningAgent
-from support.desktop import Session, require_programs
-from support.x11 import wait_until
+from support.terminal import Terminal
 
 PASSPHRASE = "correct horse"
-
-
-class Terminal:
-    def __init__(self, sock: str) -> None:
-        self.sock = sock
-
-    def tmux(self, *args: str) -> str:
-        return subprocess.run(
-            ["tmux", "-S", self.sock, *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "cli")
-
-    def wait_for(self, text: str, count: int = 1, timeout: float = 20) -> None:
-        wait_until(f"{text!r} on the terminal", lambda: self.screen().count(text) >= count, timeout)
-
-    def type(self, text: str) -> None:
-        self.tmux("send-keys", "-t", "cli", "-l", text)
-        self.tmux("send-keys", "-t", "cli", "Enter")
-
-
-@pytest.fixture
-def terminal(desktop: Session, tmp_path: Path) -> Iterator[Callable[[str], Terminal]]:
-    require_programs("tmux", "pinentry-tty")
-    sock = str(tmp_path / "tmux.sock")
-
-    def run(command: str) -> Terminal:
-        env = [f"{k}={shlex.quote(v)}" for k, v in desktop.env.items()]
-        shell = f"env -i {' '.join(env)} TERM=xterm-256color {command}; echo EXIT=$?; sleep 600"
-        subprocess.run(
-            ["tmux", "-S", sock, "new-session", "-d", "-s", "cli", "-x", "120", "-y", "30", shell],
-            check=True, timeout=10, env=desktop.env,
-        )  # fmt: skip
-        return Terminal(sock)
-
-    yield run
-    subprocess.run(["tmux", "-S", sock, "kill-server"], check=False, timeout=10)
 
 
 @pytest.fixture

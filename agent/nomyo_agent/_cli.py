@@ -16,7 +16,6 @@ line from standard input instead, for scripts.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -66,17 +65,9 @@ def _read_passphrase() -> bytes:
 
 
 def _where() -> p.PinEntry:
-    from nomyo_agent._pinentry import pinentry_env_from  # noqa: PLC0415 - only when prompting
+    from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - only when prompting
 
-    tty = None
-    for stream in (sys.stdin, sys.stderr, sys.stdout):
-        try:
-            if stream.isatty():
-                tty = os.ttyname(stream.fileno())
-                break
-        except (OSError, ValueError):
-            continue
-    return pinentry_env_from(os.environ, tty)
+    return pinentry_here()
 
 
 def _say(text: str) -> None:

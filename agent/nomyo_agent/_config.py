@@ -12,6 +12,9 @@
     keyring_service = "nomyo-agent"
     lock_on = ["screen", "suspend"]   # lock on screen lock / session end, and before sleep
                              # (Linux, D-Bus); [] = neither
+    unlock_on_demand = false # a seal/open that finds the identity locked asks the asking app's
+                             # terminal or display for the passphrase (pinentry), as gpg-agent
+    prompt_timeout = 60      # seconds an on-demand prompt waits before it counts as refused
 
 Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file or an
 unknown key is an error that names the file: a typo must not silently weaken a timeout.
@@ -59,8 +62,17 @@ class Config:
     keyring_service: str = APP
     state_dir: Path = dataclasses.field(default_factory=state_dir)
     lock_on: tuple[str, ...] = LOCK_ON
+    unlock_on_demand: bool = False
+    prompt_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.unlock_on_demand, bool):
+            raise ConfigError(
+                f"unlock_on_demand must be true or false, not {self.unlock_on_demand!r}"
+            )
+        timeout = self.prompt_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"prompt_timeout must be a number of seconds > 0, not {timeout!r}")
         for name in ("idle_timeout", "max_lifetime"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:

@@ -76,7 +76,7 @@ class Custody:
     # --- passphrases -----------------------------------------------------------------------
 
     async def _ask(
-        self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: str
+        self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: object
     ) -> SecretBuffer:
         # On X11/Wayland desktops a pinentry needs the asker's terminal or display; with neither
         # it would fail in a way that looks like a cancel. (pinentry-mac needs neither.)
@@ -111,7 +111,9 @@ class Custody:
         self.state.counters.failed_unlocks += 1
         await self.services.sleep(unlock_delay(self.state.failed_unlocks))
 
-    async def unlock(self, request: p.Unlock) -> p.Response:
+    async def unlock(self, request: p.Unlock, asker: str | None = None) -> p.Response:
+        """Unlock with the request's passphrase or through pinentry; ``asker`` names the app
+        whose request caused the prompt (unlock on demand), for the prompt's text."""
         if self.state.info is None:
             raise NoIdentityError("there is no identity to unlock")
         async with self.lock:
@@ -124,7 +126,7 @@ class Custody:
                     hint="restore it with `nomyo-agent import PATH --force`, or `keygen --force`",
                 )
             try:
-                key = await self._unlock_stored(stored, request)
+                key = await self._unlock_stored(stored, request, asker)
             finally:
                 stored.close()
             self.state.set_unlocked(key)
@@ -132,7 +134,7 @@ class Custody:
             return p.Ok()
 
     async def _unlock_stored(
-        self, stored: SecretBuffer, request: p.Unlock
+        self, stored: SecretBuffer, request: p.Unlock, asker: str | None = None
     ) -> _identity.UnlockedKey:
         view = stored.view
         if not _identity.is_passphrase_protected(view):
@@ -148,6 +150,8 @@ class Custody:
         info = self.state.info
         assert info is not None
         error = None
+        why = f"{asker} asks to use it, and it is locked.\n" if asker else ""
+        timeout = {"timeout": self.services.config.prompt_timeout} if asker else {}
         for _ in range(MAX_ATTEMPTS):
             secret = await self._ask(
                 request.pinentry,
@@ -156,9 +160,10 @@ class Custody:
                 title="nomyo-agent",
                 description=(
                     "Unlock the nomyo-agent identity for end-to-end encrypted inference\n"
-                    f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}"
-                ),
+                    f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}\n{why}"
+                ).strip(),
                 prompt="Passphrase:",
+                **timeout,
             )
             try:
                 return await asyncio.to_thread(_identity.unlock, view, secret.view)

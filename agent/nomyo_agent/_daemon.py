@@ -83,6 +83,9 @@ def serve(
         ),
         hardening=_hardening.report,
         session_report=session.report,
+        confirm=functools.partial(
+            _pinentry.confirm, config.pinentry or _pinentry.default_program()
+        ),
     )
     server = AgentServer(
         Dispatcher(state, services),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from nomyo_agent import __version__, _envelope, _identity, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._custody import Custody
+from nomyo_agent._demand import OnDemand
 from nomyo_agent._pins import normalize_origin
 from nomyo_agent._secret import wipe
 from nomyo_agent._services import AskPassphrase, Services
@@ -50,14 +51,19 @@ class Dispatcher:
         self.state = state
         self.services = services
         self.custody = Custody(state, services)
+        self.on_demand = OnDemand(self.custody)
         self._router_keys: OrderedDict[str, tuple[rsa.RSAPublicKey, str]] = OrderedDict()
 
     def immediate(self, request: p.Request) -> bool:
         """Whether ``call_now`` can answer it: everything but unlock, generate and import, and a
-        seal or open that must first auto-unlock an identity with no passphrase."""
+        seal or open that must first auto-unlock an identity with no passphrase or ask for the
+        identity on demand (``_demand.py``)."""
         if isinstance(request, _SLOW):
             return False
-        return not (isinstance(request, (p.Seal, p.Open)) and self.custody.may_auto_unlock())
+        return not (
+            isinstance(request, (p.Seal, p.Open))
+            and (self.custody.may_auto_unlock() or self.on_demand.wanted())
+        )
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
         """Answer a request that needs no waiting, synchronously: the server's hot path."""
@@ -77,6 +83,7 @@ class Dispatcher:
         try:
             if isinstance(request, (p.Seal, p.Open)):
                 await self.custody.auto_unlock()
+                await self.on_demand.unlock_for(peer)
                 return self._now(request, peer)
             return await self._slow(request)
         except AgentError as exc:

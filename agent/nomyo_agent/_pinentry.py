@@ -34,13 +34,14 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import PinentryCancelledError, PinentryError
 from nomyo_agent.protocol import PinEntry
 
-__all__ = ["default_program", "get_passphrase", "pinentry_env_from"]
+__all__ = ["confirm", "default_program", "get_passphrase", "pinentry_env_from", "pinentry_here"]
 
 # What a pinentry needs from the asking process: where to draw (X11, Wayland, a terminal), how
 # to reach the session bus (pinentry-gnome3), and the language. NO_AT_BRIDGE keeps GTK from
@@ -97,6 +98,18 @@ def pinentry_env_from(environ: Mapping[str, str], tty: str | None) -> PinEntry:
     if tty is None:
         tty = environ.get("GPG_TTY") or None
     return PinEntry(env=env, ttyname=tty)
+
+
+def pinentry_here() -> PinEntry:
+    """Where this process can show a pinentry: its environment and the first terminal among
+    stdin, stderr and stdout (a command whose input is piped may still have a terminal)."""
+    tty = None
+    for fd in (0, 2, 1):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                tty = os.ttyname(fd)
+                break
+    return pinentry_env_from(os.environ, tty)
 
 
 def _child_env(where: PinEntry) -> dict[str, str]:
@@ -230,6 +243,70 @@ async def get_passphrase(
     caller owns the result and must ``close()`` it. Raises ``PinentryCancelledError`` when the
     user cancels, ``PinentryError`` for anything else that keeps us from getting an answer.
     """
+
+    async def ask(talk: _Conversation, env: Mapping[str, str]) -> SecretBuffer:
+        return await _ask(
+            talk,
+            where,
+            env,
+            title=title,
+            description=description,
+            prompt=prompt,
+            error=error,
+            confirm=confirm,
+            timeout=timeout,
+        )
+
+    return await _run(program, where, timeout, ask)
+
+
+async def confirm(
+    program: str,
+    where: PinEntry,
+    *,
+    title: str,
+    description: str,
+    ok: str = "Allow",
+    cancel: str = "Deny",
+    timeout: float = 60.0,
+) -> bool:
+    """Ask a yes/no question with pinentry's ``CONFIRM``: True for ``ok``, False for ``cancel``.
+
+    A prompt nobody answers within ``timeout`` raises ``PinentryError``, as does a pinentry
+    that cannot be run; callers that must not hang treat both as a no.
+    """
+
+    async def ask(talk: _Conversation, env: Mapping[str, str]) -> bool:
+        await talk.result()  # the greeting
+        await _options(talk, where, env)
+        for command, text in ((b"SETTITLE", title), (b"SETDESC", description), (b"SETOK", ok),
+                              (b"SETCANCEL", cancel)):  # fmt: skip
+            await talk.send(command, _escape(text, 900))
+            with contextlib.suppress(PinentryError):
+                await talk.result()
+        await talk.send(b"SETTIMEOUT", str(max(1, int(timeout))).encode())
+        with contextlib.suppress(PinentryError):
+            await talk.result()
+        await talk.send(b"CONFIRM")
+        try:
+            await talk.result()
+        except PinentryCancelledError:
+            return False
+        return True
+
+    return await _run(program, where, timeout, ask)
+
+
+_T = TypeVar("_T")
+
+
+async def _run(
+    program: str,
+    where: PinEntry,
+    timeout: float,
+    body: Callable[[_Conversation, Mapping[str, str]], Awaitable[_T]],
+) -> _T:
+    """Start ``program`` for ``where``, hold one conversation (``body``) with it, reap it."""
     name = os.path.basename(program)
     env = _child_env(where)
     parent, child = socket.socketpair()
@@ -260,20 +337,8 @@ async def get_passphrase(
         parent.setblocking(False)
         talk = _Conversation(parent, scratch, name)
         try:
-            pin = await asyncio.wait_for(
-                _ask(
-                    talk,
-                    where,
-                    env,
-                    title=title,
-                    description=description,
-                    prompt=prompt,
-                    error=error,
-                    confirm=confirm,
-                    timeout=timeout,
-                ),
-                timeout + 5,  # pinentry's own SETTIMEOUT fires first and closes its dialog
-            )
+            # pinentry's own SETTIMEOUT fires first and closes its dialog
+            result = await asyncio.wait_for(body(talk, env), timeout + 5)
         except EOFError:
             rc = await _reap(proc, grace=2.0)
             raise PinentryError(
@@ -281,18 +346,34 @@ async def get_passphrase(
             ) from None
         except TimeoutError:
             raise PinentryError(
-                f"no passphrase was entered within {timeout:g} s", hint="unlock again when ready"
+                f"nothing was entered within {timeout:g} s", hint="unlock again when ready"
             ) from None
         except OSError as exc:
             raise PinentryError(f"lost the pinentry connection: {exc.strerror}") from exc
         answered = True
-        return pin
+        return result
     finally:
         scratch.close()
         parent.close()  # pinentry exits on end of input
         if proc is not None:
             await _reap(proc, grace=2.0 if answered else 0.0)
         os.close(err_r)
+
+
+async def _options(talk: _Conversation, where: PinEntry, env: Mapping[str, str]) -> None:
+    """Tell pinentry where to draw: the asker's terminal, locale and display."""
+    options = []
+    if where.ttyname:
+        options.append(b"ttyname=" + _escape(where.ttyname, 900))
+        options.append(b"ttytype=" + _escape(env.get("TERM", "xterm"), 200))
+    if _locale(env):
+        options.append(b"lc-ctype=" + _escape(_locale(env) or "", 200))
+    if env.get("DISPLAY"):
+        options.append(b"display=" + _escape(env["DISPLAY"], 200))
+    for option in options:
+        await talk.send(b"OPTION", option)
+        with contextlib.suppress(PinentryError):  # an option this flavour does not know
+            await talk.result()
 
 
 async def _ask(
@@ -308,18 +389,7 @@ async def _ask(
     timeout: float,
 ) -> SecretBuffer:
     await talk.result()  # the greeting
-    options = []
-    if where.ttyname:
-        options.append(b"ttyname=" + _escape(where.ttyname, 900))
-        options.append(b"ttytype=" + _escape(env.get("TERM", "xterm"), 200))
-    if _locale(env):
-        options.append(b"lc-ctype=" + _escape(_locale(env) or "", 200))
-    if env.get("DISPLAY"):
-        options.append(b"display=" + _escape(env["DISPLAY"], 200))
-    for option in options:
-        await talk.send(b"OPTION", option)
-        with contextlib.suppress(PinentryError):  # an option this flavour does not know
-            await talk.result()
+    await _options(talk, where, env)
     commands = [
         (b"SETTIMEOUT", str(max(1, int(timeout))).encode()),
         (b"SETTITLE", _escape(title, 900)),

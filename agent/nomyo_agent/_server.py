@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -342,6 +343,8 @@ class _Connection(asyncio.Protocol):
             if isinstance(request, p.Watch):
                 self._start_watch()
                 return
+            if isinstance(request, p.Hello) and request.pinentry is not None:
+                self.peer = dataclasses.replace(self.peer, where=request.pinentry)
             if server.dispatcher.immediate(request):
                 self._send(server.dispatcher.call_now(request, self.peer))
                 if isinstance(request, p.Stop):

@@ -12,16 +12,25 @@ from typing import TYPE_CHECKING
 from nomyo_agent import protocol as p
 from nomyo_agent._pins import PinStore
 from nomyo_agent._secret import SecretBuffer
+from nomyo_agent.errors import PinentryError
 
 if TYPE_CHECKING:
     from nomyo_agent._config import Config
     from nomyo_agent._keystore import KeyStore
 
-__all__ = ["AskPassphrase", "Services"]
+__all__ = ["AskConfirm", "AskPassphrase", "Services"]
 
 AskPassphrase = Callable[..., Awaitable[SecretBuffer]]
 """``_pinentry.get_passphrase`` with the program bound: (where, *, title, description, prompt,
 error, confirm) -> SecretBuffer."""
+
+AskConfirm = Callable[..., Awaitable[bool]]
+"""``_pinentry.confirm`` with the program bound: (where, *, title, description, ok, cancel,
+timeout) -> bool."""
+
+
+async def _no_confirm(*args: object, **kwargs: object) -> bool:
+    raise PinentryError("no confirmation prompt is configured")
 
 
 @dataclasses.dataclass
@@ -36,6 +45,7 @@ class Services:
     hardening: Callable[[tuple[SecretBuffer, ...]], p.Hardening]
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     session_report: Callable[[], list[str]] = list  # _session.SessionWatch.report
+    confirm: AskConfirm = _no_confirm
 
     @property
     def identity_file(self) -> Path:

@@ -53,6 +53,7 @@ class Peer:
     uid: int
     gid: int
     exe: str
+    where: p.PinEntry | None = None  # the display/terminal its Hello named, for prompts
 
 
 @dataclasses.dataclass

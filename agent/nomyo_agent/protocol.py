@@ -161,6 +161,9 @@ class Hello(_Msg, frozen=True, tag="hello"):
     protocol: int = PROTOCOL_VERSION
     client: str = ""
     capabilities: list[str] = []
+    # Where this client can show a pinentry, for prompts its later requests cause on this
+    # connection (unlock on demand, approval of a new app); None: never prompt for it.
+    pinentry: PinEntry | None = None
 
 
 class Status(_Msg, frozen=True, tag="status"):

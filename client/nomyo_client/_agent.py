@@ -55,8 +55,13 @@ class AgentLink:
                 raise
             await asyncio.to_thread(_autostart.start_agent, self.path)
             conn = await AsyncAgentConnection.open(self.path)
+        # Where a prompt this client's requests cause may appear (unlock on demand, approval).
+        from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - off the import path
+
         try:
-            hello = await conn.call(p.Hello(client="nomyo_client"), p.HelloReply)
+            hello = await conn.call(
+                p.Hello(client="nomyo_client", pinentry=pinentry_here()), p.HelloReply
+            )
         except BaseException:
             await conn.aclose()
             raise

@@ -78,8 +78,12 @@ class SecureCompletionClient:
                     raise
                 _autostart.start_agent(self._socket)
                 conn = AgentConnection.open(self._socket, timeout=120.0)
+            from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - off the import path
+
             with conn:
-                hello = conn.call(p.Hello(client="nomyo_client"), p.HelloReply)
+                hello = conn.call(
+                    p.Hello(client="nomyo_client", pinentry=pinentry_here()), p.HelloReply
+                )
                 if hello.protocol != p.PROTOCOL_VERSION:
                     raise AgentProtocolError(
                         f"the agent speaks protocol {hello.protocol}, "
