@@ -18,6 +18,7 @@ pytest_plugins = [
     "support.client_fakes",
     "support.session",
     "support.terminal",
+    "support.apps",
 ]
 
 # The fixtures that start something a test can only have on a real desktop or with a real

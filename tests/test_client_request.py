@@ -40,7 +40,8 @@ def run(coro: Any) -> Any:
 
 def test_exported_names_are_pinned() -> None:
     assert sorted(nc.__all__) == sorted([
-        "APIConnectionError", "APIError", "AgentError", "AgentLockedError", "AgentProtocolError",
+        "APIConnectionError", "APIError", "AgentDeniedError", "AgentError", "AgentLockedError",
+        "AgentProtocolError",
         "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "InvalidRequestError",
         "NoIdentityError", "RateLimitError", "RetryPolicy", "RouterKeyChangedError",
         "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",

@@ -28,6 +28,9 @@ REQUESTS = [
     p.PinForget(origin="https://r"),
     p.Watch(),
     p.Stop(),
+    p.Hello(client="t", pinentry=p.PinEntry(env={"TERM": "xterm"}, ttyname="/dev/pts/1")),
+    p.Apps(),
+    p.AppForget(app="/usr/bin/tool"),
 ]
 
 
@@ -60,6 +63,11 @@ def test_unknown_fields_and_ops_are_refused() -> None:
 def test_responses_round_trip() -> None:
     err = p.Error(code=p.ErrorCode.PIN_MISMATCH, message="m", hint="h", origin="o", fingerprint="f")
     assert p.decode_response(p.encode(err)) == err
+    apps = p.AppsReply(
+        apps=[p.AppInfo(app="/x/a.py (/usr/bin/python3)", decision="allowed", last_seen=1.0)],
+        confirm="first-use",
+    )
+    assert p.decode_response(p.encode(apps)) == apps
 
 
 def test_oversized_length_is_refused_before_the_body_arrives() -> None:

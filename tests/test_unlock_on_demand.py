@@ -3,70 +3,33 @@ identity locked makes the agent ask for the passphrase through a real pinentry (
 on the asking app's terminal, then answers; concurrent requests wait on that one prompt; a
 cancelled or timed-out prompt fails them with the locked error.
 
-The app is the real client library (``AgentLink.seal``) in a script run in a tmux pane.
+The app is the real client library in a script (``support.apps``) run in a tmux pane.
 """
 
 from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from nomyo_agent import protocol as p
 from nomyo_agent.errors import LockedError
 from support.agent import RunningAgent
+from support.apps import router_pem
 from support.desktop import Session
-from support.keys import rsa_key
 from support.terminal import Terminal
 from support.x11 import wait_until
 
 PASSPHRASE = "on demand"
-
-APP = """
-import asyncio, sys
-from nomyo_client._agent import AgentLink
-
-async def main():
-    link = AgentLink(sys.argv[1], autostart=False)
-    try:
-        await link.seal("https://router.example", open(sys.argv[2]).read(), b"{}")
-        print("SEALED")
-    except Exception as exc:
-        print("FAILED", type(exc).__name__, exc)
-    finally:
-        await link.aclose()
-
-asyncio.run(main())
-"""
 
 
 def write_config(desktop: Session, text: str) -> None:
     config = desktop.home / ".config" / "nomyo-agent" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(text)
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Callable[[RunningAgent], str]:
-    """The shell command that runs the app script against an agent."""
-    script = tmp_path / "app.py"
-    script.write_text(APP)
-    router = tmp_path / "router.pem"
-    router.write_bytes(
-        rsa_key(2048, 1)
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-
-    def command(agent: RunningAgent) -> str:
-        return shlex.join([sys.executable, str(script), agent.path, str(router)])
-
-    return command
 
 
 def locked_agent(
@@ -85,10 +48,10 @@ def test_a_seal_on_a_locked_agent_asks_on_the_apps_terminal_and_is_served(
     make_agent: Callable[..., RunningAgent],
     desktop: Session,
     terminal: Callable[..., Terminal],
-    app: Callable[[RunningAgent], str],
+    sealing_app: Callable[..., str],
 ) -> None:
     agent = locked_agent(make_agent, desktop)
-    term = terminal(app(agent))
+    term = terminal(sealing_app(agent))
     term.wait_for("Passphrase:")
     screen = term.screen()
     assert "app.py (python" in screen, screen
@@ -107,10 +70,10 @@ def test_cancel_fails_the_request_with_the_locked_error(
     make_agent: Callable[..., RunningAgent],
     desktop: Session,
     terminal: Callable[..., Terminal],
-    app: Callable[[RunningAgent], str],
+    sealing_app: Callable[..., str],
 ) -> None:
     agent = locked_agent(make_agent, desktop)
-    term = terminal(app(agent))
+    term = terminal(sealing_app(agent))
     term.wait_for("Passphrase:")
     term.tmux("send-keys", "-t", "cli", "C-d")  # end of input: pinentry-tty's cancel
     term.wait_for("EXIT=0")
@@ -125,10 +88,10 @@ def test_an_unanswered_prompt_times_out_to_locked_and_leaves_no_pinentry(
     make_agent: Callable[..., RunningAgent],
     desktop: Session,
     terminal: Callable[..., Terminal],
-    app: Callable[[RunningAgent], str],
+    sealing_app: Callable[..., str],
 ) -> None:
     agent = locked_agent(make_agent, desktop, "prompt_timeout = 2\n")
-    term = terminal(app(agent))
+    term = terminal(sealing_app(agent))
     term.wait_for("Passphrase:")
     term.wait_for("EXIT=0", timeout=15)
     assert "FAILED AgentLockedError the agent is locked:" in term.screen()
@@ -144,15 +107,15 @@ def test_two_apps_at_once_wait_on_one_prompt(
     make_agent: Callable[..., RunningAgent],
     desktop: Session,
     terminal: Callable[..., Terminal],
-    app: Callable[[RunningAgent], str],
+    sealing_app: Callable[..., str],
 ) -> None:
     agent = locked_agent(make_agent, desktop)
-    first = terminal(app(agent), name="first")
+    first = terminal(sealing_app(agent), name="first")
     first.wait_for("Passphrase:")
     # The second app runs with no terminal and no display: alone it could never be asked, so it
     # is served only because it waits on the first app's prompt.
     second = subprocess.Popen(
-        shlex.split(app(agent)), env=desktop.env, stdin=subprocess.DEVNULL,
+        shlex.split(sealing_app(agent)), env=desktop.env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -184,12 +147,7 @@ def test_an_app_that_names_no_terminal_is_answered_locked_at_once(
     make_agent: Callable[..., RunningAgent], desktop: Session
 ) -> None:
     agent = locked_agent(make_agent, desktop)
-    pem = (
-        rsa_key(2048, 1)
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    pem = router_pem()
     with agent.connect(timeout=10) as conn:
         conn.call(p.Hello(client="test"), p.HelloReply)  # no pinentry: never prompt
         with pytest.raises(LockedError, match="the agent is locked"):
@@ -203,12 +161,12 @@ def test_an_app_that_names_no_terminal_is_answered_locked_at_once(
 def test_off_by_default(
     make_agent: Callable[..., RunningAgent],
     terminal: Callable[..., Terminal],
-    app: Callable[[RunningAgent], str],
+    sealing_app: Callable[..., str],
 ) -> None:
     agent = make_agent(args=["--pinentry", "/usr/bin/pinentry-tty"])
     agent.cli("keygen", "--bits", "2048", "--passphrase-stdin", input=PASSPHRASE.encode() + b"\n")
     agent.cli("lock")
-    term = terminal(app(agent))
+    term = terminal(sealing_app(agent))
     term.wait_for("EXIT=0")
     assert "FAILED AgentLockedError" in term.screen()
     assert "Passphrase:" not in term.screen()

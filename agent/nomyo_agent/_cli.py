@@ -308,6 +308,23 @@ def cmd_pins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_apps(args: argparse.Namespace) -> int:
+    if args.apps_cmd == "forget":
+        _call(args, p.AppForget(app=args.app), p.Ok)
+        _say(f"forgot {args.app}: its next use asks again")
+        return EXIT_OK
+    reply = _call(args, p.Apps(), p.AppsReply)
+    assert isinstance(reply, p.AppsReply)
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+        return EXIT_OK
+    if not reply.apps:
+        _say(f"no apps since unlock (confirm: {reply.confirm})")
+    for app in reply.apps:
+        print(f"{app.decision:10} {app.uses:5} uses  {app.app}")
+    return EXIT_OK
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
@@ -443,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fp.add_argument("origin")
     sp.set_defaults(json=False)
+
+    sp = add("apps", cmd_apps, "list the apps seen since unlock and whether they were allowed")
+    sp.add_argument("--json", action="store_true")
+    apps = sp.add_subparsers(dest="apps_cmd", metavar="ACTION")
+    fa = apps.add_parser("forget", help="forget the decision for APP (its next use asks again)")
+    fa.add_argument("app", help="as `nomyo-agent apps` prints it")
     return parser
 
 

@@ -15,6 +15,8 @@
     unlock_on_demand = false # a seal/open that finds the identity locked asks the asking app's
                              # terminal or display for the passphrase (pinentry), as gpg-agent
     prompt_timeout = 60      # seconds an on-demand prompt waits before it counts as refused
+    confirm = "off"          # "first-use": ask (pinentry CONFIRM) before an app first uses the
+                             # identity after an unlock; "every-use": before every use
 
 Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file or an
 unknown key is an error that names the file: a typo must not silently weaken a timeout.
@@ -37,6 +39,7 @@ __all__ = ["PIN_POLICIES", "Config", "ConfigError", "config_path", "load_config"
 APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
 LOCK_ON = ("screen", "suspend")
+CONFIRM = ("off", "first-use", "every-use")
 
 
 class ConfigError(BadRequestError):
@@ -64,6 +67,7 @@ class Config:
     lock_on: tuple[str, ...] = LOCK_ON
     unlock_on_demand: bool = False
     prompt_timeout: float = 60.0
+    confirm: str = "off"
 
     def __post_init__(self) -> None:
         if not isinstance(self.unlock_on_demand, bool):
@@ -81,6 +85,8 @@ class Config:
                 )
         if self.pin_policy not in PIN_POLICIES:
             raise ConfigError(f"pin_policy must be one of {', '.join(PIN_POLICIES)}")
+        if self.confirm not in CONFIRM:
+            raise ConfigError(f"confirm must be one of {', '.join(CONFIRM)}, not {self.confirm!r}")
         lock_on = self.lock_on
         if not isinstance(lock_on, (list, tuple)) or not all(e in LOCK_ON for e in lock_on):
             raise ConfigError(

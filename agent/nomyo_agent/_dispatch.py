@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from nomyo_agent import __version__, _envelope, _identity, _keys
 from nomyo_agent import protocol as p
+from nomyo_agent._approval import Approvals
 from nomyo_agent._custody import Custody
 from nomyo_agent._demand import OnDemand
 from nomyo_agent._pins import normalize_origin
@@ -27,6 +28,7 @@ from nomyo_agent._secret import wipe
 from nomyo_agent._services import AskPassphrase, Services
 from nomyo_agent.errors import (
     AgentError,
+    BadRequestError,
     InternalError,
     LockedError,
     NoIdentityError,
@@ -52,18 +54,23 @@ class Dispatcher:
         self.services = services
         self.custody = Custody(state, services)
         self.on_demand = OnDemand(self.custody)
+        self.approvals = Approvals(state, services)
         self._router_keys: OrderedDict[str, tuple[rsa.RSAPublicKey, str]] = OrderedDict()
 
-    def immediate(self, request: p.Request) -> bool:
+    def immediate(self, request: p.Request, peer: Peer | None = None) -> bool:
         """Whether ``call_now`` can answer it: everything but unlock, generate and import, and a
         seal or open that must first auto-unlock an identity with no passphrase or ask for the
-        identity on demand (``_demand.py``)."""
+        identity on demand (``_demand.py``), or ask the user whether ``peer``'s app may use it
+        (``_approval.py``)."""
         if isinstance(request, _SLOW):
             return False
-        return not (
-            isinstance(request, (p.Seal, p.Open))
-            and (self.custody.may_auto_unlock() or self.on_demand.wanted())
-        )
+        if not isinstance(request, (p.Seal, p.Open)):
+            return True
+        if self.custody.may_auto_unlock() or self.on_demand.wanted():
+            return False
+        if peer is None:
+            return self.approvals.policy == "off"
+        return self.approvals.settled(peer)
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
         """Answer a request that needs no waiting, synchronously: the server's hot path."""
@@ -77,13 +84,15 @@ class Dispatcher:
             return self._internal(request)
 
     async def __call__(self, request: p.Request, peer: Peer) -> p.Response:
-        if self.immediate(request):
+        if self.immediate(request, peer):
             return self.call_now(request, peer)
         self.state.counters.requests += 1
         try:
             if isinstance(request, (p.Seal, p.Open)):
                 await self.custody.auto_unlock()
                 await self.on_demand.unlock_for(peer)
+                if self.state.key is not None:  # locked: _now says so, no question asked
+                    await self.approvals.check(peer)
                 return self._now(request, peer)
             return await self._slow(request)
         except AgentError as exc:
@@ -128,6 +137,7 @@ class Dispatcher:
                 opened = _envelope.open_package(key.private_key, request.package)
                 state.counters.opens += 1
                 state.touch(peer)
+                self.approvals.seen(peer, served=True)
                 return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
             case p.Hello():
                 # Always answer with our own version, even to another one: the client decides,
@@ -160,6 +170,15 @@ class Dispatcher:
                 return p.Accepted(origin=origin, fingerprint=pinned)
             case p.PinForget():
                 self.services.pins.forget(normalize_origin(request.origin))
+                return p.Ok()
+            case p.Apps():
+                return self.approvals.reply()
+            case p.AppForget():
+                if not self.approvals.forget(request.app):
+                    raise BadRequestError(
+                        f"no app {request.app!r} was seen since unlock",
+                        hint="`nomyo-agent apps` lists them, as they must be written",
+                    )
                 return p.Ok()
             case p.Stop():
                 return p.Ok()  # the server stops after sending this
@@ -203,6 +222,7 @@ class Dispatcher:
         package = _envelope.seal(router_key, request.plaintext)
         self.state.counters.seals += 1
         self.state.touch(peer)
+        self.approvals.seen(peer, served=True)
         return p.SealReply(
             package=package,
             public_key_pem=info.public_key_pem,

@@ -345,7 +345,7 @@ class _Connection(asyncio.Protocol):
                 return
             if isinstance(request, p.Hello) and request.pinentry is not None:
                 self.peer = dataclasses.replace(self.peer, where=request.pinentry)
-            if server.dispatcher.immediate(request):
+            if server.dispatcher.immediate(request, self.peer):
                 self._send(server.dispatcher.call_now(request, self.peer))
                 if isinstance(request, p.Stop):
                     server.request_stop()

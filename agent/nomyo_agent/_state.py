@@ -54,6 +54,7 @@ class Peer:
     gid: int
     exe: str
     where: p.PinEntry | None = None  # the display/terminal its Hello named, for prompts
+    app: str = ""  # who it is, for approvals: executable path (and script); see _peer.app_of
 
 
 @dataclasses.dataclass

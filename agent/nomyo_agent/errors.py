@@ -23,6 +23,7 @@
      ├── TooManyAttemptsError       too_many_attempts
      ├── ShuttingDownError          shutting_down
      ├── InternalError              internal
+     ├── AppDeniedError             app_denied
      ├── AgentUnavailableError      no agent answers at the socket (client side only)
      └── AgentConnectionError       the connection broke or spoke garbage (client side only)
 
@@ -41,6 +42,7 @@ __all__ = [
     "AgentConnectionError",
     "AgentError",
     "AgentUnavailableError",
+    "AppDeniedError",
     "BadKeyError",
     "BadPassphraseError",
     "BadRequestError",
@@ -215,6 +217,14 @@ class AgentConnectionError(AgentError):
     default_hint = "check `nomyo-agent status`; restart the agent if it persists"
 
 
+class AppDeniedError(AgentError):
+    code = ErrorCode.APP_DENIED
+    default_hint = (
+        "the user did not allow this app to use the identity until the next lock; "
+        "`nomyo-agent apps forget APP` asks again"
+    )
+
+
 _BY_CODE: dict[ErrorCode, type[AgentError]] = {
     cls.code: cls
     for cls in (
@@ -237,6 +247,7 @@ _BY_CODE: dict[ErrorCode, type[AgentError]] = {
         TooManyAttemptsError,
         ShuttingDownError,
         InternalError,
+        AppDeniedError,
     )
 }
 

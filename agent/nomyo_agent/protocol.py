@@ -41,6 +41,10 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "Accepted",
+    "AppForget",
+    "AppInfo",
+    "Apps",
+    "AppsReply",
     "ClientInfo",
     "Counters",
     "Error",
@@ -93,6 +97,7 @@ CAPABILITIES: Final = (
     "pinentry",
     "generate",
     "import",
+    "apps",
 )
 """What this agent implements; ``Hello`` exchanges them so clients can feature-test."""
 
@@ -135,6 +140,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    APP_DENIED = "app_denied"  # the user did not allow this app to use the identity (confirm)
 
 
 class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
@@ -238,6 +244,16 @@ class PinForget(_Msg, frozen=True, tag="pin_forget"):
     origin: str
 
 
+class Apps(_Msg, frozen=True, tag="apps"):
+    """List the apps seen since unlock, with the user's decision for each (``confirm``)."""
+
+
+class AppForget(_Msg, frozen=True, tag="app_forget"):
+    """Forget the decision for ``app`` (as ``Apps`` lists it): its next use asks again."""
+
+    app: str
+
+
 class Watch(_Msg, frozen=True, tag="watch"):
     """Subscribe: the agent answers with a ``StateEvent`` now and on every change after."""
 
@@ -261,6 +277,8 @@ Request = (
     | PinForget
     | Watch
     | Stop
+    | Apps
+    | AppForget
 )
 
 # --- responses -------------------------------------------------------------------------------
@@ -369,6 +387,18 @@ class Accepted(_Msg, frozen=True, tag="accepted"):
     fingerprint: str
 
 
+class AppInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    app: str  # the executable path; for interpreters the script: "/x/app.py (/usr/bin/python3)"
+    decision: Literal["allowed", "denied", "pending", "not-asked"]
+    last_seen: float  # wall-clock Unix seconds
+    uses: int = 0  # seals and opens served since unlock
+
+
+class AppsReply(_Msg, frozen=True, tag="apps_reply"):
+    apps: list[AppInfo]
+    confirm: str  # the policy: "off", "first-use" or "every-use"
+
+
 class Ok(_Msg, frozen=True, tag="ok"):
     pass
 
@@ -406,6 +436,7 @@ Response = (
     | Ok
     | Error
     | StateEvent
+    | AppsReply
 )
 
 # --- encoding and framing --------------------------------------------------------------------

@@ -33,6 +33,7 @@ Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``
      │    └── RouterKeyChangedError  the agent refused a changed router key; nothing was sent
      └── AgentError
           ├── AgentUnavailableError, AgentLockedError, NoIdentityError, AgentProtocolError
+          └── AgentDeniedError       the user did not allow this app to use the identity
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 from nomyo_client._chat_completion import SecureChatCompletion
 from nomyo_client._completion_client import SecureCompletionClient
 from nomyo_client._errors import (
+    AgentDeniedError,
     AgentError,
     AgentLockedError,
     AgentProtocolError,
@@ -62,6 +64,7 @@ from nomyo_client._sync import SyncSecureChatCompletion
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "AgentDeniedError",
     "AgentError",
     "AgentLockedError",
     "AgentProtocolError",

@@ -16,7 +16,8 @@
           ├── AgentUnavailableError  nothing answers at the socket (and auto-start is off/failed)
           ├── AgentLockedError       the identity is locked
           ├── NoIdentityError        the agent has no identity yet
-          └── AgentProtocolError     the agent speaks another protocol version
+          ├── AgentProtocolError     the agent speaks another protocol version
+          └── AgentDeniedError       the user did not allow this app to use the identity
 
 Rules of this module: every message is one lower-case line with no final period; ``hint`` says
 what to do. Lower-layer errors (``nomyo_agent.errors``, httpx) are translated at the boundary with
@@ -34,6 +35,7 @@ from nomyo_agent import errors as agent_errors
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "AgentDeniedError",
     "AgentError",
     "AgentLockedError",
     "AgentProtocolError",
@@ -164,6 +166,15 @@ class AgentProtocolError(AgentError):
     default_hint = "restart the agent so that it matches the client: `nomyo-agent stop`"
 
 
+class AgentDeniedError(AgentError):
+    """The user did not allow this app to use the identity (the agent's ``confirm``); nothing
+    was sealed."""
+
+    default_hint = (
+        "the choice holds until the agent locks; `nomyo-agent apps forget APP` asks again"
+    )
+
+
 def from_agent_error(exc: agent_errors.AgentError) -> APIError:
     """The client exception for an agent error (raise it ``from exc``)."""
     hint = exc.hint or None
@@ -193,6 +204,8 @@ def from_agent_error(exc: agent_errors.AgentError) -> APIError:
         return AgentLockedError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.NoIdentityError):
         return NoIdentityError(exc.message, hint=hint)
+    if isinstance(exc, agent_errors.AppDeniedError):
+        return AgentDeniedError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.ProtocolMismatchError):
         return AgentProtocolError(exc.message, hint=hint)
     return AgentError(f"the agent refused: {exc.message}", hint=hint)
