@@ -331,3 +331,19 @@ def test_default_program_is_found_on_path() -> None:
     program = default_program()
     assert os.path.isabs(program)
     assert os.path.basename(program) == "pinentry"  # Debian's alternative comes first
+
+
+def test_a_terminal_flavour_gives_way_to_a_graphical_one_for_a_display_only_asker() -> None:
+    from nomyo_agent._pinentry import pinentry_on_display, program_for
+
+    tty = "/usr/bin/pinentry-tty"
+    display_only = PinEntry(env={"DISPLAY": ":5"})
+    assert program_for(tty, display_only) == "/usr/bin/pinentry-gtk-2"
+    assert program_for("/usr/bin/pinentry-curses", display_only) == "/usr/bin/pinentry-gtk-2"
+    assert program_for(tty, PinEntry(env={"DISPLAY": ":5"}, ttyname="/dev/pts/1")) == tty
+    assert program_for(tty, PinEntry(env={})) == tty  # nothing better: its error says why
+    assert program_for("/usr/bin/pinentry-qt", display_only) == "/usr/bin/pinentry-qt"
+    where = pinentry_on_display({"DISPLAY": ":5", "GPG_TTY": "/dev/pts/9", "TERM": "xterm"})
+    assert where.ttyname is None
+    assert "GPG_TTY" not in where.env
+    assert where.env["DISPLAY"] == ":5"

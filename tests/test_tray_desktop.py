@@ -115,14 +115,16 @@ def locked_agent(make_agent: Callable[..., RunningAgent]) -> RunningAgent:
 
 @contextlib.contextmanager
 def start_tray(
-    host: TrayHost, desktop: Session, sock: str, backend: str = "xorg"
+    host: TrayHost, desktop: Session, sock: str, backend: str = "xorg", stdin: int | None = None
 ) -> Iterator[Tray]:
+    """The tray on ``host``'s display; ``stdin`` a terminal when it is started from a shell."""
     log = desktop.home / "tray.log"
     env = {**desktop.env, **host.display.env}
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-c", TRAY_MAIN, "--backend", backend, "--socket", sock, "-v"],
-            env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, start_new_session=True,
+            env=env, stdin=subprocess.DEVNULL if stdin is None else stdin, stdout=fh, stderr=fh,
+            start_new_session=True,
         )  # fmt: skip
     tray = Tray(host=host, proc=proc, log=log)
     try:
@@ -377,3 +379,32 @@ def test_xorg_icon_docks_when_the_panel_starts_after_the_tray(
         time.sleep(0.5)
         start_trayer(xdisplay)
         assert tray.wait_state(IconKind.LOCKED, timeout=10) < 5
+
+
+def test_a_tray_started_from_a_terminal_asks_on_its_display_not_in_the_terminal(
+    tray_host: TrayHost, desktop: Session, make_agent: Callable[..., RunningAgent]
+) -> None:
+    """Issue 12, item 4: the agent's pinentry is a terminal flavour (pinentry-tty, as a shell
+    user would pick) and the tray runs with a terminal on stdin; a click must still ask on the
+    tray's display (the agent picks a graphical pinentry for an asker with no terminal), and
+    nothing must appear in the terminal."""
+    require_programs("pinentry-tty", "pinentry-gtk-2")
+    agent = make_agent(args=["--pinentry", "/usr/bin/pinentry-tty"])
+    agent.cli("keygen", "--bits", "2048", "--passphrase-stdin", input=f"{PASSPHRASE}\n".encode())
+    agent.cli("lock")
+    controller, shell_tty = os.openpty()
+    try:
+        with start_tray(tray_host, desktop, agent.path, stdin=shell_tty) as tray:
+            tray.wait_state(IconKind.LOCKED)
+            tray.click()
+            type_into_pinentry(tray, PASSPHRASE)
+            tray.wait_state(IconKind.UNLOCKED)
+        os.set_blocking(controller, False)
+        try:
+            written = os.read(controller, 4096)
+        except BlockingIOError:
+            written = b""
+        assert b"Passphrase" not in written, written
+    finally:
+        os.close(controller)
+        os.close(shell_tty)

@@ -41,7 +41,15 @@ from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import PinentryCancelledError, PinentryError
 from nomyo_agent.protocol import PinEntry
 
-__all__ = ["confirm", "default_program", "get_passphrase", "pinentry_env_from", "pinentry_here"]
+__all__ = [
+    "confirm",
+    "default_program",
+    "get_passphrase",
+    "pinentry_env_from",
+    "pinentry_here",
+    "pinentry_on_display",
+    "program_for",
+]
 
 # What a pinentry needs from the asking process: where to draw (X11, Wayland, a terminal), how
 # to reach the session bus (pinentry-gnome3), and the language. NO_AT_BRIDGE keeps GTK from
@@ -68,6 +76,10 @@ _CONFIRM_ROUNDS = 3
 _GPG_ERR_CANCELED = 99
 _GPG_ERR_FULLY_CANCELED = 198
 _FALLBACKS = ("pinentry-gnome3", "pinentry-gtk-2", "pinentry-qt", "pinentry-curses", "pinentry-tty")
+_TERMINAL_ONLY = ("pinentry-tty", "pinentry-curses")
+# For an asker with a display and no terminal; gtk-2 first: gnome3 falls back to curses when its
+# prompter cannot start, which without a terminal fails.
+_GRAPHICAL = ("pinentry-gtk-2", "pinentry-qt", "pinentry-gnome3", "pinentry-fltk")
 _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 
 
@@ -110,6 +122,30 @@ def pinentry_here() -> PinEntry:
                 tty = os.ttyname(fd)
                 break
     return pinentry_env_from(os.environ, tty)
+
+
+def pinentry_on_display(environ: Mapping[str, str]) -> PinEntry:
+    """Where a graphical process (the tray) asks: its display only, never the terminal it was
+    started from (``GPG_TTY`` and the tty on stdin are left out)."""
+    where = pinentry_env_from(environ, None)
+    return PinEntry(env={k: v for k, v in where.env.items() if k != "GPG_TTY"}, ttyname=None)
+
+
+def program_for(program: str, where: PinEntry) -> str:
+    """``program``, unless it can only draw on a terminal and ``where`` has none but a display:
+    then the first graphical flavour installed (a tray click must not fail, or draw elsewhere,
+    because pinentry-tty suits the user's shells). ``/usr/bin/pinentry`` is judged by where its
+    alternative points."""
+    if where.ttyname or not (where.env.get("DISPLAY") or where.env.get("WAYLAND_DISPLAY")):
+        return program
+    found = shutil.which(program)
+    if found is None or os.path.basename(os.path.realpath(found)) not in _TERMINAL_ONLY:
+        return program
+    for name in _GRAPHICAL:
+        graphical = shutil.which(name)
+        if graphical:
+            return graphical
+    return program
 
 
 def _child_env(where: PinEntry) -> dict[str, str]:
@@ -307,6 +343,7 @@ async def _run(
     body: Callable[[_Conversation, Mapping[str, str]], Awaitable[_T]],
 ) -> _T:
     """Start ``program`` for ``where``, hold one conversation (``body``) with it, reap it."""
+    program = program_for(program, where)
     name = os.path.basename(program)
     env = _child_env(where)
     parent, child = socket.socketpair()

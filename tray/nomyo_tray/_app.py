@@ -8,7 +8,7 @@ Rules of this module:
   and the watcher reconnects with a short backoff (at most 1 s apart: one connect attempt, no
   storm), so a restarted agent is picked up within a second.
 - Unlock, lock and start run in worker threads on their own connections, never on the watcher's.
-  Unlock sends only *where* to show pinentry (this process's display, bus and terminal): the
+  Unlock sends only *where* to show pinentry (this process's display and bus, never a terminal): the
   agent runs pinentry, so the passphrase never passes through the tray.
 - Everything that knows pystray's backends' quirks lives in ``_backends``.
 """
@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from nomyo_agent import protocol as p
-from nomyo_agent._pinentry import pinentry_env_from
+from nomyo_agent._pinentry import pinentry_on_display
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, PinentryCancelledError, from_reply
 from nomyo_agent.paths import socket_path
@@ -266,7 +266,8 @@ class TrayApp:
             raise from_reply(reply)
 
     def _unlock(self) -> None:
-        self._call(p.Unlock(pinentry=pinentry_env_from(os.environ, None)), UNLOCK_TIMEOUT)
+        # The display only: a tray started from a shell must not draw pinentry in that shell.
+        self._call(p.Unlock(pinentry=pinentry_on_display(os.environ)), UNLOCK_TIMEOUT)
 
     def _lock_now(self) -> None:
         self._call(p.Lock(), 30)
