@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from nomyo_agent import _identity, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._secret import SecretBuffer
+from nomyo_agent._sessionbus import keyring_call
 from nomyo_agent.errors import (
     BadPassphraseError,
     CorruptIdentityError,
@@ -91,12 +92,17 @@ class Custody:
             )
         return await self.services.ask_passphrase(where, confirm=confirm, error=error, **text)
 
-    async def auto_unlock(self) -> None:
-        """Load an identity that has no passphrase: nothing to ask, so nothing to wait for."""
+    async def _load(self, where: p.PinEntry | None) -> SecretBuffer | None:
+        keystore = self.services.keystore
+        return await keyring_call(keystore, where, keystore.load)
+
+    async def auto_unlock(self, where: p.PinEntry | None = None) -> None:
+        """Load an identity that has no passphrase: nothing to ask, so nothing to wait for.
+        ``where`` is the asker's, whose session bus may reach the keyring (``_sessionbus``)."""
         async with self.lock:
             if not self.may_auto_unlock():
                 return  # unlocked meanwhile, or locked by the user: _now says which
-            stored = await asyncio.to_thread(self.services.keystore.load)
+            stored = await self._load(where)
             if stored is None:
                 return  # _now answers "locked"; an explicit unlock explains what is missing
             try:
@@ -119,7 +125,7 @@ class Custody:
         async with self.lock:
             if self.state.key is not None:
                 return p.Ok()
-            stored = await asyncio.to_thread(self.services.keystore.load)
+            stored = await self._load(request.pinentry)
             if stored is None:
                 raise CorruptIdentityError(
                     "the keyring holds no nomyo-agent identity, though this agent had one",
@@ -213,9 +219,11 @@ class Custody:
         info: _identity.IdentityInfo,
         passphrase: Secret | None,
         reason: str,
+        where: p.PinEntry | None = None,
     ) -> p.IdentityReply:
         """Store a new identity in the keyring and on disk, and keep it unlocked."""
-        await asyncio.to_thread(self.services.keystore.save, stored.view)
+        keystore = self.services.keystore
+        await keyring_call(keystore, where, lambda: keystore.save(stored.view))
         info.save(self.services.identity_file)
         key = await asyncio.to_thread(_identity.unlock, stored.view, passphrase)
         self.state.lock("replaced")
@@ -232,7 +240,7 @@ class Custody:
                 pw = secret.view if secret else None
                 stored, info = await asyncio.to_thread(_identity.generate, request.bits, pw)
                 try:
-                    return await self._install(stored, info, pw, "generate")
+                    return await self._install(stored, info, pw, "generate", request.pinentry)
                 finally:
                     stored.close()
             finally:
@@ -281,7 +289,9 @@ class Custody:
                         if same and not request.force:  # --force re-stores (a new passphrase)
                             return self.identity_reply()
                         self._check_replace(request.force)
-                        return await self._install(stored, info, store_pw, "import")
+                        return await self._install(
+                            stored, info, store_pw, "import", request.pinentry
+                        )
                     finally:
                         stored.close()
                 raise BadPassphraseError(

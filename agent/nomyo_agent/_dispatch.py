@@ -89,7 +89,7 @@ class Dispatcher:
         self.state.counters.requests += 1
         try:
             if isinstance(request, (p.Seal, p.Open)):
-                await self.custody.auto_unlock()
+                await self.custody.auto_unlock(peer.where)
                 await self.on_demand.unlock_for(peer)
                 if self.state.key is not None:  # locked: _now says so, no question asked
                     await self.approvals.check(peer)

@@ -64,6 +64,11 @@ class KeyStore(Protocol):
         """Remove the stored value; nothing happens if there is none."""
         ...
 
+    def use_session_bus(self, address: str | None) -> None:
+        """Reach the keyring through the session bus at ``address`` from now on (``None``: no
+        bus); ``_sessionbus`` calls it for an agent started outside the desktop session."""
+        ...
+
 
 def _dotted(backend: object) -> str:
     return f"{type(backend).__module__}.{type(backend).__qualname__}"
@@ -267,6 +272,16 @@ class KeyringStore:
         self._call("delete_password")
         self._delete_chunks(1)
 
+    def use_session_bus(self, address: str | None) -> None:
+        # secretstorage opens a new D-Bus connection per call from the environment, so changing
+        # the variable is enough for the next call; the backend is picked again because the
+        # first pick may have been made when no Secret Service was reachable.
+        if address is None:
+            os.environ.pop("DBUS_SESSION_BUS_ADDRESS", None)
+        else:
+            os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
+        self._backend = None
+
 
 class MemoryStore:
     """A KeyStore in this process's memory, for tests (it passes the same contract)."""
@@ -288,3 +303,6 @@ class MemoryStore:
         if self._value is not None:
             self._value.close()
         self._value = None
+
+    def use_session_bus(self, address: str | None) -> None:
+        """Memory has no bus."""
