@@ -190,12 +190,19 @@ def test_screen_lock_and_session_end_lock_the_agent(
 
 
 @pytest.mark.slow
-def test_signals_that_are_not_ours_leave_the_key_alone(
+def test_signals_that_are_not_ours_or_not_loginds_leave_the_key_alone(
     login_session: LoginSession, make_agent: Callable[..., RunningAgent]
 ) -> None:
     agent = _unlocked_agent(make_agent)
     login_session.expect("inhibit sleep nomyo-agent delay")
-    for command in ("foreign-lock", "screensaver 0", "hint 0", "sleep 0"):
+    for command in (
+        "foreign-lock",
+        "screensaver 0",
+        "hint 0",
+        "sleep 0",
+        "rogue-sleep",
+        "rogue-lock",
+    ):
         login_session.send(command)
     # A signal that does lock, sent last on the same bus, proves the earlier ones were read.
     event = _time_to_lock(agent, login_session, "lock")

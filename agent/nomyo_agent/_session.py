@@ -100,14 +100,22 @@ def _rules(lock_on: frozenset[str], bus: str) -> list[Any]:
     rules = []
     if bus == "SYSTEM":
         if "suspend" in lock_on:
-            rules.append(MatchRule(type="signal", interface=_MANAGER, member="PrepareForSleep"))
+            rules.append(
+                MatchRule(
+                    type="signal", sender=LOGIN1, interface=_MANAGER, member="PrepareForSleep"
+                )
+            )
         if "screen" in lock_on:
-            props = MatchRule(type="signal", interface=_PROPS, member="PropertiesChanged")
+            props = MatchRule(
+                type="signal", sender=LOGIN1, interface=_PROPS, member="PropertiesChanged"
+            )
             props.add_arg_condition(0, _SESSION)  # only the sessions' properties, not all
             rules += [
-                MatchRule(type="signal", interface=_MANAGER, member="SessionRemoved"),
-                MatchRule(type="signal", interface=_MANAGER, member="SessionNew"),
-                MatchRule(type="signal", interface=_SESSION, member="Lock"),
+                MatchRule(
+                    type="signal", sender=LOGIN1, interface=_MANAGER, member="SessionRemoved"
+                ),
+                MatchRule(type="signal", sender=LOGIN1, interface=_MANAGER, member="SessionNew"),
+                MatchRule(type="signal", sender=LOGIN1, interface=_SESSION, member="Lock"),
                 props,
             ]
     elif "screen" in lock_on:
@@ -150,6 +158,9 @@ class SessionWatch:
         self.notes: dict[str, str] = {}
         self.inhibitor: int | None = None
         self.sessions: frozenset[str] = frozenset()
+        # Any user may send signals on the system bus, with any interface and path, and even
+        # address them to us: only those from logind's own connection count.
+        self.logind: str | None = None
 
     def report(self) -> list[str]:
         if not self.lock_on:
@@ -224,11 +235,20 @@ class SessionWatch:
             await conn.close()
 
     async def _start_system(self, router: Any) -> None:
+        from jeepney.bus_messages import message_bus  # noqa: PLC0415
+        from jeepney.io.asyncio import Proxy  # noqa: PLC0415
+
         notes: list[str] = []
+        try:
+            (self.logind,) = await asyncio.wait_for(
+                Proxy(message_bus, router).GetNameOwner(LOGIN1), _CALL_TIMEOUT
+            )
+        except Exception as exc:  # no logind: nothing on this bus is trusted
+            notes.append(f"no logind ({exc})")
         if "screen" in self.lock_on:
             try:
                 self.sessions = await self._our_sessions(router)
-            except Exception as exc:
+            except Exception as exc:  # any D-Bus error: watch the rest
                 notes.append(f"no logind sessions ({exc})")
         if "suspend" in self.lock_on:
             await self._rearm()
@@ -251,7 +271,7 @@ class SessionWatch:
             return
         try:
             self.inhibitor = await asyncio.to_thread(_take_inhibitor)
-        except Exception as exc:
+        except Exception as exc:  # no logind, or refused: lock on the signal all the same
             log.warning("no sleep inhibitor (the key may outlive the start of sleep): %s", exc)
 
     async def _listen(self, conn: Any, bus: str) -> None:
@@ -266,15 +286,19 @@ class SessionWatch:
                 if bus == "SESSION":
                     self.apply(Verdict("lock", "session_end"))
                 return
-            await self._handle(conn, msg)
+            await self._handle(conn, msg, bus)
 
-    async def _handle(self, conn: Any, msg: Any) -> None:
+    async def _handle(self, conn: Any, msg: Any, bus: str) -> None:
         from jeepney import HeaderFields, MatchRule, MessageType  # noqa: PLC0415
         from jeepney.io.asyncio import DBusRouter  # noqa: PLC0415
 
         if msg.header.message_type is not MessageType.signal:
             return
         head = msg.header.fields
+        if bus == "SYSTEM" and (
+            self.logind is None or head.get(HeaderFields.sender) != self.logind
+        ):
+            return
         verdict = classify(
             head.get(HeaderFields.interface),
             head.get(HeaderFields.member),
@@ -299,6 +323,6 @@ class SessionWatch:
                 ):
                     self.sessions = await self._our_sessions(router)
             while not held.empty():
-                await self._handle(conn, held.get_nowait())
+                await self._handle(conn, held.get_nowait(), bus)
         else:
             self.apply(verdict)

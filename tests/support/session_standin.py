@@ -11,6 +11,8 @@ Commands, one per line on stdin::
     hint 1|0         PropertiesChanged(sa{sv}as) for LockedHint on that session
     remove           SessionRemoved(so) for our session
     foreign-lock     Lock() on another user's session
+    rogue-sleep      PrepareForSleep(true), broadcast by a connection that is not logind
+    rogue-lock       Lock() on our session, broadcast by a connection that is not logind
     screensaver 1|0  ActiveChanged(b) on org.freedesktop.ScreenSaver
     gnome 1|0        ActiveChanged(b) on org.gnome.ScreenSaver
 
@@ -90,6 +92,7 @@ def serve_system(conn: object, send_lock: threading.Lock) -> None:
 def main() -> None:
     system = open_dbus_connection("SYSTEM", enable_fds=True)
     session = open_dbus_connection("SESSION")
+    rogue = open_dbus_connection("SYSTEM")  # any other user's program on the system bus
     _claim(system, LOGIN1)
     _claim(session, "org.freedesktop.ScreenSaver")
     _claim(session, "org.gnome.ScreenSaver")
@@ -109,6 +112,10 @@ def main() -> None:
             bus, msg = system, new_signal(manager, "PrepareForSleep", "b", (flag,))
         elif cmd == "lock":
             bus, msg = system, new_signal(ours, "Lock")
+        elif cmd == "rogue-sleep":
+            bus, msg = rogue, new_signal(manager, "PrepareForSleep", "b", (True,))
+        elif cmd == "rogue-lock":
+            bus, msg = rogue, new_signal(ours, "Lock")
         elif cmd == "foreign-lock":
             bus, msg = system, new_signal(foreign, "Lock")
         elif cmd == "hint":
