@@ -24,17 +24,17 @@ from nomyo_agent._peer import app_of
 from support.agent import RunningAgent
 from support.desktop import Session
 from support.terminal import Terminal
-from support.x11 import wait_until
+from support.x11 import XDisplay, wait_until
 
 
 def confirming_agent(
     make_agent: Callable[..., RunningAgent], desktop: Session, policy: str = "first-use",
-    extra: str = "",
+    extra: str = "", pinentry: str = "/usr/bin/pinentry-tty",
 ) -> RunningAgent:  # fmt: skip
     config = desktop.home / ".config" / "nomyo-agent" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(f'[agent]\nconfirm = "{policy}"\n{extra}')
-    agent = make_agent(args=["--pinentry", "/usr/bin/pinentry-tty"])
+    agent = make_agent(args=["--pinentry", pinentry])
     agent.keygen(bits=2048)  # no passphrase: unlocked at once
     return agent
 
@@ -248,3 +248,33 @@ def test_the_denied_error_crosses_the_wire_and_maps_to_the_client_exception() ->
     client = from_agent_error(back)
     assert isinstance(client, nc.AgentDeniedError)
     assert "apps forget" in client.hint
+
+
+@pytest.mark.slow
+def test_an_app_on_a_display_is_asked_through_pinentry_gtk2(
+    make_agent: Callable[..., RunningAgent],
+    desktop: Session,
+    xdisplay: XDisplay,
+    sealing_app: Callable[..., str],
+) -> None:
+    """A graphical app (a display, no terminal) gets the CONFIRM as a pinentry-gtk-2 window on
+    its display: Alt+A presses Allow (its mnemonic), Escape denies."""
+    agent = confirming_agent(make_agent, desktop, pinentry="/usr/bin/pinentry-gtk-2")
+    for key, expected in (("alt+a", "SEALED"), ("Escape", "FAILED AgentDeniedError")):
+        app = subprocess.Popen(
+            shlex.split(sealing_app(agent)), env={**desktop.env, **xdisplay.env},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_until(
+                "a pinentry-gtk-2 window", lambda: bool(xdisplay.windows_named("^nomyo-agent$")), 20
+            )
+            xdisplay.xdotool("key", key)
+            out, _ = app.communicate(timeout=20)
+        finally:
+            if app.poll() is None:
+                app.kill()
+                app.communicate()
+        assert out.startswith(expected), out
+        wait_until("the window to close", lambda: not xdisplay.windows_named("^nomyo-agent$"))
+        agent.cli("apps", "forget", str(apps(agent)[0]["app"]))  # ask again next time

@@ -188,3 +188,24 @@ def test_settings_are_checked(tmp_path: Path) -> None:
         path.write_text(f"[agent]\n{bad}\n")
         with pytest.raises(ConfigError, match=message):
             load_config(path, environ={})
+
+
+@pytest.mark.slow
+def test_an_identity_without_passphrase_asks_to_confirm_after_an_explicit_lock(
+    make_agent: Callable[..., RunningAgent],
+    desktop: Session,
+    terminal: Callable[..., Terminal],
+    sealing_app: Callable[..., str],
+) -> None:
+    write_config(desktop, "[agent]\nunlock_on_demand = true\n")
+    agent = make_agent(args=["--pinentry", "/usr/bin/pinentry-tty"])
+    agent.keygen(bits=2048)  # no passphrase
+    agent.cli("lock")  # explicit: no auto-unlock until someone says so
+    for name, key, expected in (("no", "k", "FAILED AgentLockedError"), ("yes", "u", "SEALED")):
+        term = terminal(sealing_app(agent), name=name)
+        term.wait_for("Unlock it?")
+        term.wait_for("[uk]?")
+        term.type(key)
+        term.wait_for("EXIT=0")
+        assert expected in term.screen()
+    assert agent.status().state is p.State.UNLOCKED

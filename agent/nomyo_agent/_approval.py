@@ -119,8 +119,8 @@ class Approvals:
                 peer.where,
                 title="nomyo-agent",
                 description=f"Allow {name} to use your NOMYO identity {until}?",
-                ok="Allow",
-                cancel="Deny",
+                ok="_Allow",  # the underscore: Alt+A in graphical pinentries, "a" in -tty
+                cancel="_Deny",
                 timeout=config.prompt_timeout,
             )
         except PinentryCancelledError:

@@ -83,8 +83,8 @@ class OnDemand:
                 f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}\n"
                 "Unlock it?"
             ),
-            ok="Unlock",
-            cancel="Keep locked",
+            ok="_Unlock",
+            cancel="_Keep locked",
             timeout=custody.services.config.prompt_timeout,
         )
         if not allowed:
