@@ -102,13 +102,28 @@ def test_html_500_is_a_server_error_after_retries(
     assert sleeps == [0.375, 0.75]
 
 
-def test_dropped_connection_is_retried_then_a_connection_error(
-    ready_agent: RunningAgent, router: DevServer
+@pytest.mark.parametrize("http", ["own", "httpx"])
+def test_router_that_read_the_request_and_hung_up_gets_it_once(
+    ready_agent: RunningAgent, router: DevServer, http: str
 ) -> None:
+    # devserver/drop decrypts the package, then closes the connection without answering: the
+    # router may have acted on it, so it must not see (and decrypt) it a second time.
     sleeps = Sleeps()
-    with pytest.raises(nc.APIConnectionError, match="after 3 attempts"):
-        chat(make(ready_agent, router, sleeps), model="devserver/drop")
-    assert len(sleeps) == 2
+
+    async def go() -> None:
+        given = httpx.AsyncClient() if http == "httpx" else None
+        async with make(ready_agent, router, sleeps, http_client=given) as client:
+            with pytest.raises(nc.APIConnectionError) as info:
+                await client.create(model="devserver/drop", messages=PROMPT)
+        if given is not None:
+            await given.aclose()
+        assert info.value.message.startswith("the router closed the connection before answering")
+        assert "could not reach" not in info.value.message
+        assert "not resent" in (info.value.hint or "")
+
+    asyncio.run(go())
+    assert router.stats()["dropped"] == 1
+    assert sleeps == []
 
 
 def test_retry_after_and_recovery(ready_agent: RunningAgent, router: DevServer) -> None:

@@ -47,7 +47,8 @@ class SecureChatCompletion:
         api_key: sent as ``Authorization: Bearer ...``; a per-call ``api_key=`` wins.
         secure_memory: accepted for compatibility; keys and AES keys live in the agent, which
             locks and zeroes its own memory, so there is nothing for this process to protect.
-        max_retries: retries on 429, 500, 502, 503, 504 and network failures (default 2).
+        max_retries: retries on 429, 500, 502, 503, 504 and on connections that could not be
+            opened; never after the router may have read the request (default 2).
         timeout: seconds (or an ``httpx.Timeout``) per HTTP exchange; default 600 s, 10 s to
             connect.
         http_client: an ``httpx.AsyncClient`` to use instead of the client's own (you close it).

@@ -9,8 +9,11 @@ Rules of this module:
   sealed to a cached key, the key is fetched again; if it changed, the agent re-checks it against
   its pin (refusing means nothing is sent) and the request is sent once more.
 - The plaintext is sealed once per request; retries resend the same package and payload id.
-- Only ``RETRYABLE_STATUSES`` and transport failures before an answer are retried, with the
-  ``RetryPolicy``'s backoff. A read timeout is not retried: the router may still be working.
+- Only ``RETRYABLE_STATUSES`` and transport failures that prove the request never left
+  (``TransportError.retryable``: the connect failed, or the connection was dead before one byte
+  was written) are retried, with the ``RetryPolicy``'s backoff. A connection the router closed
+  after reading the request, or a read timeout, is final: the router may have acted on it, and
+  the public client does not resend it either.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from nomyo_client._errors import APIConnectionError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from nomyo_client._transport import (
     Answer,
+    Dropped,
     H11Pool,
     HttpxAdapter,
     TimedOut,
@@ -236,4 +240,12 @@ class Engine:
 
 def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:
     tries = f" after {retries + 1} attempts" if retries else ""
-    return APIConnectionError(f"could not reach the router at {url}{tries}: {exc}")
+    if exc.retryable:
+        return APIConnectionError(f"could not reach the router at {url}{tries}: {exc}")
+    if isinstance(exc, Dropped):
+        return APIConnectionError(
+            f"the router closed the connection before answering {url}{tries}: {exc}",
+            hint="the request was not resent, since the router may have acted on it; "
+            "send it again yourself if that is safe",
+        )
+    return APIConnectionError(f"the router at {url} sent an unusable answer{tries}: {exc}")

@@ -11,7 +11,10 @@ the client uses httpx by itself.
 Rules of this module:
 
 - Both return an ``Answer`` and raise only ``TransportError`` subclasses, whose ``retryable``
-  says whether the request can have been processed (a read timeout: maybe; refused: no).
+  is true only when the request provably never reached the router: the connection could not
+  be opened, or it was found dead before one byte of the request was written. Anything later
+  (a reset, an EOF without an answer, a timeout) may come after the router read and acted on
+  the request, so it is final: resending could run a paid completion twice.
 - A connection goes back to the pool only after a complete exchange that both sides left
   reusable; one that saw EOF while idle is dropped before reuse, so a request is never written
   into a connection the server already closed. Nothing is resent here: retries are the engine's.
@@ -53,19 +56,23 @@ _USER_AGENT = f"nomyo-client/{__version__}".encode()
 
 
 class TransportError(Exception):
-    """The exchange failed below HTTP; ``retryable``: the router cannot have acted on it."""
+    """The exchange failed below HTTP; ``retryable``: the router provably never got it."""
 
     retryable: ClassVar[bool] = False
 
 
-class ConnectFailed(TransportError):
+class NotSent(TransportError):
+    """Not one byte of the request left this process: safe to send again."""
+
     retryable = True
+
+
+class ConnectFailed(NotSent):
+    """The connection could not be opened (refused, unreachable, TLS refused, timed out)."""
 
 
 class Dropped(TransportError):
-    """The connection broke before a complete answer (reset, EOF, a write that failed)."""
-
-    retryable = True
+    """The connection broke after the request was (maybe partly) written, before an answer."""
 
 
 class TimedOut(TransportError):
@@ -207,6 +214,8 @@ class H11Pool:
         if body:
             out += conn.h11.send(h11.Data(data=body)) or b""
         out += conn.h11.send(h11.EndOfMessage()) or b""
+        if not conn.usable:  # died between the pool's check and now: nothing was written
+            raise NotSent("the connection was closed before the request was written")
         try:
             conn.writer.write(out)
             await _within(self.timeouts.write, conn.writer.drain())
@@ -228,7 +237,7 @@ class H11Pool:
                 except OSError as exc:
                     raise Dropped(f"the connection broke: {exc}") from exc
                 if not data and response is None:
-                    raise Dropped("the server closed the connection without answering")
+                    raise Dropped("the stream ended before any answer byte")
                 conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
                 response = event
@@ -276,6 +285,7 @@ class HttpxAdapter:
         except httpx.TimeoutException as exc:
             raise TimedOut(str(exc) or type(exc).__name__) from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            # httpx cannot tell whether any of the request was written: treat it as sent.
             raise Dropped(str(exc) or type(exc).__name__) from exc
         except httpx.HTTPError as exc:
             raise ProtocolFailure(str(exc) or type(exc).__name__) from exc
