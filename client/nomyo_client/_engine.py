@@ -2,9 +2,12 @@
 
 Rules of this module:
 
-- One pooled HTTP client (``_transport``) and one agent connection per engine and event loop.
-  A script that calls ``asyncio.run`` twice with one client gets fresh ones on the second loop,
-  since sockets cannot move between loops (the public client has no such state, so this must work).
+- One pooled HTTP client (``_transport``) per engine and event loop, and the loop's shared agent
+  connection (``_agent``). A script that calls ``asyncio.run`` twice with one client gets fresh
+  ones on the second loop, since sockets cannot move between loops (the public client has no
+  such state, so this must work). A client dropped without ``aclose`` releases both.
+- Agent calls obey the client's ``timeout`` (its read timeout for an ``httpx.Timeout``), else
+  ``_agent.DEFAULT_AGENT_TIMEOUT``.
 - The router key is fetched once per origin and reused. When the router answers 400 to a request
   sealed to a cached key, the key is fetched again; if it changed, the agent re-checks it against
   its pin (refusing means nothing is sent) and the request is sent once more.
@@ -48,13 +51,12 @@ _MAX_ROUTER_KEY_BYTES = 64 * 1024
 
 
 @dataclass
-class _LoopState:
-    loop: asyncio.AbstractEventLoop
+class _Resources:
+    """What a client holds on one loop: closed once, explicitly or when the client is gone."""
+
     http: H11Pool | HttpxAdapter
     owns_http: bool
     agent: AgentLink
-    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    closer: AsyncGenerator[None, None] | None = None
     closed: bool = False
 
     async def close(self) -> None:
@@ -66,14 +68,37 @@ class _LoopState:
             await self.http.aclose()
 
 
-async def _close_at_loop_shutdown(state: _LoopState) -> AsyncGenerator[None, None]:
-    # asyncio.run() ends with loop.shutdown_asyncgens(), which closes every async generator
-    # still suspended on that loop: parked here, this one closes the loop's sockets then, so a
-    # script that never closes its client (as the public client allows) leaks nothing.
+@dataclass
+class _LoopState:
+    loop: asyncio.AbstractEventLoop
+    resources: _Resources
+    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    closer: AsyncGenerator[None, None] | None = None
+
+    @property
+    def http(self) -> H11Pool | HttpxAdapter:
+        return self.resources.http
+
+    @property
+    def agent(self) -> AgentLink:
+        return self.resources.agent
+
+    @property
+    def closed(self) -> bool:
+        return self.resources.closed
+
+
+async def _close_when_done(resources: _Resources) -> AsyncGenerator[None, None]:
+    # Parked here for the client's life on this loop, this generator closes its sockets when
+    # whichever comes first: asyncio.run() ending (loop.shutdown_asyncgens() closes every
+    # suspended async generator), or the client being dropped unclosed, as the public client
+    # allows (the loop's asyncgen finaliser hook closes a suspended generator that is garbage).
+    # It must not reference the _LoopState: that would make a cycle, and a dropped client's
+    # sockets would wait for the cyclic garbage collector.
     try:
         yield
     finally:
-        await state.close()
+        await resources.close()
 
 
 class Engine:
@@ -93,6 +118,7 @@ class Engine:
         self.allow_http = allow_http
         self.retry = retry
         self.timeouts = Timeouts.of(timeout)
+        self.agent_timeout = _agent_timeout(timeout)
         self._given_http = http_client
         self._agent_socket = None if agent_socket is None else os.fspath(agent_socket)
         self._autostart = autostart
@@ -113,10 +139,16 @@ class Engine:
             http = given
         else:
             http = HttpxAdapter(given)
-        agent = AgentLink(self._agent_socket, autostart=self._autostart, key_dir=self._key_dir)
-        state = _LoopState(loop=loop, http=http, owns_http=self._given_http is None, agent=agent)
+        agent = AgentLink(
+            self._agent_socket,
+            autostart=self._autostart,
+            key_dir=self._key_dir,
+            timeout=self.agent_timeout,
+        )
+        resources = _Resources(http=http, owns_http=self._given_http is None, agent=agent)
+        state = _LoopState(loop=loop, resources=resources)
         self._state = state  # before any await: concurrent first calls must share it
-        state.closer = _close_at_loop_shutdown(state)
+        state.closer = _close_when_done(resources)
         await state.closer.__anext__()
         return state
 
@@ -235,7 +267,14 @@ class Engine:
             and state.closer is not None
             and state.loop is asyncio.get_running_loop()
         ):
-            await state.closer.aclose()  # runs state.close()
+            await state.closer.aclose()  # runs resources.close()
+
+
+def _agent_timeout(timeout: float | httpx.Timeout | None) -> float | None:
+    """The deadline of each agent call: the client's timeout when given, else the default."""
+    if timeout is None or isinstance(timeout, (int, float)):
+        return None if timeout is None else float(timeout)
+    return timeout.read
 
 
 def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:
