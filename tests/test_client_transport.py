@@ -147,7 +147,7 @@ def test_oversized_answer_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
     async def body(url: str) -> None:
         pool = H11Pool()
-        with pytest.raises(_transport.ProtocolFailure, match="over 1000 bytes"):
+        with pytest.raises(_transport.AnswerTooLarge, match="5000 bytes, over 1000"):
             await pool.request("GET", url + "/", None, {})
         await pool.aclose()
 

@@ -31,8 +31,10 @@ from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import APIConnectionError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
     Answer,
+    AnswerTooLarge,
     Dropped,
     H11Pool,
     HttpxAdapter,
@@ -175,13 +177,22 @@ class Engine:
     async def fetch_router_key(self, base_url: str) -> str:
         """GET ``/pki/public_key`` (with retries) and remember the answer for the origin."""
         state = await self._loop_state()
-        response = await self._send(state, "GET", f"{base_url}/pki/public_key", None, {})
+        url = f"{base_url}/pki/public_key"
+        try:
+            # The size is checked from Content-Length (or as it streams), not after a download.
+            response = await self._send(state, "GET", url, None, {}, limit=_MAX_ROUTER_KEY_BYTES)
+        except APIConnectionError as exc:
+            if not isinstance(exc.__cause__, AnswerTooLarge):
+                raise
+            raise SecurityError(
+                f"the router's /pki/public_key answer is too large to be a key "
+                f"(over {_MAX_ROUTER_KEY_BYTES} bytes)",
+                hint="check the base URL: it must point at a NOMYO router",
+            ) from exc.__cause__
         if response.status_code != 200:
             error = _wire.error_for_status(response.status_code, response.content)
             error.message = f"could not fetch the router key: {error.message}"
             raise error
-        if len(response.content) > _MAX_ROUTER_KEY_BYTES:
-            raise SecurityError("the router's /pki/public_key answer is too large to be a key")
         try:
             key = response.content.decode("ascii")
         except UnicodeDecodeError as exc:
@@ -189,6 +200,13 @@ class Engine:
                 "the router's /pki/public_key answer is not a PEM key",
                 hint="check the base URL: it must point at a NOMYO router",
             ) from exc
+        bits = rsa_bits(key)
+        if bits is not None and bits > MAX_ROUTER_KEY_BITS:
+            raise SecurityError(
+                f"the router's public key has {bits} bits, over the {MAX_ROUTER_KEY_BITS} "
+                "this client accepts",
+                hint="no router uses such a key: check the base URL",
+            )
         self._router_keys[_wire.origin_of(base_url)] = key
         return key
 
@@ -203,6 +221,10 @@ class Engine:
         tier: str | None,
     ) -> dict[str, Any]:
         """Seal, POST, retry, open: the decrypted completion with its ``_metadata``."""
+        # Header values are checked before the agent or the router sees anything.
+        _wire.check_header_value("payload_id", payload_id)
+        if isinstance(api_key, str) and api_key:
+            _wire.check_header_value("api_key", api_key)
         state = await self._loop_state()
         origin = _wire.origin_of(base_url)
         url = f"{base_url}/v1/chat/secure_completion"
@@ -235,13 +257,15 @@ class Engine:
         url: str,
         body: bytes | None,
         headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         """One HTTP exchange with retries; a retryable status is returned once retries run out."""
         retry = 0
         while True:
             retry_after: float | None = None
             try:
-                answer = await state.http.request(method, url, body, headers)
+                answer = await state.http.request(method, url, body, headers, limit=limit)
             except TimedOut as exc:
                 raise APIConnectionError(
                     f"the router did not answer {url} in time ({exc})",

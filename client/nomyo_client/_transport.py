@@ -20,7 +20,8 @@ Rules of this module:
   into a connection the server already closed. Nothing is resent here: retries are the engine's.
 - The TLS context is made on the first ``https`` request, unless one is given, from the CAs
   httpx would use: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's bundle.
-- Answers larger than ``MAX_RESPONSE_BYTES`` are refused.
+- Answers larger than ``MAX_RESPONSE_BYTES`` (or a request's smaller ``limit``) are refused
+  with ``AnswerTooLarge``, from ``Content-Length`` before the body is read, else as it streams.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "Answer",
+    "AnswerTooLarge",
     "H11Pool",
     "HttpxAdapter",
     "Timeouts",
@@ -81,6 +83,10 @@ class TimedOut(TransportError):
 
 class ProtocolFailure(TransportError):
     """The other side does not speak HTTP/1.1 correctly, or the answer is too large."""
+
+
+class AnswerTooLarge(ProtocolFailure):
+    """The answer is (or announces itself as) larger than the caller's limit."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,13 @@ class H11Pool:
         return _Conn(reader, writer)
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         parts = urllib.parse.urlsplit(url)
         scheme, host = parts.scheme, parts.hostname or ""
@@ -193,8 +205,9 @@ class H11Pool:
         if body is not None or method == "POST":
             head.append((b"Content-Length", str(len(body or b"")).encode()))
         try:
+            cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
             answer = await self._exchange(conn, h11.Request(method=method, target=target,
-                                                            headers=head), body)  # fmt: skip
+                                                            headers=head), body, cap)  # fmt: skip
         except BaseException:
             conn.writer.close()
             raise
@@ -209,7 +222,9 @@ class H11Pool:
             conn.writer.close()
         return answer
 
-    async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes | None) -> Answer:
+    async def _exchange(
+        self, conn: _Conn, request: h11.Request, body: bytes | None, cap: int
+    ) -> Answer:
         out = conn.h11.send(request) or b""
         if body:
             out += conn.h11.send(h11.Data(data=body)) or b""
@@ -241,10 +256,13 @@ class H11Pool:
                 conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
                 response = event
+                declared = dict(event.headers).get(b"content-length")
+                if declared is not None and int(declared) > cap:  # h11 checked it is a number
+                    raise AnswerTooLarge(f"the answer announces {int(declared)} bytes, over {cap}")
             elif isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_RESPONSE_BYTES:
-                    raise ProtocolFailure(f"the answer is over {MAX_RESPONSE_BYTES} bytes")
+                if size > cap:
+                    raise AnswerTooLarge(f"the answer is over {cap} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
@@ -274,12 +292,28 @@ class HttpxAdapter:
         self.owned = owned
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         import httpx  # noqa: PLC0415 - the caller has imported it already
 
+        cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
         try:
-            response = await self.client.request(method, url, content=body, headers=headers)
+            async with self.client.stream(method, url, content=body, headers=headers) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise AnswerTooLarge(f"the answer announces {int(declared)} bytes, over {cap}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise AnswerTooLarge(f"the answer is over {cap} bytes")
+                    chunks.append(chunk)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         except httpx.TimeoutException as exc:
@@ -290,7 +324,7 @@ class HttpxAdapter:
         except httpx.HTTPError as exc:
             raise ProtocolFailure(str(exc) or type(exc).__name__) from exc
         headers_out = {k.lower(): v for k, v in response.headers.items()}
-        return Answer(response.status_code, headers_out, response.content)
+        return Answer(response.status_code, headers_out, b"".join(chunks))
 
     async def aclose(self) -> None:
         if self.owned:

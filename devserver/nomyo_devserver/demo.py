@@ -208,10 +208,16 @@ class _Wire(H11Pool):
         self.public_keys: list[str] = []  # the X-Public-Key headers, decoded
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         started = time.perf_counter()
-        answer = await super().request(method, url, body, headers)
+        answer = await super().request(method, url, body, headers, limit=limit)
         took = time.perf_counter() - started
         if "X-Public-Key" in headers:
             self.public_keys.append(urllib.parse.unquote(headers["X-Public-Key"]))
