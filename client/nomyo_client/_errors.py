@@ -13,7 +13,7 @@
      ├── SecurityError               bad package, failed tag, wrong recipient, plain HTTP
      │    └── RouterKeyChangedError  the agent refused a router key that differs from its pin
      └── AgentError                  the local agent could not help
-          ├── AgentUnavailableError  nothing answers at the socket (and auto-start is off/failed)
+          ├── AgentUnavailableError  nothing answers at the socket, or not within the deadline
           ├── AgentLockedError       the identity is locked
           ├── NoIdentityError        the agent has no identity yet
           └── AgentProtocolError     the agent speaks another protocol version
@@ -141,7 +141,7 @@ class AgentError(APIError):
 
 
 class AgentUnavailableError(AgentError):
-    """No agent answers at the socket."""
+    """No agent answers at the socket, or it did not answer within the call's deadline."""
 
     default_hint = "start it with `nomyo-agent start`, or unset NOMYO_AGENT_AUTOSTART=0"
 
