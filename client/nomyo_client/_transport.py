@@ -189,6 +189,11 @@ class H11Pool:
             raise ProtocolFailure(f"unsupported URL scheme {scheme!r}")
         key = (scheme, host, parts.port or _DEFAULT_PORTS[scheme])
         idle = self._idle.get(key, [])
+        if idle:
+            # One turn of the loop reads an EOF that is already waiting: once a request is
+            # written, a drop is final (the router may have read it), so a connection the
+            # server closed while idle must be seen dead now, not after the write.
+            await asyncio.sleep(0)
         conn = None
         while idle and conn is None:
             candidate = idle.pop()
