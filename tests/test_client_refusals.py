@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import nomyo_client as nc
 from nomyo_client import _wire
+from nomyo_client._routerkey import rsa_bits
 from nomyo_devserver import DevServer
 from support.agent import RunningAgent
 
@@ -192,3 +193,22 @@ def test_huge_router_key_answer_refused_without_downloading_it(
 
     assert asyncio.run(go()) < 5.0
     assert ready_agent.status().counters.seals == 0
+
+
+def test_router_key_size_is_read_without_cryptography_and_only_measured() -> None:
+    def pem(key: Any) -> str:
+        return str(
+            key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode()
+        )
+
+    for bits in (2048, 3072):
+        assert rsa_bits(pem(rsa.generate_private_key(65537, bits).public_key())) == bits
+    assert rsa_bits(big_key_pem(16400).decode()) == 16400
+    # What it cannot read, it leaves to the agent's own checks rather than refusing.
+    assert rsa_bits(pem(ec.generate_private_key(ec.SECP256R1()).public_key())) is None
+    assert rsa_bits("not a key") is None
+    assert rsa_bits("-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n") is None
+    truncated = pem(rsa.generate_private_key(65537, 2048).public_key()).splitlines()
+    assert rsa_bits("\n".join([*truncated[:3], truncated[-1]])) is None
