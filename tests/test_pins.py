@@ -6,32 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from nomyo_agent._pins import PinStore, normalize_origin
+from nomyo_agent._pins import PinStore
 from nomyo_agent.errors import (
-    BadRequestError,
     CorruptIdentityError,
     NotPinnedError,
     PinMismatchError,
 )
-
-
-@pytest.mark.parametrize(
-    ("url", "origin"),
-    [
-        ("HTTPS://Router.Example:443/v1/x", "https://router.example"),
-        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
-        ("http://localhost:80/", "http://localhost"),
-        ("https://[::1]:8443", "https://[::1]:8443"),
-    ],
-)
-def test_origins_are_normalised(url: str, origin: str) -> None:
-    assert normalize_origin(url) == origin
-
-
-@pytest.mark.parametrize("url", ["ftp://x", "https://", "not a url", "https://h:99999"])
-def test_bad_origins_are_refused(url: str) -> None:
-    with pytest.raises(BadRequestError):
-        normalize_origin(url)
 
 
 def test_first_use_pins_then_a_changed_key_is_refused_until_accepted(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Router key pins: trust on first use per origin, as ``known_hosts`` does for ssh.
 
-Rules: an origin is ``scheme://host:port`` (lower-case, default port dropped, no path); the pin
-is the key's fingerprint. A different key for a pinned origin is refused and remembered as
+Rules: an origin is ``origins.canonical_origin``'s form (callers canonicalise); the pin is the
+key's fingerprint. A different key for a pinned origin is refused and remembered as
 *pending*, so that ``pins accept ORIGIN`` can accept exactly the key the user was shown. The file
 is JSON, written atomically with mode 0600; a corrupt file is an error, never an empty trust list.
 """
@@ -12,39 +12,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import msgspec
 
 from nomyo_agent.errors import (
-    BadRequestError,
     CorruptIdentityError,
     NotPinnedError,
     PinMismatchError,
 )
 from nomyo_agent.protocol import PinInfo
 
-__all__ = ["PinStore", "normalize_origin"]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def normalize_origin(url: str) -> str:
-    """``HTTPS://Router.Example:443/v1`` -> ``https://router.example``."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise BadRequestError(f"not a router URL: {url!r}") from exc
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if scheme not in _DEFAULT_PORTS or not host:
-        raise BadRequestError(f"not an http(s) router URL: {url!r}")
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS[scheme]:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+__all__ = ["PinStore"]
 
 
 class _Record(msgspec.Struct, forbid_unknown_fields=True):
