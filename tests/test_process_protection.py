@@ -23,6 +23,7 @@ import pytest
 
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
+from nomyo_agent.errors import UnsafeSocketError
 from support.agent import RunningAgent
 from support.desktop import require_programs
 
@@ -98,9 +99,12 @@ def test_other_uid_is_closed_without_reply(agent: RunningAgent, world_reachable:
     assert _as_nobody(world_reachable) == "closed"
     after = agent.status()
     assert after.counters.rejected_peers == before + 1
-    # The agent keeps serving its own user, through the same inode.
-    with AgentConnection.open(world_reachable, timeout=10) as conn:
+    # The agent keeps serving its own user; whose client, for its part, will not use a socket
+    # in a folder that others may enter (test_socket_trust.py has that side).
+    with AgentConnection.open(agent.path, timeout=10) as conn:
         assert conn.call(p.Status(), p.StatusReply).pid == agent.pid
+    with pytest.raises(UnsafeSocketError, match="mode 0755"):
+        AgentConnection.open(world_reachable, timeout=10)
 
 
 def _gdb(pid: int) -> str:
