@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from nomyo_agent import protocol as p
+from nomyo_agent._launch import agent_command
 from nomyo_agent._pinentry import pinentry_env_from
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, PinentryCancelledError, from_reply
@@ -272,12 +272,12 @@ class TrayApp:
         self._call(p.Lock(), 30)
 
     def _start_agent(self) -> None:
-        argv = [sys.executable, "-m", "nomyo_agent"]
+        argv = agent_command()  # nothing from the tray's working directory on sys.path
         if self.explicit_socket:
-            argv += ["--socket", self.path]
+            argv += ["--socket", os.path.abspath(self.path)]
         done = subprocess.run(
             [*argv, "start"], capture_output=True, text=True, timeout=60, check=False,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, cwd="/",
         )  # fmt: skip
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
