@@ -26,6 +26,7 @@ from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import UnsafeSocketError
 from support.agent import RunningAgent
 from support.desktop import require_programs
+from support.intruder import AS_NOBODY
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="setpriv, /proc, gdb")
 
@@ -35,7 +36,6 @@ NO_IPC_LOCK = ("--bounding-set=-ipc_lock", "--inh-caps=-all")
 # dumpable and to root:root once it is not, so the kernel's view of "dumpable" can be read
 # from outside.
 NOGROUP = ("setpriv", "--regid=65534", "--clear-groups")
-AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 # Runs as uid 65534 under /usr/bin/python3: stdlib only. Sends one Hello frame and reports what
 # came back: "refused:<errno name>" (could not connect), "closed" (EOF, no reply), or "reply".

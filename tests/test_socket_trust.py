@@ -25,7 +25,14 @@ from nomyo_client._agent import AgentLink
 from nomyo_client._errors import AgentUnavailableError as ClientUnavailable
 from support.agent import RunningAgent
 from support.desktop import Session
-from support.intruder import NOBODY, Intruder, open_intruder, shared_tmp
+from support.intruder import (
+    AS_NOBODY,
+    NOBODY,
+    Intruder,
+    open_intruder,
+    python_for_nobody,
+    shared_tmp,
+)
 
 SECRET = b"correct horse battery staple"
 PEM = b"-----BEGIN PRIVATE KEY-----\nTUlJRXZR\n-----END PRIVATE KEY-----\n"
@@ -130,6 +137,44 @@ def test_socket_served_by_another_uid_in_our_folder(tmp_path: Path) -> None:
         with pytest.raises(UnsafeSocketError):
             asyncio.run(async_open())
         assert fake.next_connections(2) == [0, 0]  # two connections, and not one byte
+
+
+def _status_as_nobody(
+    python: str, extra: dict[str, str], path: str | Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AS_NOBODY, python, "-m", "nomyo_agent", "--socket", str(path), "status"],
+        env={"PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8", **extra},
+        capture_output=True, text=True, timeout=60, check=False, cwd="/",
+    )  # fmt: skip
+
+
+def test_another_uids_status_is_refused_by_its_own_client(agent: RunningAgent) -> None:
+    """Issue 9 item 15: uid 65534 runs `nomyo-agent status` at our agent, once through a link in
+    a folder it may enter, once at the real path. It is told whose socket that is, by its own
+    client, before connecting: not "connection reset by peer"."""
+    python, extra = python_for_nobody({})
+    before = agent.status().counters.rejected_peers
+    with shared_tmp() as tmp:
+        folder = tmp / "reachable"
+        folder.mkdir(mode=0o755)
+        link = folder / "agent.sock"
+        os.link(agent.path, link)
+        link.chmod(0o666)
+        try:
+            outs = [_status_as_nobody(python, extra, path) for path in (link, agent.path)]
+        finally:
+            link.chmod(0o600)
+    via_link, direct = outs
+    assert via_link.returncode != 0
+    assert f"{folder} belongs to uid 0" in via_link.stderr, via_link.stderr
+    assert direct.returncode != 0
+    assert os.path.dirname(agent.path) in direct.stderr, direct.stderr
+    assert "not yours" in direct.stderr
+    for out in outs:
+        assert "reset" not in out.stderr
+        assert "hint:" in out.stderr
+    assert agent.status().counters.rejected_peers == before  # it never even connected
 
 
 def test_symlinked_start_lock_is_not_followed(desktop: Session, tmp_path: Path) -> None:

@@ -54,6 +54,13 @@ def check_folder(folder: str) -> bool:
         st = os.lstat(folder)
     except FileNotFoundError:
         return False
+    except PermissionError as exc:
+        raise UnsafeSocketError(
+            f"the agent's socket folder {folder} is out of your reach (permission denied): "
+            f"it is not yours ({_who(os.getuid())})",
+            hint="each user runs an agent of their own: unset NOMYO_AGENT_SOCK or point it at "
+            "yours",
+        ) from exc
     me = os.getuid()
     if stat.S_ISLNK(st.st_mode):
         raise UnsafeSocketError(

@@ -13,6 +13,8 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,9 @@ import pytest
 
 from support.desktop import require_programs, stop_group
 
-__all__ = ["AS_NOBODY", "NOBODY", "Intruder", "open_intruder", "shared_tmp"]
+__all__ = [
+    "AS_NOBODY", "NOBODY", "Intruder", "open_intruder", "python_for_nobody", "shared_tmp",
+]  # fmt: skip
 
 NOBODY = 65534
 AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
@@ -104,3 +108,27 @@ def open_intruder(path: str | os.PathLike[str]) -> Iterator[Intruder]:
     finally:
         stop_group(proc)
         proc.stdout.close()
+
+
+def python_for_nobody(env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """An interpreter that user 65534 can run with this project importable, and the variables
+    it needs.
+
+    The venv's own may sit under a home folder others cannot enter (pyenv under /root); the
+    system Python of the same minor version then runs the venv's packages from PYTHONPATH
+    (their wheels are built for that minor version).
+    """
+    candidates: list[tuple[str, dict[str, str]]] = [(sys.executable, {})]
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    site = sysconfig.get_paths()["purelib"]
+    root = Path(__file__).resolve().parents[2]
+    candidates.append((system, {"PYTHONPATH": f"{site}:{root / 'agent'}:{root / 'client'}"}))
+    for python, extra in candidates:
+        # Inside a user namespace, as a service would run: stricter than outside here.
+        probe = subprocess.run(
+            [*AS_NOBODY, "unshare", "--user", python, "-c", "import nomyo_agent._daemon, keyring"],
+            env={**env, **extra}, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return python, extra
+    pytest.fail(f"no Python that user {NOBODY} can run imports nomyo_agent (tried {candidates})")
