@@ -9,9 +9,12 @@ agent whose lock file was deleted or that was socket-activated (it has none).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from nomyo_agent.connection import AgentConnection, AsyncAgentConnection
 from nomyo_agent.errors import AgentError, UnsafeSocketError
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import AgentUnavailableError as ClientUnavailable
+from nomyo_tray._app import TrayApp
 from support.agent import RunningAgent
 from support.desktop import Session
 from support.intruder import (
@@ -114,6 +118,37 @@ def test_client_library_sends_nothing_not_even_key_dir(
     _names_the_folder_and_owner(str(info.value), os.path.dirname(intruder.path))
     with pytest.raises(UnsafeSocketError):
         AgentConnection.open(timeout=5)
+    assert sum(intruder.received()) == 0
+
+
+def test_tray_sends_nothing_and_says_why(
+    fallback_env: dict[str, str],
+    intruder: Intruder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for name in ("XDG_RUNTIME_DIR", "NOMYO_AGENT_SOCK"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("TMPDIR", "HOME", "XDG_STATE_HOME", "PATH"):
+        monkeypatch.setenv(name, fallback_env[name])
+    app = TrayApp()
+    watcher = threading.Thread(target=app._watch_loop)
+    with caplog.at_level(logging.WARNING, logger="nomyo_tray"):
+        watcher.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not any(f"uid {NOBODY}" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the tray never said whose socket it is"
+                app._wake.wait(0.05)
+        finally:
+            app._stop.set()
+            app._wake.set()
+            watcher.join(timeout=20)
+    assert not app.view.connected
+    with pytest.raises(UnsafeSocketError):
+        app._lock_now()
+    with pytest.raises(AgentError, match=f"uid {NOBODY}"):
+        app._start_agent()  # "Start agent" in its menu: refused, nothing started beside it
     assert sum(intruder.received()) == 0
 
 

@@ -30,7 +30,12 @@ from nomyo_agent import protocol as p
 from nomyo_agent._launch import agent_command
 from nomyo_agent._pinentry import pinentry_env_from
 from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import AgentError, PinentryCancelledError, from_reply
+from nomyo_agent.errors import (
+    AgentError,
+    PinentryCancelledError,
+    UnsafeSocketError,
+    from_reply,
+)
 from nomyo_agent.paths import socket_path
 from nomyo_tray import _icons, _view
 from nomyo_tray._backends import (
@@ -201,6 +206,9 @@ class TrayApp:
                     delay = 0.1
                     for event in conn.watch():
                         self._on_event(event)
+            except UnsafeSocketError as exc:
+                # Not a missing agent but someone else's socket (or a loose folder): say so.
+                log.warning("%s (hint: %s)", exc, exc.hint)
             except AgentError as exc:
                 log.debug("watch: %s", exc)
             if self._stop.is_set():
@@ -280,6 +288,11 @@ class TrayApp:
             stdin=subprocess.DEVNULL, cwd="/",
         )  # fmt: skip
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise AgentError(f"nomyo-agent start failed: {last}")
+            # The CLI prints "nomyo-agent: <error>" then "hint: ..."; a crash ends in the error.
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            hint = None
+            if len(lines) > 1 and lines[-1].startswith("hint: "):
+                hint = lines.pop().removeprefix("hint: ")
+            error = lines[-1].removeprefix("nomyo-agent: ")
+            raise AgentError(f"nomyo-agent start failed: {error}", hint=hint)
         self._wake.set()
