@@ -75,9 +75,9 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "api-key-crlf": ({"api_key": "sk-1\r\nX-Injected: yes"}, "the api_key cannot be sent"),
     "api-key-nul": ({"api_key": "sk-\x00"}, "the api_key cannot be sent"),
     "api-key-non-ascii": ({"api_key": "sk-é"}, "the api_key cannot be sent"),
-    "bad-port": ({"base_url": "http://127.0.0.1:99999"}, "invalid router URL"),
-    "port-not-a-number": ({"base_url": "http://127.0.0.1:http"}, "invalid router URL"),
-    "no-host": ({"base_url": "http://:8080"}, "invalid router URL"),
+    "bad-port": ({"base_url": "http://127.0.0.1:99999"}, "not a usable router URL"),
+    "port-not-a-number": ({"base_url": "http://127.0.0.1:http"}, "not a usable router URL"),
+    "no-host": ({"base_url": "http://:8080"}, "not a usable router URL"),
 }
 
 
