@@ -5,7 +5,14 @@ must not be, and a rotated router key refused before anything is sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import gc
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -102,13 +109,28 @@ def test_html_500_is_a_server_error_after_retries(
     assert sleeps == [0.375, 0.75]
 
 
-def test_dropped_connection_is_retried_then_a_connection_error(
-    ready_agent: RunningAgent, router: DevServer
+@pytest.mark.parametrize("http", ["own", "httpx"])
+def test_router_that_read_the_request_and_hung_up_gets_it_once(
+    ready_agent: RunningAgent, router: DevServer, http: str
 ) -> None:
+    # devserver/drop decrypts the package, then closes the connection without answering: the
+    # router may have acted on it, so it must not see (and decrypt) it a second time.
     sleeps = Sleeps()
-    with pytest.raises(nc.APIConnectionError, match="after 3 attempts"):
-        chat(make(ready_agent, router, sleeps), model="devserver/drop")
-    assert len(sleeps) == 2
+
+    async def go() -> None:
+        given = httpx.AsyncClient() if http == "httpx" else None
+        async with make(ready_agent, router, sleeps, http_client=given) as client:
+            with pytest.raises(nc.APIConnectionError) as info:
+                await client.create(model="devserver/drop", messages=PROMPT)
+        if given is not None:
+            await given.aclose()
+        assert info.value.message.startswith("the router closed the connection before answering")
+        assert "could not reach" not in info.value.message
+        assert "not resent" in (info.value.hint or "")
+
+    asyncio.run(go())
+    assert router.stats()["dropped"] == 1
+    assert sleeps == []
 
 
 def test_retry_after_and_recovery(ready_agent: RunningAgent, router: DevServer) -> None:
@@ -198,3 +220,107 @@ def test_sync_client(ready_agent: RunningAgent, router: DevServer) -> None:
     assert all(a["choices"][0]["message"]["content"] for a in answers)
     assert router.stats()["key_fetches"] == 1
     assert router.stats()["connections"] == 1
+
+
+def test_stopped_agent_fails_the_request_at_its_timeout(
+    ready_agent: RunningAgent, router: DevServer
+) -> None:
+    # A hung agent (here SIGSTOPped) must not hang the app: each agent call obeys the
+    # request's timeout, on a connection already open and on a fresh one.
+    async def go() -> list[float]:
+        elapsed = []
+        async with make(ready_agent, router, timeout=2) as warm:
+            assert (await warm.create(model="devserver/echo", messages=PROMPT))["choices"]
+            os.kill(ready_agent.pid, signal.SIGSTOP)
+            try:
+                for client in (warm, make(ready_agent, router, timeout=2)):
+                    started = time.monotonic()
+                    with pytest.raises(nc.AgentUnavailableError) as info:
+                        await client.create(model="devserver/echo", messages=PROMPT)
+                    elapsed.append(time.monotonic() - started)
+                    assert info.value.message == (
+                        f"the agent at {ready_agent.path} did not answer within 2 s"
+                    )
+                    assert "timeout=" in (info.value.hint or "")
+                    await client.aclose()
+            finally:
+                os.kill(ready_agent.pid, signal.SIGCONT)
+            # Once it runs again, the same client works again.
+            assert (await warm.create(model="devserver/echo", messages=PROMPT))["choices"]
+        return elapsed
+
+    elapsed = asyncio.run(go())
+    assert all(1.9 < e < 4.0 for e in elapsed), elapsed
+    assert ready_agent.status().state == "unlocked"
+
+
+def agent_sockets(agent: RunningAgent) -> int:
+    """Sockets the agent process holds open (its listener, its clients, its D-Bus link...)."""
+    count = 0
+    for fd in Path(f"/proc/{agent.pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while we looked
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)  # let this loop run the closing it scheduled
+    return True
+
+
+def test_512_clients_never_closed_share_one_agent_connection(
+    ready_agent: RunningAgent, router: DevServer
+) -> None:
+    # Code ported from the public client (which has no close()) makes a client per request and
+    # never closes it: every one of them must share one agent connection, and the last one to
+    # go away releases it.
+    baseline = agent_sockets(ready_agent)
+
+    async def go() -> tuple[int, int, str]:
+        clients = []
+        for _ in range(512):
+            client = make(ready_agent, router)
+            assert (await client.create(model="devserver/echo", messages=PROMPT))["choices"]
+            clients.append(client)
+        held = agent_sockets(ready_agent) - baseline
+        status = await asyncio.to_thread(ready_agent.cli, "status")
+        gc.disable()  # released as soon as the last client goes, not at some later collection
+        del clients, client
+        await wait_for(lambda: agent_sockets(ready_agent) == baseline)
+        return held, agent_sockets(ready_agent) - baseline, status.stdout
+
+    try:
+        held, left, status = asyncio.run(go())
+    finally:
+        gc.enable()
+    assert held == 1
+    assert left == 0
+    assert "unlocked" in status
+    assert ready_agent.status().counters.opens == 512
+
+
+def test_blocking_clients_never_closed_share_one_connection_and_one_thread(
+    ready_agent: RunningAgent, router: DevServer
+) -> None:
+    def loop_threads() -> int:
+        return sum(t.name == "nomyo-client-loop" for t in threading.enumerate())
+
+    baseline = agent_sockets(ready_agent)
+    clients = []
+    for _ in range(64):
+        client = SyncSecureChatCompletion(
+            router.url, allow_http=True, agent_socket=ready_agent.path, autostart=False
+        )
+        assert client.create(model="devserver/echo", messages=PROMPT)["choices"]
+        clients.append(client)
+    assert agent_sockets(ready_agent) - baseline == 1
+    assert loop_threads() == 1  # the process's one loop thread
+    del clients, client
+    deadline = time.monotonic() + 10
+    while agent_sockets(ready_agent) != baseline and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop thread closes it: nothing to await from this thread
+    assert agent_sockets(ready_agent) == baseline

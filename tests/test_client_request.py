@@ -134,7 +134,7 @@ def test_router_key_fetched_once_and_one_agent_connection(fake_agent: FakeAgent)
         ({"stream": True}, nc.InvalidRequestError, "stream=True is not supported"),
         ({"security_tier": "ultra"}, nc.InvalidRequestError, "invalid security_tier"),
         ({"security_tier": "ultra"}, ValueError, "invalid security_tier"),  # as the public one
-        ({"messages_extra": object()}, nc.InvalidRequestError, "not JSON-serialisable"),
+        ({"messages_extra": object()}, nc.InvalidRequestError, "which JSON cannot carry"),
     ],
 )
 def test_refused_before_anything_is_sent(

@@ -141,7 +141,19 @@ def test_html_error_page_maps_by_status(fake_agent: FakeAgent) -> None:
     assert len(router.posts) == 3
 
 
-def test_network_errors_retried_then_api_connection_error(fake_agent: FakeAgent) -> None:
+def test_refused_connections_retried_then_api_connection_error(fake_agent: FakeAgent) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    router, sleeps = FakeRouter(script=[refuse, refuse, refuse]), Sleeps()
+    with pytest.raises(nc.APIConnectionError, match=r"^could not reach .* 3 attempts") as info:
+        create(make(fake_agent, router, sleeps))
+    assert isinstance(info.value, ConnectionError)  # as the public client's callers expect
+    assert len(router.posts) == 3
+    assert len(sleeps) == 2
+
+
+def test_connection_dropped_after_sending_is_not_resent(fake_agent: FakeAgent) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
@@ -149,11 +161,11 @@ def test_network_errors_retried_then_api_connection_error(fake_agent: FakeAgent)
         raise httpx.RemoteProtocolError("server disconnected", request=request)
 
     router, sleeps = FakeRouter(script=[refuse, drop, refuse]), Sleeps()
-    with pytest.raises(nc.APIConnectionError, match="after 3 attempts") as info:
+    with pytest.raises(nc.APIConnectionError) as info:
         create(make(fake_agent, router, sleeps))
-    assert isinstance(info.value, ConnectionError)  # as the public client's callers expect
-    assert len(router.posts) == 3
-    assert len(sleeps) == 2
+    assert info.value.message.startswith("the router closed the connection before answering")
+    assert len(router.posts) == 2  # the refused one was retried, the dropped one was final
+    assert len(sleeps) == 1
 
 
 def test_read_timeout_not_retried(fake_agent: FakeAgent) -> None:

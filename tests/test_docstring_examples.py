@@ -17,7 +17,12 @@ import nomyo_agent
 import nomyo_client
 import nomyo_devserver
 
-RUNNABLE = ["nomyo_agent.protocol", "nomyo_agent._envelope", "nomyo_agent._secret"]
+RUNNABLE = [
+    "nomyo_agent.protocol",
+    "nomyo_agent._envelope",
+    "nomyo_agent._secret",
+    "nomyo_agent.origins",
+]
 
 
 @pytest.mark.parametrize("name", RUNNABLE)

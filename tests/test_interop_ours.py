@@ -58,11 +58,17 @@ class Recorder(H11Pool):
         self.requests: list[Sent] = []
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         lower = {k.lower(): v for k, v in headers.items()}
         self.requests.append(Sent(method, urllib.parse.urlsplit(url).path, lower, body or b""))
-        return await super().request(method, url, body, headers)
+        return await super().request(method, url, body, headers, limit=limit)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from nomyo_agent import protocol as p
 from nomyo_agent._approval import Approvals
 from nomyo_agent._custody import Custody
 from nomyo_agent._demand import OnDemand
-from nomyo_agent._pins import normalize_origin
 from nomyo_agent._secret import wipe
 from nomyo_agent._services import AskPassphrase, Services
 from nomyo_agent.errors import (
@@ -34,6 +33,7 @@ from nomyo_agent.errors import (
     NoIdentityError,
     PinMismatchError,
 )
+from nomyo_agent.origins import canonical_origin
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -162,14 +162,14 @@ class Dispatcher:
                     pins=self.services.pins.list(), policy=self.services.config.pin_policy
                 )
             case p.PinAccept():
-                origin = normalize_origin(request.origin)
+                origin = canonical_origin(request.origin)
                 fp = None
                 if request.router_key_pem is not None:
                     fp = self._router_key(request.router_key_pem)[1]
                 pinned = self.services.pins.accept(origin, fp, state.clock.wall())
                 return p.Accepted(origin=origin, fingerprint=pinned)
             case p.PinForget():
-                self.services.pins.forget(normalize_origin(request.origin))
+                self.services.pins.forget(canonical_origin(request.origin))
                 return p.Ok()
             case p.Apps():
                 return self.approvals.reply()
@@ -210,7 +210,7 @@ class Dispatcher:
         self._key()
         info = self.state.info
         assert info is not None  # an unlocked agent always has one
-        origin = normalize_origin(request.origin)
+        origin = canonical_origin(request.origin)
         router_key, fp = self._router_key(request.router_key_pem)
         pinned = "off"
         if self.services.config.pin_policy == "tofu":

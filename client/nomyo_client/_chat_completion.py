@@ -27,7 +27,9 @@ class SecureChatCompletion:
 
     A drop-in for ``nomyo.SecureChatCompletion``: change the import, keep the code. The private
     key stays in the agent; this object holds no key material. One instance keeps one pooled
-    HTTP client and one agent connection, so reuse it for many requests (also concurrently).
+    HTTP client, so reuse it for many requests (also concurrently); all instances of a process
+    share one agent connection per event loop, and one that is dropped unclosed releases its
+    connections.
 
     Example::
 
@@ -47,9 +49,11 @@ class SecureChatCompletion:
         api_key: sent as ``Authorization: Bearer ...``; a per-call ``api_key=`` wins.
         secure_memory: accepted for compatibility; keys and AES keys live in the agent, which
             locks and zeroes its own memory, so there is nothing for this process to protect.
-        max_retries: retries on 429, 500, 502, 503, 504 and network failures (default 2).
+        max_retries: retries on 429, 500, 502, 503, 504 and on connections that could not be
+            opened; never after the router may have read the request (default 2).
         timeout: seconds (or an ``httpx.Timeout``) per HTTP exchange; default 600 s, 10 s to
-            connect.
+            connect. Also the deadline of each agent call (default 120 s), so that a hung agent
+            fails the request instead of hanging it.
         http_client: an ``httpx.AsyncClient`` to use instead of the client's own (you close it).
         agent_socket: the agent's socket; default ``NOMYO_AGENT_SOCK`` or the per-user path.
         key_dir: a public-client ``client_keys`` folder: if the agent has no identity yet, its

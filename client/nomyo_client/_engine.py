@@ -2,15 +2,21 @@
 
 Rules of this module:
 
-- One pooled HTTP client (``_transport``) and one agent connection per engine and event loop.
-  A script that calls ``asyncio.run`` twice with one client gets fresh ones on the second loop,
-  since sockets cannot move between loops (the public client has no such state, so this must work).
+- One pooled HTTP client (``_transport``) per engine and event loop, and the loop's shared agent
+  connection (``_agent``). A script that calls ``asyncio.run`` twice with one client gets fresh
+  ones on the second loop, since sockets cannot move between loops (the public client has no
+  such state, so this must work). A client dropped without ``aclose`` releases both.
+- Agent calls obey the client's ``timeout`` (its read timeout for an ``httpx.Timeout``), else
+  ``_agent.DEFAULT_AGENT_TIMEOUT``.
 - The router key is fetched once per origin and reused. When the router answers 400 to a request
   sealed to a cached key, the key is fetched again; if it changed, the agent re-checks it against
   its pin (refusing means nothing is sent) and the request is sent once more.
 - The plaintext is sealed once per request; retries resend the same package and payload id.
-- Only ``RETRYABLE_STATUSES`` and transport failures before an answer are retried, with the
-  ``RetryPolicy``'s backoff. A read timeout is not retried: the router may still be working.
+- Only ``RETRYABLE_STATUSES`` and transport failures that prove the request never left
+  (``TransportError.retryable``: the connect failed, or the connection was dead before one byte
+  was written) are retried, with the ``RetryPolicy``'s backoff. A connection the router closed
+  after reading the request, or a read timeout, is final: the router may have acted on it, and
+  the public client does not resend it either.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import APIConnectionError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
     Answer,
+    AnswerTooLarge,
+    Dropped,
     H11Pool,
     HttpxAdapter,
     TimedOut,
@@ -44,13 +53,12 @@ _MAX_ROUTER_KEY_BYTES = 64 * 1024
 
 
 @dataclass
-class _LoopState:
-    loop: asyncio.AbstractEventLoop
+class _Resources:
+    """What a client holds on one loop: closed once, explicitly or when the client is gone."""
+
     http: H11Pool | HttpxAdapter
     owns_http: bool
     agent: AgentLink
-    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    closer: AsyncGenerator[None, None] | None = None
     closed: bool = False
 
     async def close(self) -> None:
@@ -62,14 +70,37 @@ class _LoopState:
             await self.http.aclose()
 
 
-async def _close_at_loop_shutdown(state: _LoopState) -> AsyncGenerator[None, None]:
-    # asyncio.run() ends with loop.shutdown_asyncgens(), which closes every async generator
-    # still suspended on that loop: parked here, this one closes the loop's sockets then, so a
-    # script that never closes its client (as the public client allows) leaks nothing.
+@dataclass
+class _LoopState:
+    loop: asyncio.AbstractEventLoop
+    resources: _Resources
+    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    closer: AsyncGenerator[None, None] | None = None
+
+    @property
+    def http(self) -> H11Pool | HttpxAdapter:
+        return self.resources.http
+
+    @property
+    def agent(self) -> AgentLink:
+        return self.resources.agent
+
+    @property
+    def closed(self) -> bool:
+        return self.resources.closed
+
+
+async def _close_when_done(resources: _Resources) -> AsyncGenerator[None, None]:
+    # Parked here for the client's life on this loop, this generator closes its sockets when
+    # whichever comes first: asyncio.run() ending (loop.shutdown_asyncgens() closes every
+    # suspended async generator), or the client being dropped unclosed, as the public client
+    # allows (the loop's asyncgen finaliser hook closes a suspended generator that is garbage).
+    # It must not reference the _LoopState: that would make a cycle, and a dropped client's
+    # sockets would wait for the cyclic garbage collector.
     try:
         yield
     finally:
-        await state.close()
+        await resources.close()
 
 
 class Engine:
@@ -89,6 +120,7 @@ class Engine:
         self.allow_http = allow_http
         self.retry = retry
         self.timeouts = Timeouts.of(timeout)
+        self.agent_timeout = _agent_timeout(timeout)
         self._given_http = http_client
         self._agent_socket = None if agent_socket is None else os.fspath(agent_socket)
         self._autostart = autostart
@@ -109,10 +141,16 @@ class Engine:
             http = given
         else:
             http = HttpxAdapter(given)
-        agent = AgentLink(self._agent_socket, autostart=self._autostart, key_dir=self._key_dir)
-        state = _LoopState(loop=loop, http=http, owns_http=self._given_http is None, agent=agent)
+        agent = AgentLink(
+            self._agent_socket,
+            autostart=self._autostart,
+            key_dir=self._key_dir,
+            timeout=self.agent_timeout,
+        )
+        resources = _Resources(http=http, owns_http=self._given_http is None, agent=agent)
+        state = _LoopState(loop=loop, resources=resources)
         self._state = state  # before any await: concurrent first calls must share it
-        state.closer = _close_at_loop_shutdown(state)
+        state.closer = _close_when_done(resources)
         await state.closer.__anext__()
         return state
 
@@ -139,13 +177,22 @@ class Engine:
     async def fetch_router_key(self, base_url: str) -> str:
         """GET ``/pki/public_key`` (with retries) and remember the answer for the origin."""
         state = await self._loop_state()
-        response = await self._send(state, "GET", f"{base_url}/pki/public_key", None, {})
+        url = f"{base_url}/pki/public_key"
+        try:
+            # The size is checked from Content-Length (or as it streams), not after a download.
+            response = await self._send(state, "GET", url, None, {}, limit=_MAX_ROUTER_KEY_BYTES)
+        except APIConnectionError as exc:
+            if not isinstance(exc.__cause__, AnswerTooLarge):
+                raise
+            raise SecurityError(
+                f"the router's /pki/public_key answer is too large to be a key "
+                f"(over {_MAX_ROUTER_KEY_BYTES} bytes)",
+                hint="check the base URL: it must point at a NOMYO router",
+            ) from exc.__cause__
         if response.status_code != 200:
             error = _wire.error_for_status(response.status_code, response.content)
             error.message = f"could not fetch the router key: {error.message}"
             raise error
-        if len(response.content) > _MAX_ROUTER_KEY_BYTES:
-            raise SecurityError("the router's /pki/public_key answer is too large to be a key")
         try:
             key = response.content.decode("ascii")
         except UnicodeDecodeError as exc:
@@ -153,6 +200,13 @@ class Engine:
                 "the router's /pki/public_key answer is not a PEM key",
                 hint="check the base URL: it must point at a NOMYO router",
             ) from exc
+        bits = rsa_bits(key)
+        if bits is not None and bits > MAX_ROUTER_KEY_BITS:
+            raise SecurityError(
+                f"the router's public key has {bits} bits, over the {MAX_ROUTER_KEY_BITS} "
+                "this client accepts",
+                hint="no router uses such a key: check the base URL",
+            )
         self._router_keys[_wire.origin_of(base_url)] = key
         return key
 
@@ -167,6 +221,10 @@ class Engine:
         tier: str | None,
     ) -> dict[str, Any]:
         """Seal, POST, retry, open: the decrypted completion with its ``_metadata``."""
+        # Header values are checked before the agent or the router sees anything.
+        _wire.check_header_value("payload_id", payload_id)
+        if isinstance(api_key, str) and api_key:
+            _wire.check_header_value("api_key", api_key)
         state = await self._loop_state()
         origin = _wire.origin_of(base_url)
         url = f"{base_url}/v1/chat/secure_completion"
@@ -199,13 +257,15 @@ class Engine:
         url: str,
         body: bytes | None,
         headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         """One HTTP exchange with retries; a retryable status is returned once retries run out."""
         retry = 0
         while True:
             retry_after: float | None = None
             try:
-                answer = await state.http.request(method, url, body, headers)
+                answer = await state.http.request(method, url, body, headers, limit=limit)
             except TimedOut as exc:
                 raise APIConnectionError(
                     f"the router did not answer {url} in time ({exc})",
@@ -231,9 +291,24 @@ class Engine:
             and state.closer is not None
             and state.loop is asyncio.get_running_loop()
         ):
-            await state.closer.aclose()  # runs state.close()
+            await state.closer.aclose()  # runs resources.close()
+
+
+def _agent_timeout(timeout: float | httpx.Timeout | None) -> float | None:
+    """The deadline of each agent call: the client's timeout when given, else the default."""
+    if timeout is None or isinstance(timeout, (int, float)):
+        return None if timeout is None else float(timeout)
+    return timeout.read
 
 
 def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:
     tries = f" after {retries + 1} attempts" if retries else ""
-    return APIConnectionError(f"could not reach the router at {url}{tries}: {exc}")
+    if exc.retryable:
+        return APIConnectionError(f"could not reach the router at {url}{tries}: {exc}")
+    if isinstance(exc, Dropped):
+        return APIConnectionError(
+            f"the router closed the connection before answering {url}{tries}: {exc}",
+            hint="the request was not resent, since the router may have acted on it; "
+            "send it again yourself if that is safe",
+        )
+    return APIConnectionError(f"the router at {url} sent an unusable answer{tries}: {exc}")

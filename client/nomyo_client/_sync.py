@@ -1,15 +1,18 @@
 """The blocking client for scripts: the async client, driven on a private event loop.
 
-Rules of this module: no request logic of its own. A daemon thread runs one event loop for the
-client's lifetime, so the pooled HTTP connections and the agent connection survive between
-calls, and ``create`` works from any thread, including one that already runs an event loop
-(where ``asyncio.run`` would fail).
+Rules of this module: no request logic of its own. One daemon thread per process runs one event
+loop for every blocking client, so the pooled HTTP connections and the agent connection survive
+between calls, all blocking clients share one agent connection (a script that makes a client
+per request and never closes it holds one connection and one thread, not one of each per
+client), and ``create`` works from any thread, including one that already runs an event loop
+(where ``asyncio.run`` would fail). A forked child starts its own loop thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
@@ -17,7 +20,7 @@ from typing import Any, TypeVar
 
 from nomyo_client._chat_completion import SecureChatCompletion
 
-__all__ = ["LoopThread", "SyncSecureChatCompletion"]
+__all__ = ["LoopThread", "SyncSecureChatCompletion", "shared_loop"]
 
 T = TypeVar("T")
 
@@ -52,6 +55,20 @@ class LoopThread:
         self._loop.close()
 
 
+_shared: LoopThread | None = None
+_shared_pid = 0
+_shared_lock = threading.Lock()
+
+
+def shared_loop() -> LoopThread:
+    """The process's loop thread for blocking clients, started on first use; never stopped."""
+    global _shared, _shared_pid  # one per process, by design
+    with _shared_lock:
+        if _shared is None or _shared_pid != os.getpid():  # threads do not survive a fork
+            _shared, _shared_pid = LoopThread(), os.getpid()
+        return _shared
+
+
 class SyncSecureChatCompletion:
     """Blocking twin of ``SecureChatCompletion`` for scripts; same arguments, same answers.
 
@@ -65,12 +82,9 @@ class SyncSecureChatCompletion:
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._runner = LoopThread()
-        try:
-            self._async = SecureChatCompletion(*args, **kwargs)
-        except BaseException:
-            self._runner.close()
-            raise
+        self._runner = shared_loop()
+        self._async = SecureChatCompletion(*args, **kwargs)
+        self._closed = False
 
     @property
     def base_url(self) -> str:
@@ -82,15 +96,17 @@ class SyncSecureChatCompletion:
 
     def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         """Blocking ``SecureChatCompletion.create``."""
+        if self._closed:
+            raise RuntimeError("this client is closed")
         return self._runner.run(self._async.create(model, messages, **kwargs))
 
     def close(self) -> None:
-        """Close the connections and stop the private event loop."""
-        try:
-            with contextlib.suppress(RuntimeError):  # already closed
-                self._runner.run(self._async.aclose())
-        finally:
-            self._runner.close()
+        """Close this client's connections (the shared loop thread keeps serving others)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter shutdown)
+            self._runner.run(self._async.aclose())
 
     def __enter__(self) -> SyncSecureChatCompletion:
         return self

@@ -11,13 +11,17 @@ the client uses httpx by itself.
 Rules of this module:
 
 - Both return an ``Answer`` and raise only ``TransportError`` subclasses, whose ``retryable``
-  says whether the request can have been processed (a read timeout: maybe; refused: no).
+  is true only when the request provably never reached the router: the connection could not
+  be opened, or it was found dead before one byte of the request was written. Anything later
+  (a reset, an EOF without an answer, a timeout) may come after the router read and acted on
+  the request, so it is final: resending could run a paid completion twice.
 - A connection goes back to the pool only after a complete exchange that both sides left
   reusable; one that saw EOF while idle is dropped before reuse, so a request is never written
   into a connection the server already closed. Nothing is resent here: retries are the engine's.
 - The TLS context is made on the first ``https`` request, unless one is given, from the CAs
   httpx would use: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's bundle.
-- Answers larger than ``MAX_RESPONSE_BYTES`` are refused.
+- Answers larger than ``MAX_RESPONSE_BYTES`` (or a request's smaller ``limit``) are refused
+  with ``AnswerTooLarge``, from ``Content-Length`` before the body is read, else as it streams.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "Answer",
+    "AnswerTooLarge",
     "H11Pool",
     "HttpxAdapter",
     "Timeouts",
@@ -53,19 +58,23 @@ _USER_AGENT = f"nomyo-client/{__version__}".encode()
 
 
 class TransportError(Exception):
-    """The exchange failed below HTTP; ``retryable``: the router cannot have acted on it."""
+    """The exchange failed below HTTP; ``retryable``: the router provably never got it."""
 
     retryable: ClassVar[bool] = False
 
 
-class ConnectFailed(TransportError):
+class NotSent(TransportError):
+    """Not one byte of the request left this process: safe to send again."""
+
     retryable = True
+
+
+class ConnectFailed(NotSent):
+    """The connection could not be opened (refused, unreachable, TLS refused, timed out)."""
 
 
 class Dropped(TransportError):
-    """The connection broke before a complete answer (reset, EOF, a write that failed)."""
-
-    retryable = True
+    """The connection broke after the request was (maybe partly) written, before an answer."""
 
 
 class TimedOut(TransportError):
@@ -74,6 +83,10 @@ class TimedOut(TransportError):
 
 class ProtocolFailure(TransportError):
     """The other side does not speak HTTP/1.1 correctly, or the answer is too large."""
+
+
+class AnswerTooLarge(ProtocolFailure):
+    """The answer is (or announces itself as) larger than the caller's limit."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +175,13 @@ class H11Pool:
         return _Conn(reader, writer)
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         parts = urllib.parse.urlsplit(url)
         scheme, host = parts.scheme, parts.hostname or ""
@@ -170,6 +189,11 @@ class H11Pool:
             raise ProtocolFailure(f"unsupported URL scheme {scheme!r}")
         key = (scheme, host, parts.port or _DEFAULT_PORTS[scheme])
         idle = self._idle.get(key, [])
+        if idle:
+            # One turn of the loop reads an EOF that is already waiting: once a request is
+            # written, a drop is final (the router may have read it), so a connection the
+            # server closed while idle must be seen dead now, not after the write.
+            await asyncio.sleep(0)
         conn = None
         while idle and conn is None:
             candidate = idle.pop()
@@ -186,8 +210,9 @@ class H11Pool:
         if body is not None or method == "POST":
             head.append((b"Content-Length", str(len(body or b"")).encode()))
         try:
+            cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
             answer = await self._exchange(conn, h11.Request(method=method, target=target,
-                                                            headers=head), body)  # fmt: skip
+                                                            headers=head), body, cap)  # fmt: skip
         except BaseException:
             conn.writer.close()
             raise
@@ -202,11 +227,15 @@ class H11Pool:
             conn.writer.close()
         return answer
 
-    async def _exchange(self, conn: _Conn, request: h11.Request, body: bytes | None) -> Answer:
+    async def _exchange(
+        self, conn: _Conn, request: h11.Request, body: bytes | None, cap: int
+    ) -> Answer:
         out = conn.h11.send(request) or b""
         if body:
             out += conn.h11.send(h11.Data(data=body)) or b""
         out += conn.h11.send(h11.EndOfMessage()) or b""
+        if not conn.usable:  # died between the pool's check and now: nothing was written
+            raise NotSent("the connection was closed before the request was written")
         try:
             conn.writer.write(out)
             await _within(self.timeouts.write, conn.writer.drain())
@@ -228,14 +257,17 @@ class H11Pool:
                 except OSError as exc:
                     raise Dropped(f"the connection broke: {exc}") from exc
                 if not data and response is None:
-                    raise Dropped("the server closed the connection without answering")
+                    raise Dropped("the stream ended before any answer byte")
                 conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
                 response = event
+                declared = dict(event.headers).get(b"content-length")
+                if declared is not None and int(declared) > cap:  # h11 checked it is a number
+                    raise AnswerTooLarge(f"the answer announces {int(declared)} bytes, over {cap}")
             elif isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_RESPONSE_BYTES:
-                    raise ProtocolFailure(f"the answer is over {MAX_RESPONSE_BYTES} bytes")
+                if size > cap:
+                    raise AnswerTooLarge(f"the answer is over {cap} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
@@ -265,22 +297,39 @@ class HttpxAdapter:
         self.owned = owned
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         import httpx  # noqa: PLC0415 - the caller has imported it already
 
+        cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
         try:
-            response = await self.client.request(method, url, content=body, headers=headers)
+            async with self.client.stream(method, url, content=body, headers=headers) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise AnswerTooLarge(f"the answer announces {int(declared)} bytes, over {cap}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise AnswerTooLarge(f"the answer is over {cap} bytes")
+                    chunks.append(chunk)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         except httpx.TimeoutException as exc:
             raise TimedOut(str(exc) or type(exc).__name__) from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            # httpx cannot tell whether any of the request was written: treat it as sent.
             raise Dropped(str(exc) or type(exc).__name__) from exc
         except httpx.HTTPError as exc:
             raise ProtocolFailure(str(exc) or type(exc).__name__) from exc
         headers_out = {k.lower(): v for k, v in response.headers.items()}
-        return Answer(response.status_code, headers_out, response.content)
+        return Answer(response.status_code, headers_out, b"".join(chunks))
 
     async def aclose(self) -> None:
         if self.owned:

@@ -1,14 +1,23 @@
 """The router's wire protocol (PROTOCOL.md) as pure functions: bytes and dicts in, bytes out.
 
 Rules of this module: no I/O and no cryptography (sealing and opening happen in the agent).
-Everything a request needs is checked here before anything is sent: the URL scheme, the tier,
-``stream``, the payload size; keys that configure the client (``security_tier``, ``api_key``,
-``base_url``) never reach the plaintext. A router answer is checked for the package's shape,
-version and algorithm before the agent is asked to open it.
+Everything a request needs is checked here before anything is sent: the URL (scheme, host,
+port), the tier, ``stream``, header values, the payload's JSON and size; keys that configure the
+client (``security_tier``, ``api_key``, ``base_url``) never reach the plaintext. Every refusal is
+an ``InvalidRequestError``: no ``ValueError``, ``TypeError``, ``RecursionError`` or
+``UnicodeEncodeError`` of a lower layer escapes. The payload is JSON as the public client's
+``json.dumps`` makes it (tuples as arrays, int/float/bool/None keys as strings), except that
+text stays UTF-8; what ``json.dumps`` refuses, or would turn into invalid JSON (NaN) or invalid
+Unicode (a lone surrogate), is refused, never coerced (msgspec would turn a set into an array,
+bytes into base64, a ``Decimal`` into a string and NaN into ``null``, silently). A router
+answer is checked for the package's shape, version and algorithm before the agent is asked to
+open it.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.parse
 import uuid
 from collections.abc import Mapping
@@ -16,6 +25,8 @@ from typing import Any, Final
 
 import msgspec
 
+from nomyo_agent import errors as agent_errors
+from nomyo_agent.origins import DEFAULT_PORTS, canonical_origin
 from nomyo_client._errors import (
     APIError,
     AuthenticationError,
@@ -35,7 +46,9 @@ __all__ = [
     "VERSION",
     "build_payload",
     "check_base_url",
+    "check_header_value",
     "check_tier",
+    "encode_json",
     "error_for_status",
     "finish_response",
     "new_payload_id",
@@ -49,7 +62,6 @@ ALGORITHM: Final = "hybrid-aes256-rsa4096"
 TIERS: Final = ("standard", "high", "maximum")
 MAX_PAYLOAD_BYTES: Final = 10 * 1024 * 1024
 NON_PAYLOAD_KEYS: Final = frozenset({"security_tier", "api_key", "base_url"})
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 def check_base_url(base_url: str, allow_http: bool) -> str:
@@ -61,22 +73,19 @@ def check_base_url(base_url: str, allow_http: bool) -> str:
             f"refusing plain http to {url}: the router key could be swapped in transit",
             hint="use https, or pass allow_http=True for a router on your own machine",
         )
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in DEFAULT_PORTS:
         raise InvalidRequestError(f"not an http(s) router URL: {base_url!r}", status_code=None)
+    origin_of(url)  # a host that has no one canonical origin is refused before anything is sent
     return url
 
 
 def origin_of(base_url: str) -> str:
-    """``HTTPS://Router.Example:443/v1`` -> ``https://router.example``: what the agent pins."""
-    parts = urllib.parse.urlsplit(base_url)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = parts.scheme.lower()
-    port = parts.port
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+    """``HTTPS://Router.Example:443/v1`` -> ``https://router.example``: what the agent pins, in
+    the one canonical form that ``nomyo_agent.origins`` defines for both sides."""
+    try:
+        return canonical_origin(base_url)
+    except agent_errors.BadRequestError as exc:
+        raise InvalidRequestError(exc.message, status_code=None, hint=exc.hint) from exc
 
 
 def check_tier(tier: object) -> str | None:
@@ -106,16 +115,98 @@ def build_payload(model: str, messages: Any, params: Mapping[str, Any]) -> bytes
             status_code=None,
             hint="leave stream out; the whole answer comes back in one response",
         )
-    try:
-        body = msgspec.json.encode({"model": model, "messages": messages, **params})
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidRequestError(f"the request is not JSON-serialisable: {exc}") from exc
+    body = encode_json({"model": model, "messages": messages, **params})
     if len(body) > MAX_PAYLOAD_BYTES:
         raise InvalidRequestError(
             f"the request is {len(body)} bytes of JSON, over the {MAX_PAYLOAD_BYTES}-byte limit",
             status_code=None,
         )
     return body
+
+
+class _Unsendable(Exception):
+    pass
+
+
+def _unsendable(value: object) -> Any:
+    raise _Unsendable(type(value).__name__)
+
+
+_FIXES: Final = {
+    "set": "pass a list",
+    "frozenset": "pass a list",
+    "bytes": "decode it to str first",
+    "bytearray": "decode it to str first",
+    "Decimal": "pass a float or a str",
+}
+_JSON_TYPES: Final = "str, int, float, bool, None, list or dict"
+
+
+def _refused(message: str, hint: str) -> InvalidRequestError:
+    return InvalidRequestError(message, status_code=None, hint=hint)
+
+
+def encode_json(document: Any) -> bytes:
+    """``document`` as UTF-8 JSON; ``InvalidRequestError`` for anything JSON cannot carry."""
+    try:
+        text = json.dumps(
+            document,
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+            default=_unsendable,
+        )
+    except _Unsendable as exc:
+        name = str(exc)
+        raise _refused(
+            f"the request holds a value of type {name}, which JSON cannot carry",
+            _FIXES.get(name, f"convert it to one of {_JSON_TYPES}"),
+        ) from None
+    except RecursionError:
+        raise _refused(
+            "the request is nested too deeply to send as JSON", "flatten the nested parameter"
+        ) from None
+    except ValueError as exc:
+        if "circular" in str(exc).lower():
+            raise _refused(
+                "the request refers to itself (a circular reference)",
+                "pass a copy without the reference loop",
+            ) from exc
+        raise _refused(
+            "the request holds NaN or an infinity, which is not valid JSON",
+            "pass a finite number, or leave the parameter out",
+        ) from exc
+    except TypeError as exc:  # json.dumps checks dict keys itself, without calling default
+        found = re.search(r"not (\w+)$", str(exc))
+        name = found.group(1) if found else "an unsupported type"
+        raise _refused(
+            f"the request holds a {name} as an object key; JSON keys are strings",
+            "use str (or int, float, bool, None) keys",
+        ) from exc
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(exc.object[exc.start])
+        raise _refused(
+            f"the request holds a lone surrogate (U+{code:04X}), which is not valid Unicode",
+            "the text was probably cut between the two halves of a surrogate pair, or decoded "
+            "with errors='surrogateescape'",
+        ) from None
+
+
+def check_header_value(name: str, value: str) -> str:
+    """``value`` if it can be sent in an HTTP header: visible ASCII only, no CR, LF or space."""
+    if not _HEADER_VALUE.fullmatch(value):
+        raise InvalidRequestError(
+            f"the {name} cannot be sent in an HTTP header: it holds a CR, LF, space, control "
+            "or non-ASCII character",
+            status_code=None,
+            hint=f"check the {name} for a stray newline from the file or variable it came from",
+        )
+    return value
+
+
+_HEADER_VALUE: Final = re.compile(r"[\x21-\x7e]+")
 
 
 def request_headers(

@@ -162,7 +162,7 @@ def throwaway_agent(env: dict[str, str], bits: int = 4096) -> Iterator[Throwaway
     read_fd, write_fd = os.pipe()
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nomyo_agent", "serve", "--ready-fd", str(write_fd)],
+            [sys.executable, "-P", "-m", "nomyo_agent", "serve", "--ready-fd", str(write_fd)],
             env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
             pass_fds=(write_fd,), start_new_session=True,
         )  # fmt: skip
@@ -208,10 +208,16 @@ class _Wire(H11Pool):
         self.public_keys: list[str] = []  # the X-Public-Key headers, decoded
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
     ) -> Answer:
         started = time.perf_counter()
-        answer = await super().request(method, url, body, headers)
+        answer = await super().request(method, url, body, headers, limit=limit)
         took = time.perf_counter() - started
         if "X-Public-Key" in headers:
             self.public_keys.append(urllib.parse.unquote(headers["X-Public-Key"]))
