@@ -122,8 +122,8 @@ def _time_to_lock(agent: RunningAgent, standin: LoginSession, command: str) -> p
     with agent.connect() as conn:
         events = conn.watch()
         assert next(events).state is p.State.UNLOCKED
+        sent = time.monotonic()  # before the stand-in is told: an upper bound
         standin.send(command)
-        sent = time.monotonic()
         conn.settimeout(5)
         event = next(events)
         took = time.monotonic() - sent
