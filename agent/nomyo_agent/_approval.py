@@ -13,6 +13,10 @@ Rules:
 - Every lock forgets every decision (``AgentState.on_lock``); an answer given to a prompt
   that was open across a lock is not kept.
 - A denied request gets ``AppDeniedError`` and nothing is sealed or opened.
+
+Proxy tokens (not wired yet: the proxy's attribution field lands with it): the dispatcher is
+meant to pass ``dataclasses.replace(peer, app=f"{peer.app} token {name}")`` for a request that
+names its token, so that each token is an app of its own here, listed and forgotten alike.
 """
 
 from __future__ import annotations
