@@ -347,3 +347,12 @@ def test_a_terminal_flavour_gives_way_to_a_graphical_one_for_a_display_only_aske
     assert where.ttyname is None
     assert "GPG_TTY" not in where.env
     assert where.env["DISPLAY"] == ":5"
+
+
+def test_a_hostile_environment_from_the_wire_is_a_pinentry_error_not_a_crash() -> None:
+    """``PinEntry`` comes from a client (``Hello``, ``Unlock``): a NUL in a value, which no
+    process environment can hold, must fail as a pinentry error, like any unusable place."""
+    require_programs("pinentry-tty")
+    where = PinEntry(env={"DISPLAY": ":0\x00evil", "TERM": "xterm"}, ttyname="/dev/null")
+    with pytest.raises(PinentryError, match="cannot run the pinentry program"):
+        asyncio.run(ask("/usr/bin/pinentry-tty", where))

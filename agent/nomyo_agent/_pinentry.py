@@ -368,6 +368,8 @@ async def _run(
             raise PinentryError(
                 f"cannot run the pinentry program {program}: {exc.strerror}"
             ) from exc
+        except ValueError as exc:  # the asker's environment holds a NUL: no process can have it
+            raise PinentryError(f"cannot run the pinentry program {program}: {exc}") from exc
         finally:
             child.close()
             os.close(err_w)
