@@ -253,3 +253,18 @@ def test_no_system_bus_is_reported_and_losing_the_session_bus_locks(
         conn.settimeout(5)
         event = next(events)
     assert (event.state, event.reason) == (p.State.LOCKED, "session_end")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        (SESSION, "not a dict", []),
+        (SESSION, {"LockedHint": "not a variant"}, []),
+        (SESSION,),
+        (),
+    ],
+)
+def test_malformed_signal_bodies_mean_nothing(body: tuple[object, ...]) -> None:
+    """A signal can be addressed to the agent by any process on the bus, with any body."""
+    signal = ("org.freedesktop.DBus.Properties", "PropertiesChanged", OURS, body)
+    assert classify(*signal, sessions=frozenset({OURS}), lock_on=BOTH) is None

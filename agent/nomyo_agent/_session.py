@@ -84,9 +84,10 @@ def classify(
         and path in sessions
         and len(body) > 1
         and body[0] == _SESSION
+        and isinstance(body[1], dict)  # any process may address a signal to us, any body
     ):
         hint = body[1].get("LockedHint")
-        if hint is not None and hint[1] is True:
+        if isinstance(hint, tuple) and len(hint) == 2 and hint[1] is True:
             return Verdict("lock", "locked_hint")
         return None
     if interface in _SAVERS and member == "ActiveChanged" and body and body[0] is True:
@@ -286,7 +287,10 @@ class SessionWatch:
                 if bus == "SESSION":
                     self.apply(Verdict("lock", "session_end"))
                 return
-            await self._handle(conn, msg, bus)
+            try:
+                await self._handle(conn, msg, bus)
+            except Exception:  # one odd message must not end the watch (and free the inhibitor)
+                log.exception("ignored a D-Bus message the session watch could not handle")
 
     async def _handle(self, conn: Any, msg: Any, bus: str) -> None:
         from jeepney import HeaderFields, MatchRule, MessageType  # noqa: PLC0415
