@@ -9,6 +9,7 @@ real signals with the real signatures (``support.session``). The pure decision i
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -268,3 +269,40 @@ def test_malformed_signal_bodies_mean_nothing(body: tuple[object, ...]) -> None:
     """A signal can be addressed to the agent by any process on the bus, with any body."""
     signal = ("org.freedesktop.DBus.Properties", "PropertiesChanged", OURS, body)
     assert classify(*signal, sessions=frozenset({OURS}), lock_on=BOTH) is None
+
+
+LIMITED_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+  </policy>
+  <limit name="max_match_rules_per_connection">1</limit>
+</busconfig>
+"""
+
+
+@pytest.mark.slow
+def test_a_session_bus_that_refuses_the_watch_leaves_the_system_watch_and_inhibitor_alone(
+    login_session: LoginSession, make_agent: Callable[..., RunningAgent], desktop: Session
+) -> None:
+    config = desktop.home / "limited-bus.conf"
+    config.write_text(LIMITED_BUS.format(dir=desktop.home))
+    bus = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
+        env=desktop.env, stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert bus.stdout is not None
+        address = bus.stdout.readline().decode().strip()
+        bus.stdout.close()
+        agent = make_agent(env={**desktop.env, "DBUS_SESSION_BUS_ADDRESS": address})
+        login_session.expect("inhibit sleep nomyo-agent delay")
+        status = _wait_status(agent, "session bus: refused")
+        assert "sleep delay inhibitor held" in status, status
+        assert not login_session.reported("released")
+    finally:
+        stop_group(bus)

@@ -231,6 +231,12 @@ class SessionWatch:
                     await self._start_system(router)
                 else:
                     self.notes[name] = "screensaver ActiveChanged"
+        except Exception as exc:  # a bus that refuses our rules: the other bus watches on
+            self.notes[name] = f"refused ({exc or type(exc).__name__})"
+            log.warning("not following the desktop session on the %s: %s", name, exc)
+            await conn.close()
+            return
+        try:
             await self._listen(conn, bus)
         finally:
             await conn.close()
