@@ -317,16 +317,26 @@ def cmd_pins(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    # The file's rules (finite, 0 to a year): `--idle-timeout nan` would turn the lock off.
+    from nomyo_agent._config import parse_seconds  # noqa: PLC0415 - platformdirs, serve only
+
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="lock after this long unused (0 = off; default 1800)",
     )
     parser.add_argument(
         "--max-lifetime",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="lock this long after unlock (0 = off; default 43200)",
     )

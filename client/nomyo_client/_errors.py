@@ -188,7 +188,9 @@ def from_agent_error(exc: agent_errors.AgentError) -> APIError:
     if isinstance(exc, agent_errors.AgentUnavailableError):
         return AgentUnavailableError(exc.message)
     if isinstance(exc, agent_errors.AgentConnectionError):
-        return AgentError(f"lost the agent connection: {exc.message}", hint=hint)
+        # Its message already says what broke ("lost the agent connection: ...", "the agent
+        # closed the connection"): a prefix here would say it twice.
+        return AgentError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.LockedError):
         return AgentLockedError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.NoIdentityError):
