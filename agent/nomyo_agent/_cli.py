@@ -88,7 +88,7 @@ def _say(text: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from nomyo_agent import _daemon  # noqa: PLC0415 - imports cryptography; only the daemon needs it
-    from nomyo_agent._config import load_config  # noqa: PLC0415
+    from nomyo_agent._config import Config, load_config  # noqa: PLC0415
 
     if args.daemon:
         _daemon.daemonize()
@@ -98,14 +98,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="nomyo-agent[%(process)d]: %(levelname)s: %(message)s",
     )
-    config = load_config().replace(
-        idle_timeout=args.idle_timeout,
-        max_lifetime=args.max_lifetime,
-        pin_policy=args.pin_policy,
-        pinentry=args.pinentry,
-    )
+
+    def configure() -> Config:
+        # The file, then the flags: the flags still win when SIGHUP re-reads the file.
+        return load_config().replace(
+            idle_timeout=args.idle_timeout,
+            max_lifetime=args.max_lifetime,
+            pin_policy=args.pin_policy,
+            pinentry=args.pinentry,
+        )
+
     return _daemon.serve(
-        config, socket_path(args.socket), ready_fd=args.ready_fd, autostarted=args.autostarted
+        configure(),
+        socket_path(args.socket),
+        ready_fd=args.ready_fd,
+        autostarted=args.autostarted,
+        reload=configure,
     )
 
 

@@ -10,6 +10,7 @@
                              # start or a timeout (an explicit `lock` holds until `unlock`)
     pinentry = "/usr/bin/pinentry-gtk-2"   # default: pinentry on PATH (pinentry-mac on macOS)
     keyring_service = "nomyo-agent"
+    connection_timeout = 600 # seconds before an idle client connection is closed; 0 = never
 
 Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file, an
 unknown key or a value of the wrong type is an error that names the file, the key and the type
@@ -71,6 +72,7 @@ class Config:
     auto_unlock: bool = True
     pinentry: str | None = None
     keyring_service: str = APP
+    connection_timeout: float = 600.0
     state_dir: Path = dataclasses.field(default_factory=state_dir)
 
     def __post_init__(self) -> None:
@@ -82,6 +84,7 @@ class Config:
         # is the same setting as 0.0.
         object.__setattr__(self, "idle_timeout", float(self.idle_timeout))
         object.__setattr__(self, "max_lifetime", float(self.max_lifetime))
+        object.__setattr__(self, "connection_timeout", float(self.connection_timeout))
 
     def replace(self, **changes: Any) -> Config:
         """A copy with the given settings; ``None`` values leave a setting as it is."""
@@ -125,6 +128,7 @@ _KINDS = {
     "auto_unlock": "bool",
     "pinentry": "optional str",
     "keyring_service": "str",
+    "connection_timeout": "seconds",
 }
 
 

@@ -23,7 +23,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AsyncAgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart
-from nomyo_client._errors import AgentProtocolError, from_agent_error
+from nomyo_client._errors import AgentProtocolError, ResponseTooLargeError, from_agent_error
 
 __all__ = ["AgentLink"]
 
@@ -118,7 +118,16 @@ class AgentLink:
         return await self.call(request, p.SealReply)
 
     async def open(self, package: bytes) -> p.OpenReply:
-        return await self.call(p.Open(package=package), p.OpenReply)
+        try:
+            return await self.call(p.Open(package=package), p.OpenReply)
+        except p.FrameTooLarge as exc:
+            # Only a package over the transport's answer cap can be (an httpx client of the
+            # caller's that let it through): the same error as the transport's own refusal.
+            raise ResponseTooLargeError(
+                f"the router's answer ({len(package)} bytes) is over what the agent opens "
+                f"({exc.cap} bytes)",
+                max_bytes=p.MAX_ANSWER_BYTES,
+            ) from exc
 
     async def _import_key_dir(self) -> bool:
         if self.key_dir is None:

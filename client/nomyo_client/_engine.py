@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
-from nomyo_client._errors import APIConnectionError, SecurityError
+from nomyo_client._errors import APIConnectionError, ResponseTooLargeError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from nomyo_client._transport import (
+    MAX_RESPONSE_BYTES,
     Answer,
+    AnswerTooLarge,
     H11Pool,
     HttpxAdapter,
     TimedOut,
@@ -206,6 +208,13 @@ class Engine:
             retry_after: float | None = None
             try:
                 answer = await state.http.request(method, url, body, headers)
+            except AnswerTooLarge as exc:
+                # The router answered (and acted): not a connection failure, and not retried.
+                raise ResponseTooLargeError(
+                    f"the router's answer from {url} is over the client's "
+                    f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB cap",
+                    max_bytes=MAX_RESPONSE_BYTES,
+                ) from exc
             except TimedOut as exc:
                 raise APIConnectionError(
                     f"the router did not answer {url} in time ({exc})",

@@ -10,6 +10,7 @@
      ├── ServerError                 500 (retried)
      ├── ServiceUnavailableError     503 (retried)
      ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     ├── ResponseTooLargeError       the router's answer is over the client's 64 MiB cap
      ├── SecurityError               bad package, failed tag, wrong recipient, plain HTTP
      │    └── RouterKeyChangedError  the agent refused a router key that differs from its pin
      └── AgentError                  the local agent could not help
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidRequestError",
     "NoIdentityError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "RouterKeyChangedError",
     "SecurityError",
     "ServerError",
@@ -119,6 +121,19 @@ class APIConnectionError(APIError, ConnectionError):
     """The router could not be reached, dropped the connection or did not answer in time."""
 
     default_hint = "check the base URL and your network"
+
+
+class ResponseTooLargeError(APIError):
+    """The router answered, but with more than the client accepts (``max_bytes``, 64 MiB).
+
+    Nothing is retried: the router has acted on the request. Every answer within the cap opens.
+    """
+
+    default_hint = "ask for less (a smaller n or max_tokens), or split the request"
+
+    def __init__(self, message: str, *, max_bytes: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.max_bytes = max_bytes
 
 
 class SecurityError(APIError):

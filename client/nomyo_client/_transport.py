@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import h11
 
 from nomyo_agent import __version__
+from nomyo_agent.protocol import MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:
     import httpx
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "Answer",
+    "AnswerTooLarge",
     "H11Pool",
     "HttpxAdapter",
     "Timeouts",
@@ -47,7 +49,7 @@ __all__ = [
     "default_http",
 ]
 
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_RESPONSE_BYTES = MAX_ANSWER_BYTES  # the agent sizes its Open frames to it
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = f"nomyo-client/{__version__}".encode()
 
@@ -73,7 +75,11 @@ class TimedOut(TransportError):
 
 
 class ProtocolFailure(TransportError):
-    """The other side does not speak HTTP/1.1 correctly, or the answer is too large."""
+    """The other side does not speak HTTP/1.1 correctly."""
+
+
+class AnswerTooLarge(ProtocolFailure):
+    """The router answered with more than ``MAX_RESPONSE_BYTES``: it did act on the request."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +241,7 @@ class H11Pool:
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > MAX_RESPONSE_BYTES:
-                    raise ProtocolFailure(f"the answer is over {MAX_RESPONSE_BYTES} bytes")
+                    raise AnswerTooLarge(f"the answer is over {MAX_RESPONSE_BYTES} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
@@ -279,6 +285,8 @@ class HttpxAdapter:
             raise Dropped(str(exc) or type(exc).__name__) from exc
         except httpx.HTTPError as exc:
             raise ProtocolFailure(str(exc) or type(exc).__name__) from exc
+        if len(response.content) > MAX_RESPONSE_BYTES:  # the same cap as the small pool's
+            raise AnswerTooLarge(f"the answer is over {MAX_RESPONSE_BYTES} bytes")
         headers_out = {k.lower(): v for k, v in response.headers.items()}
         return Answer(response.status_code, headers_out, response.content)
 
