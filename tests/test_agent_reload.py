@@ -7,10 +7,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from test_agent_limits import wait_for, write_config
+
 from nomyo_agent import protocol as p
 from support.agent import RunningAgent
 from support.desktop import Session
-from test_agent_limits import wait_for, write_config
 
 
 def test_sighup_reloads_the_settings_and_the_agent_keeps_serving(
