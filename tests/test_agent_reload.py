@@ -41,7 +41,10 @@ def test_sighup_with_a_bad_file_keeps_the_old_settings_and_says_why(
         write_config(desktop, bad)
         before = agent.log_text().count("refused the new settings")
         os.kill(agent.pid, signal.SIGHUP)
-        wait_for("the refusal", lambda: agent.log_text().count("refused the new settings") > before)
+        wait_for(
+            "the refusal",
+            lambda n=before: agent.log_text().count("refused the new settings") > n,  # type: ignore[misc]
+        )
         assert agent.status().idle_timeout == 100
     log = agent.log_text()
     assert f"{path}: idle_timeout must be a finite number" in log

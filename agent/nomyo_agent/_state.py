@@ -125,7 +125,9 @@ class AgentState:
         due = [d for d in self.deadlines() if d is not None]
         return min(due) if due else None
 
-    def event(self, reason: str, origin: str | None = None) -> p.StateEvent:
+    def event(
+        self, reason: str, origin: str | None = None, refused: str | None = None
+    ) -> p.StateEvent:
         idle_left, _ = self.time_left()
         return p.StateEvent(
             state=self.state,
@@ -135,12 +137,13 @@ class AgentState:
             idle_left=idle_left,
             served_since_unlock=self.served_since_unlock,
             recent_clients=list(reversed(self.recent.values())),
+            refused_fingerprint=refused,
         )
 
     # --- changes -----------------------------------------------------------------------------
 
-    def emit(self, reason: str, origin: str | None = None) -> None:
-        event = self.event(reason, origin)
+    def emit(self, reason: str, origin: str | None = None, refused: str | None = None) -> None:
+        event = self.event(reason, origin, refused)
         for watcher in list(self.watchers):
             watcher(event)
 

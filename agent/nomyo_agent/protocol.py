@@ -415,6 +415,7 @@ class StateEvent(_Msg, frozen=True, tag="state_event"):
     idle_left: float | None = None
     served_since_unlock: int = 0
     recent_clients: list[ClientInfo] = []
+    refused_fingerprint: str | None = None  # for pin_mismatch: the router key refused
 
 
 Response = (
