@@ -31,6 +31,7 @@ import signal
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -264,13 +265,12 @@ class AgentServer:
     async def _sweep_idle(self) -> None:
         """Close connections idle longer than ``connection_timeout`` (watchers are never idle:
         they wait for pushes). Clients reconnect on their next request."""
-        loop = asyncio.get_running_loop()
         while True:
             timeout = self.connection_timeout
             await asyncio.sleep(min(5.0, timeout / 4) if timeout > 0 else 5.0)
             if timeout <= 0:
                 continue
-            cutoff = loop.time() - timeout
+            cutoff = time.monotonic() - timeout
             stale = [c for c in self.connections if c.idle and c.last_active <= cutoff]
             for conn in stale:
                 if conn.transport is not None:
@@ -336,7 +336,7 @@ class _Connection(asyncio.Protocol):
         self.watching = False
         self.timer: asyncio.TimerHandle | None = None
         self.reply_timer: asyncio.TimerHandle | None = None
-        self.last_active = 0.0  # loop time of the last byte in or request answered
+        self.last_active = 0.0  # time.monotonic() of the last byte in or reply out
         self.reserved = 0  # budget bytes granted for the frame being received
         self.awaiting_budget = 0  # bytes this connection queued for, 0 when not queued
         self.reply_charge = 0  # budget bytes charged for an untaken reply
@@ -367,7 +367,7 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         transport.set_write_buffer_limits(high=WRITE_HIGH)
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = time.monotonic()
         state.counters.connections += 1
         server.connections.add(self)
 
@@ -388,7 +388,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.watching or self.transport is None or self.transport.is_closing():
             return  # a watcher has nothing to say; anything it sends is ignored
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = time.monotonic()
         self._feed(data)
 
     def pause_writing(self) -> None:
@@ -405,7 +405,7 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._drained()
         if self.transport is not None and not self.transport.is_closing():
-            self.last_active = asyncio.get_running_loop().time()
+            self.last_active = time.monotonic()
             self._set_reading()
             self._pump()
 
@@ -560,7 +560,7 @@ class _Connection(asyncio.Protocol):
                 log.warning("could not send a reply: %s", exc)
                 frame = p.encode_frame(InternalError("the reply is too large to send").to_reply())
             self.transport.write(frame)
-            self.last_active = asyncio.get_running_loop().time()
+            self.last_active = time.monotonic()
 
     # --- watch -------------------------------------------------------------------
 
