@@ -256,3 +256,42 @@ def test_a_peer_that_does_not_read_its_replies_is_read_no_further(agent: Running
         assert served < 10
         assert grown < 64
     assert agent.status().state is p.State.UNLOCKED
+
+
+@pytest.mark.slow
+def test_200_connections_that_never_read_their_1_mib_seal_replies(agent: RunningAgent) -> None:
+    agent.keygen()
+    with agent.connect() as conn:
+        conn.call(p.Seal(origin="http://r", router_key_pem=ROUTER_PEM, plaintext=b"{}"),
+                  p.SealReply)  # fmt: skip
+    frame = p.encode_frame(
+        p.Seal(origin="http://r", router_key_pem=ROUTER_PEM, plaintext=b"x" * MiB)
+    )
+    base = memory_mib(agent.pid)["VmRSS"]
+    seals_before = agent.status().counters.seals
+    with ExitStack() as stack:
+        socks = [stack.enter_context(raw(agent, timeout=120)) for _ in range(200)]
+
+        def send(sock: socket.socket) -> None:
+            with contextlib.suppress(OSError):  # closed under it at the end
+                sock.sendall(frame)
+
+        threads = [threading.Thread(target=send, args=(s,), daemon=True) for s in socks]
+        for t in threads:
+            t.start()
+
+        def settled() -> bool:  # every request sealed (reply untaken) or waiting for memory
+            c = agent.status().counters
+            return c.seals - seals_before + c.waiting_for_memory == 200
+
+        wait_for("every connection to be sealed or held", settled, timeout=60)
+        counters = agent.status().counters
+        grown = memory_mib(agent.pid)["VmHWM"] - base
+        print(
+            f"\n200 connections x unread 1 MiB seal replies: {counters.seals - seals_before} "
+            f"sealed, {counters.waiting_for_memory} held back, agent RSS peak +{grown:.0f} MiB, "
+            f"{counters.buffered_bytes // MiB} MiB charged"
+        )
+        assert counters.waiting_for_memory > 0
+        assert grown < 220
+    assert agent.status().state is p.State.UNLOCKED

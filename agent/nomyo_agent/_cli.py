@@ -207,6 +207,9 @@ def _status_text(st: p.StatusReply) -> str:
         f"counters:     {c.connections} connections, {c.requests} requests, {c.seals} seals, "
         f"{c.opens} opens, {c.errors} errors, {c.rejected_peers} rejected peers, "
         f"{c.failed_unlocks} failed unlocks",
+        f"limits:       {c.open_connections} connections open, {c.evicted_connections} closed "
+        f"to make room, {c.refused_connections} refused; {c.buffered_bytes // 1024} KiB "
+        f"buffered, {c.waiting_for_memory} waiting for memory",
     ]
     return "\n".join(lines)
 

@@ -175,7 +175,7 @@ class AgentServer:
         self.connection_timeout = connection_timeout  # 0 = keep idle connections forever
         self.max_connections = max_connections
         self.budget = ByteBudget(budget)
-        self._refusals = 0  # refused since the last log line about it
+        state.counters.gauges = self._gauges
         self._tasks: set[asyncio.Future[None]] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -278,6 +278,13 @@ class AgentServer:
             if stale:
                 log.info("closed %d connection(s) idle for over %.0f s", len(stale), timeout)
 
+    def _gauges(self) -> dict[str, int]:
+        return {
+            "open_connections": len(self.connections),
+            "buffered_bytes": self.budget.used,
+            "waiting_for_memory": self.budget.waiting,
+        }
+
     def make_room(self, newcomer: _Connection) -> bool:
         """Whether a new connection may stay. At the cap, the connection idle the longest makes
         way (then the oldest watcher: a tray reconnects), so that `lock`, `status` and the tray
@@ -286,16 +293,18 @@ class AgentServer:
             return True
         idle = [c for c in self.connections if c.idle]
         victims = idle or [c for c in self.connections if c.watching]
+        counters = self.state.counters
         if not victims:
-            self._refusals += 1
-            if self._refusals == 1 or self._refusals % 100 == 0:
+            counters.refused_connections += 1
+            if counters.refused_connections % 100 == 1:  # the first, then every hundredth
                 log.warning(
                     "refused a connection from pid %d: %d connections, all busy (%d refused)",
                     newcomer.peer.pid if newcomer.peer else -1,
                     len(self.connections),
-                    self._refusals,
+                    counters.refused_connections,
                 )
             return False
+        counters.evicted_connections += 1
         victim = min(victims, key=lambda c: c.last_active)
         log.warning(
             "at %d connections: closed the one idle longest (pid %d) to let pid %d in",

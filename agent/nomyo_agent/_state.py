@@ -64,9 +64,17 @@ class MutableCounters:
     errors: int = 0
     rejected_peers: int = 0
     failed_unlocks: int = 0
+    evicted_connections: int = 0
+    refused_connections: int = 0
+    # Read at snapshot time from whoever owns them (the server: open connections, the budget).
+    gauges: Callable[[], dict[str, int]] | None = dataclasses.field(default=None, repr=False)
 
     def snapshot(self) -> p.Counters:
-        return p.Counters(**dataclasses.asdict(self))
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["gauges"]
+        if self.gauges is not None:
+            values.update(self.gauges())
+        return p.Counters(**values)
 
 
 class AgentState:

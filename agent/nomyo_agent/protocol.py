@@ -319,6 +319,11 @@ class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     errors: int = 0
     rejected_peers: int = 0
     failed_unlocks: int = 0
+    evicted_connections: int = 0  # closed to make room at the connection cap
+    refused_connections: int = 0  # turned away at the cap (every connection was busy)
+    open_connections: int = 0
+    buffered_bytes: int = 0  # frames being received and replies not yet taken, all connections
+    waiting_for_memory: int = 0  # connections whose large frame waits for buffer space
 
 
 class ClientInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
