@@ -117,6 +117,25 @@ def test_lock_status_and_watch_get_through_520_idle_connections(
     assert agent.proc.poll() is None
 
 
+def test_lock_gets_through_520_connections_that_each_dribble_a_request(
+    agent: RunningAgent,
+) -> None:
+    with ExitStack() as stack:
+        for _ in range(520):  # each starts a frame and stalls: none is idle, none is a watcher
+            sock = stack.enter_context(raw(agent))
+            sock.sendall(struct.pack(">I", 100) + b"\x81")
+        # The last 8 made room for themselves; then the agent holds 512, all mid-request.
+        wait_for("8 evictions", lambda: agent.log_text().count("to let pid") >= 8)
+        started = time.monotonic()
+        agent.cli("lock", timeout=30)
+        took = time.monotonic() - started
+        print(f"\n`nomyo-agent lock` with 520 half-sent requests held: {took:.3f} s")
+    assert took < 10
+    evictions = [line for line in agent.log_text().splitlines() if "to let pid" in line]
+    assert len(evictions) >= 9
+    assert "closed the one mid-request longest" in evictions[-1]
+
+
 def test_idle_connections_time_out_and_busy_ones_do_not(
     desktop: Session, make_agent: Callable[..., RunningAgent]
 ) -> None:

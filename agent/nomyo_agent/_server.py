@@ -287,12 +287,18 @@ class AgentServer:
 
     def make_room(self, newcomer: _Connection) -> bool:
         """Whether a new connection may stay. At the cap, the connection idle the longest makes
-        way (then the oldest watcher: a tray reconnects), so that `lock`, `status` and the tray
-        always get through however many connections apps leave open; a refusal is logged."""
+        way; failing that the oldest watcher (a tray reconnects), then the one whose request has
+        been arriving the longest (a stalled sender; a client resends on a new connection). So
+        `lock`, `status` and the tray always get through, however many connections apps leave
+        open or dribble into. Only requests being answered are never cut; a refusal is logged."""
         if len(self.connections) < self.max_connections:
             return True
-        idle = [c for c in self.connections if c.idle]
-        victims = idle or [c for c in self.connections if c.watching]
+        conns = self.connections
+        victims = (
+            [c for c in conns if c.idle]
+            or [c for c in conns if c.watching]
+            or [c for c in conns if not c.busy and not c.watching]
+        )
         counters = self.state.counters
         if not victims:
             counters.refused_connections += 1
@@ -306,9 +312,11 @@ class AgentServer:
             return False
         counters.evicted_connections += 1
         victim = min(victims, key=lambda c: c.last_active)
+        what = "idle" if victim.idle else "watching" if victim.watching else "mid-request"
         log.warning(
-            "at %d connections: closed the one idle longest (pid %d) to let pid %d in",
+            "at %d connections: closed the one %s longest (pid %d) to let pid %d in",
             len(self.connections),
+            what,
             victim.peer.pid if victim.peer else -1,
             newcomer.peer.pid if newcomer.peer else -1,
         )
