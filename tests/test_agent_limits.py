@@ -314,3 +314,15 @@ def test_200_connections_that_never_read_their_1_mib_seal_replies(agent: Running
         assert counters.waiting_for_memory > 0
         assert grown < 220
     assert agent.status().state is p.State.UNLOCKED
+
+
+def test_the_cli_refuses_an_oversized_request_before_sending_it(
+    agent: RunningAgent, tmp_path: Path
+) -> None:
+    pem = tmp_path / "huge.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\n" + "A" * 100_000 + "\n-----END PUBLIC KEY-----\n")
+    result = agent.cli("pins", "accept", "https://r.example", "--key-file", str(pem), check=False)
+    assert result.returncode == 1, result.stderr
+    assert "too large for the agent" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert agent.status().state is p.State.NO_IDENTITY

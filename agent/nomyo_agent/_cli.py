@@ -492,5 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as exc:
         _fail(exc.message, exc.hint)
         return EXIT_REFUSED
+    except p.FrameTooLarge as exc:  # refused here, before sending: the agent would close on it
+        _fail(f"the request is too large for the agent: {exc}", "check the file you gave")
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -23,7 +23,12 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AsyncAgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart
-from nomyo_client._errors import AgentProtocolError, ResponseTooLargeError, from_agent_error
+from nomyo_client._errors import (
+    AgentProtocolError,
+    InvalidRequestError,
+    ResponseTooLargeError,
+    from_agent_error,
+)
 
 __all__ = ["AgentLink"]
 
@@ -90,6 +95,11 @@ class AgentLink:
             conn = await self.connection()
             try:
                 return await conn.call(request, expect)
+            except p.FrameTooLarge as exc:
+                if isinstance(request, p.Open):
+                    raise  # open() words it as the answer being too large
+                # Refused before sending: over the agent's cap for this operation.
+                raise InvalidRequestError(f"the request is too large for the agent: {exc}") from exc
             except agent_errors.AgentConnectionError as exc:
                 await self._drop(conn)
                 if attempt == 2:
