@@ -42,7 +42,8 @@ def test_exported_names_are_pinned() -> None:
     assert sorted(nc.__all__) == sorted([
         "APIConnectionError", "APIError", "AgentError", "AgentLockedError", "AgentProtocolError",
         "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "InvalidRequestError",
-        "NoIdentityError", "RateLimitError", "RetryPolicy", "RouterKeyChangedError",
+        "NoIdentityError", "RateLimitError", "ResponseTooLargeError", "RetryPolicy",
+        "RouterKeyChangedError",
         "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",
         "ServiceUnavailableError", "SyncSecureChatCompletion",
     ])  # fmt: skip

@@ -88,7 +88,7 @@ def _say(text: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from nomyo_agent import _daemon  # noqa: PLC0415 - imports cryptography; only the daemon needs it
-    from nomyo_agent._config import load_config  # noqa: PLC0415
+    from nomyo_agent._config import Config, load_config  # noqa: PLC0415
 
     path = socket_path(args.socket)
     if args.daemon:
@@ -100,13 +100,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="nomyo-agent[%(process)d]: %(levelname)s: %(message)s",
     )
-    config = load_config().replace(
-        idle_timeout=args.idle_timeout,
-        max_lifetime=args.max_lifetime,
-        pin_policy=args.pin_policy,
-        pinentry=args.pinentry,
+
+    def configure() -> Config:
+        # The file, then the flags: the flags still win when SIGHUP re-reads the file.
+        return load_config().replace(
+            idle_timeout=args.idle_timeout,
+            max_lifetime=args.max_lifetime,
+            pin_policy=args.pin_policy,
+            pinentry=args.pinentry,
+        )
+
+    return _daemon.serve(
+        configure(),
+        path,
+        ready_fd=args.ready_fd,
+        autostarted=args.autostarted,
+        reload=configure,
     )
-    return _daemon.serve(config, path, ready_fd=args.ready_fd, autostarted=args.autostarted)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -199,6 +209,9 @@ def _status_text(st: p.StatusReply) -> str:
         f"counters:     {c.connections} connections, {c.requests} requests, {c.seals} seals, "
         f"{c.opens} opens, {c.errors} errors, {c.rejected_peers} rejected peers, "
         f"{c.failed_unlocks} failed unlocks",
+        f"limits:       {c.open_connections} connections open, {c.evicted_connections} closed "
+        f"to make room, {c.refused_connections} refused; {c.buffered_bytes // 1024} KiB "
+        f"buffered, {c.waiting_for_memory} waiting for memory",
     ]
     return "\n".join(lines)
 
@@ -317,16 +330,26 @@ def cmd_pins(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    # The file's rules (finite, 0 to a year): `--idle-timeout nan` would turn the lock off.
+    from nomyo_agent._config import parse_seconds  # noqa: PLC0415 - platformdirs, serve only
+
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="lock after this long unused (0 = off; default 1800)",
     )
     parser.add_argument(
         "--max-lifetime",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="lock this long after unlock (0 = off; default 43200)",
     )
@@ -470,6 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CANCELLED
     except AgentError as exc:
         _fail(exc.message, exc.hint)
+        return EXIT_REFUSED
+    except p.FrameTooLarge as exc:  # refused here, before sending: the agent would close on it
+        _fail(f"the request is too large for the agent: {exc}", "check the file you gave")
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
-from nomyo_client._errors import APIConnectionError, SecurityError
+from nomyo_client._errors import APIConnectionError, ResponseTooLargeError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
+    MAX_RESPONSE_BYTES,
     Answer,
     AnswerTooLarge,
     Dropped,
@@ -181,14 +182,12 @@ class Engine:
         try:
             # The size is checked from Content-Length (or as it streams), not after a download.
             response = await self._send(state, "GET", url, None, {}, limit=_MAX_ROUTER_KEY_BYTES)
-        except APIConnectionError as exc:
-            if not isinstance(exc.__cause__, AnswerTooLarge):
-                raise
+        except ResponseTooLargeError as exc:
             raise SecurityError(
                 f"the router's /pki/public_key answer is too large to be a key "
                 f"(over {_MAX_ROUTER_KEY_BYTES} bytes)",
                 hint="check the base URL: it must point at a NOMYO router",
-            ) from exc.__cause__
+            ) from exc
         if response.status_code != 200:
             error = _wire.error_for_status(response.status_code, response.content)
             error.message = f"could not fetch the router key: {error.message}"
@@ -266,6 +265,13 @@ class Engine:
             retry_after: float | None = None
             try:
                 answer = await state.http.request(method, url, body, headers, limit=limit)
+            except AnswerTooLarge as exc:
+                # The router answered (and acted): not a connection failure, and not retried.
+                cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
+                raise ResponseTooLargeError(
+                    f"the router's answer from {url} is over the client's {_size(cap)} cap",
+                    max_bytes=cap,
+                ) from exc
             except TimedOut as exc:
                 raise APIConnectionError(
                     f"the router did not answer {url} in time ({exc})",
@@ -299,6 +305,10 @@ def _agent_timeout(timeout: float | httpx.Timeout | None) -> float | None:
     if timeout is None or isinstance(timeout, (int, float)):
         return None if timeout is None else float(timeout)
     return timeout.read
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
 def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:
