@@ -79,20 +79,20 @@ def _read_passphrase() -> bytes:
     return data.rstrip(b"\r\n") if data.endswith(b"\n") else data
 
 
-def _read_existing_passphrase() -> bytes:
-    """The passphrase of a stored key from stdin; empty stdin is a usage error, not a guess.
+def _refuse_empty_passphrase(args: argparse.Namespace) -> None:
+    """Empty stdin for a passphrase-protected identity is a usage error, not a guess.
 
-    An empty passphrase is never right for a protected key, and the agent would count it as a
-    failed unlock (and grow the delay before the next one).
+    The agent would count it as a failed unlock (and grow the delay before the next one). An
+    identity with no passphrase unlocks with empty stdin, as scripts do.
     """
-    passphrase = _read_passphrase()
-    if not passphrase:
+    st = _call(args, p.Status(), p.StatusReply)
+    assert isinstance(st, p.StatusReply)
+    if st.passphrase_protected:
         raise UsageError(
             "--passphrase-stdin read no passphrase (standard input was empty)",
             hint="pipe it in, e.g. `printf '%s\\n' \"$PASSPHRASE\" | nomyo-agent unlock "
             "--passphrase-stdin`, or leave the option out and let pinentry ask",
         )
-    return passphrase
 
 
 def _where() -> p.PinEntry:
@@ -321,7 +321,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     if args.passphrase_stdin:
-        request = p.Unlock(passphrase=_read_existing_passphrase())
+        passphrase = _read_passphrase()
+        if not passphrase:
+            _refuse_empty_passphrase(args)
+        request = p.Unlock(passphrase=passphrase)
     else:
         request = p.Unlock(pinentry=_where())
     _call(args, request, p.Ok, timeout=INTERACTIVE_TIMEOUT)

@@ -180,8 +180,6 @@ def _not_a_private_key(pem: bytes) -> BadKeyError:
             "this is a public key; importing needs the private key",
             "import the private key file, e.g. client_keys/private_key.pem beside public_key.pem",
         )
-    if b"-----BEGIN EC PRIVATE KEY-----" in pem:
-        return BadKeyError("this is an EC key, not an RSA key", _NOT_RSA_HINT)
     if len(pem) > MAX_PEM:
         return BadKeyError(
             f"the file is over {MAX_PEM} bytes, too large to be a PEM private key",
