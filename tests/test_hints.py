@@ -65,7 +65,8 @@ def test_a_failed_start_reports_its_own_error_not_the_logs_old_lines(desktop: Se
     )
     assert "known settings: auto_unlock, idle_timeout" in hint
     assert f"the full log is {log}" in hint
-    assert "last week" not in out.stderr and "memlock" not in out.stderr
+    assert "last week" not in out.stderr
+    assert "memlock" not in out.stderr
 
 
 # --- 6: missing hints ------------------------------------------------------------------------
@@ -100,7 +101,9 @@ def _key_files(folder: Path) -> dict[str, tuple[Path, str, str]]:
             "nomyo-agent keygen",
         ),
         "ec-pkcs8": (
-            ec_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, none),
+            ec_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, none
+            ),
             "not an RSA key",
             "nomyo-agent keygen",
         ),
@@ -159,7 +162,8 @@ def test_a_url_without_a_scheme_is_a_usage_error_with_a_hint(
     assert out.returncode == 2
     first, hint = error_and_hint(out.stderr, "nomyo-chat")
     assert f"not an http(s) router URL: '{bare}'" in first
-    assert f"e.g. https://{bare}" in hint and "--allow-http" in hint
+    assert f"e.g. https://{bare}" in hint
+    assert "--allow-http" in hint
     with pytest.raises(InvalidRequestError) as info:
         asyncio.run(SecureChatCompletion(bare).create(model="m", messages=HI))
     assert "starts with https://" in (info.value.hint or "")
@@ -246,7 +250,8 @@ def test_a_socket_path_over_the_unix_limit_says_so(tmp_path: Path, desktop: Sess
     assert out.returncode == 2
     first, hint = error_and_hint(out.stderr)
     assert "over the 107-byte limit of Unix sockets" in first
-    assert "lost" not in out.stderr and "shorter" in hint
+    assert "lost" not in out.stderr
+    assert "shorter" in hint
 
 
 def test_unlock_with_empty_stdin_is_not_a_failed_attempt(agent: RunningAgent) -> None:
@@ -255,7 +260,8 @@ def test_unlock_with_empty_stdin_is_not_a_failed_attempt(agent: RunningAgent) ->
     code, _, stderr = agent_cli(agent, "unlock", "--passphrase-stdin", stdin="")
     assert code == 2
     first, hint = error_and_hint(stderr)
-    assert "read no passphrase" in first and "printf" in hint
+    assert "read no passphrase" in first
+    assert "printf" in hint
     assert agent.status().counters.failed_unlocks == 0
     code, _, stderr = agent_cli(agent, "unlock", "--passphrase-stdin", stdin="correct horse\n")
     assert code == 0, stderr  # no growing delay was started
@@ -266,4 +272,5 @@ def test_stop_with_no_agent_does_not_say_start_it(tmp_path: Path, desktop: Sessi
     out = console("nomyo-agent", "--socket", str(sock), "stop", env=desktop.env)
     assert out.returncode == 3
     _, hint = error_and_hint(out.stderr)
-    assert "nothing to stop" in hint and "start" not in hint
+    assert "nothing to stop" in hint
+    assert "start" not in hint
