@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import keyring
 import pytest
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _keystore
-from nomyo_agent._keystore import KeyringStore, KeyStore, MemoryStore
+from nomyo_agent._keystore import FileStore, KeyringStore, KeyStore, MemoryStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import KeyringLockedError, KeyringUnavailableError
 from support.desktop import REQUIRED, Session, base_env, require_programs
@@ -117,6 +119,48 @@ class TestMemoryStore(KeyStoreContract):
     @pytest.fixture
     def store(self) -> KeyStore:
         return MemoryStore()
+
+
+class TestFileStore(KeyStoreContract):
+    """The headless store: the same contract, plus the file's own rules."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> KeyStore:
+        return FileStore(tmp_path / "state" / "nomyo-agent" / "identity.key")
+
+    def test_file_0600_in_a_0700_folder_from_creation(self, tmp_path: Path) -> None:
+        path = tmp_path / "state" / "nomyo-agent" / "identity.key"
+        old = os.umask(0)  # the store must not rely on the caller's umask
+        try:
+            FileStore(path).save(b"-----value-----")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert FileStore(path).backend_name == f"file {path}"
+        assert FileStore(path).requires_passphrase
+
+    def test_a_file_open_to_others_is_not_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "identity.key"
+        path.write_bytes(b"-----value-----")
+        path.chmod(0o644)
+        with pytest.raises(KeyringUnavailableError, match="open to other users") as info:
+            FileStore(path).load()
+        assert f"chmod 600 {path}" in info.value.hint
+
+    def test_a_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "elsewhere"
+        target.write_bytes(b"-----value-----")
+        target.chmod(0o600)
+        (tmp_path / "identity.key").symlink_to(target)
+        with pytest.raises(KeyringUnavailableError, match="cannot read"):
+            FileStore(tmp_path / "identity.key").load()
+
+    def test_check_fails_where_save_would(self, tmp_path: Path) -> None:
+        blocked = tmp_path / "not-a-folder"
+        blocked.write_text("")
+        with pytest.raises(KeyringUnavailableError, match="cannot create"):
+            FileStore(blocked / "nomyo-agent" / "identity.key").check()
 
 
 class TestKeyringStoreOnGnomeKeyring(KeyStoreContract):

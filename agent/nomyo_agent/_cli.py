@@ -142,6 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_lifetime=args.max_lifetime,
         pin_policy=args.pin_policy,
         pinentry=args.pinentry,
+        keystore=args.keystore,
     )
     return _daemon.serve(
         config, socket_path(args.socket), ready_fd=args.ready_fd, autostarted=args.autostarted
@@ -156,6 +157,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         ("--idle-timeout", args.idle_timeout),
         ("--max-lifetime", args.max_lifetime),
         ("--pinentry", args.pinentry),
+        ("--keystore", args.keystore),
     ):
         if value is not None:
             extra += [flag, str(value)]
@@ -400,6 +402,12 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pinentry", metavar="PROGRAM", help="the pinentry program (default: pinentry)"
+    )
+    parser.add_argument(
+        "--keystore",
+        choices=("keyring", "file"),
+        help="where the private key lives: the OS keyring (default), or for headless machines "
+        "a passphrase-encrypted file in the state folder",
     )
 
 

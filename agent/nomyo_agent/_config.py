@@ -10,9 +10,13 @@
                              # start or a timeout (an explicit `lock` holds until `unlock`)
     pinentry = "/usr/bin/pinentry-gtk-2"   # default: pinentry on PATH (pinentry-mac on macOS)
     keyring_service = "nomyo-agent"
+    keystore = "keyring"     # where the private key lives: "keyring" (the OS keyring), or on a
+                             # headless machine "file": passphrase-encrypted PKCS#8 in
+                             # identity.key in the state folder, 0600 (a passphrase is required)
 
-Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file or an
-unknown key is an error that names the file: a typo must not silently weaken a timeout.
+Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``, ``NOMYO_AGENT_KEYSTORE``.
+An unreadable file or an unknown key is an error that names the file: a typo must not silently
+weaken a timeout.
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ import platformdirs
 
 from nomyo_agent.errors import BadRequestError
 
-__all__ = ["PIN_POLICIES", "Config", "ConfigError", "config_path", "load_config", "state_dir"]
+__all__ = [
+    "KEYSTORES",
+    "PIN_POLICIES",
+    "Config",
+    "ConfigError",
+    "config_path",
+    "load_config",
+    "state_dir",
+]
 
 APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
+KEYSTORES = ("keyring", "file")  # the same as _keystore.KEYSTORES, without importing keyring
 
 
 class ConfigError(BadRequestError):
@@ -42,7 +55,8 @@ def config_path() -> Path:
 
 
 def state_dir() -> Path:
-    """Router pins, the public half of the identity, the audit log; never the private key."""
+    """Router pins, the public half of the identity, the audit log; the private key only with
+    ``keystore = "file"`` (and then passphrase-encrypted)."""
     return Path(platformdirs.user_state_dir(APP, appauthor=False))
 
 
@@ -54,6 +68,7 @@ class Config:
     auto_unlock: bool = True
     pinentry: str | None = None
     keyring_service: str = APP
+    keystore: str = "keyring"
     state_dir: Path = dataclasses.field(default_factory=state_dir)
 
     def __post_init__(self) -> None:
@@ -65,6 +80,11 @@ class Config:
                 )
         if self.pin_policy not in PIN_POLICIES:
             raise ConfigError(f"pin_policy must be one of {', '.join(PIN_POLICIES)}")
+        if self.keystore not in KEYSTORES:
+            raise ConfigError(
+                f"keystore must be one of {', '.join(KEYSTORES)}, not {self.keystore!r}",
+                hint='"file" keeps the key passphrase-encrypted in the state folder (headless)',
+            )
 
     def replace(self, **changes: Any) -> Config:
         """A copy with the given settings; ``None`` values leave a setting as it is."""
@@ -97,6 +117,8 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         settings["pinentry"] = env["NOMYO_AGENT_PINENTRY"]
     if env.get("NOMYO_AGENT_KEYRING_SERVICE"):
         settings["keyring_service"] = env["NOMYO_AGENT_KEYRING_SERVICE"]
+    if env.get("NOMYO_AGENT_KEYSTORE"):
+        settings["keystore"] = env["NOMYO_AGENT_KEYSTORE"]
     try:
         return Config(**settings)
     except TypeError as exc:

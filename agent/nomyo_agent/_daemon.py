@@ -18,7 +18,7 @@ from nomyo_agent._audit import AuditLog
 from nomyo_agent._config import Config
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._identity import IdentityInfo
-from nomyo_agent._keystore import KeyringStore
+from nomyo_agent._keystore import FILE_NAME, FileStore, KeyringStore, KeyStore
 from nomyo_agent._pins import PinStore
 from nomyo_agent._server import AgentServer
 from nomyo_agent._services import Services
@@ -53,6 +53,12 @@ def _inherited_socket() -> socket.socket | None:
     return _systemd.inherited_socket()
 
 
+def _keystore(config: Config) -> KeyStore:
+    if config.keystore == "file":
+        return FileStore(config.state_dir / FILE_NAME)
+    return KeyringStore(service=config.keyring_service)
+
+
 def serve(
     config: Config, socket_path: str, *, ready_fd: int | None = None, autostarted: bool = False
 ) -> int:
@@ -73,7 +79,7 @@ def serve(
     state.watchers.add(lambda event: audit.record(event, state.clock.wall()))
     services = Services(
         config=config,
-        keystore=KeyringStore(service=config.keyring_service),
+        keystore=_keystore(config),
         pins=PinStore(config.state_dir / "pins.json"),
         socket_path=socket_path,
         ask_passphrase=functools.partial(
