@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from nomyo_client import (
+    AgentError,
     APIConnectionError,
     APIError,
     InvalidRequestError,
     SecureChatCompletion,
+    SecureCompletionClient,
 )
 from support.agent import RunningAgent
 from support.console import console
@@ -252,6 +254,21 @@ def test_a_socket_path_over_the_unix_limit_says_so(tmp_path: Path, desktop: Sess
     assert "over the 107-byte limit of Unix sockets" in first
     assert "lost" not in out.stderr
     assert "shorter" in hint
+
+
+def test_the_library_refuses_an_unusable_socket_path_up_front(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    long = tmp_path / ("d" * 120) / "agent.sock"
+    for make in (SecureChatCompletion, SecureCompletionClient):
+        with pytest.raises(AgentError, match="over the 107-byte limit") as info:
+            make(agent_socket=long)
+        assert "agent_socket=" in (info.value.hint or "")
+        with pytest.raises(AgentError, match="needs a folder of its own") as info:
+            make(agent_socket=shared / "agent.sock")
+        assert f"use agent_socket={shared}/nomyo-agent-" in (info.value.hint or "")
+    assert list(shared.iterdir()) == []
 
 
 def test_unlock_with_empty_stdin_is_not_a_failed_attempt(agent: RunningAgent) -> None:

@@ -22,9 +22,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from nomyo_agent import protocol as p
+from nomyo_agent.paths import socket_path, socket_path_problem
 from nomyo_client import _hints, _wire
 from nomyo_client._engine import Engine
-from nomyo_client._errors import APIConnectionError, APIError, InvalidRequestError
+from nomyo_client._errors import AgentError, APIConnectionError, APIError, InvalidRequestError
 from nomyo_client._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from nomyo_client._completion_client import SecureCompletionClient
 
-__all__ = ["DEFAULT_BASE_URL", "SecureChatCompletion", "env_default"]
+__all__ = ["DEFAULT_BASE_URL", "SecureChatCompletion", "check_agent_socket", "env_default"]
 
 DEFAULT_BASE_URL = "https://api.nomyo.ai"
 # The OpenAI SDK's per-request options: they configure this request, they are not for the model.
@@ -43,6 +44,20 @@ _OWN_HEADERS = frozenset(
 )
 # key_dir folders already warned about in this process (one warning each, not one per request).
 _warned_key_dirs: set[tuple[str, str]] = set()
+
+
+def check_agent_socket(agent_socket: str | os.PathLike[str] | None) -> None:
+    """Refuse, before any connection or auto-start, a socket path no agent can listen on.
+
+    Otherwise an over-long path surfaces as "lost the agent connection", and a path straight in
+    ``/tmp`` makes an auto-started agent claim the shared folder.
+    """
+    problem = socket_path_problem(socket_path(agent_socket))
+    if problem is not None:
+        message, hint = problem
+        # The CLI's hint names its option; here the caller passed agent_socket= (or the env).
+        hint = hint.replace("--socket / NOMYO_AGENT_SOCK", "agent_socket= (or NOMYO_AGENT_SOCK)")
+        raise AgentError(message, hint=hint.replace("use --socket ", "use agent_socket="))
 
 
 def env_default(value: str | None, name: str, default: str | None = None) -> str | None:
@@ -112,6 +127,7 @@ class SecureChatCompletion:
         self.allow_http = allow_http
         self.api_key = env_default(api_key, "NOMYO_API_KEY")
         self.secure_memory = secure_memory
+        check_agent_socket(agent_socket)
         self._agent_socket = agent_socket
         self._autostart = autostart
         self._key_dir = None if key_dir is None else Path(key_dir)

@@ -17,7 +17,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart, _hints, _wire
-from nomyo_client._chat_completion import env_default
+from nomyo_client._chat_completion import check_agent_socket, env_default
 from nomyo_client._engine import Engine
 from nomyo_client._errors import (
     AgentProtocolError,
@@ -64,6 +64,7 @@ class SecureCompletionClient:
         self.max_retries = max_retries
         self.public_key_pem: str | None = None
         self.key_size = 4096
+        check_agent_socket(agent_socket)
         self._socket = socket_path(None if agent_socket is None else os.fspath(agent_socket))
         self._autostart = _autostart.autostart_enabled() if autostart is None else autostart
         self._engine = Engine(
