@@ -1,13 +1,14 @@
-"""Issue 13, items 2, 3 and 13: the first minutes of a new user. Every console script has
-``--version``; the daemon is found by ``pgrep nomyo-agent``; the tray without its extra says
-which extra in one line (and installs no autostart entry that would crash at each login); the
-devserver answers other methods with JSON."""
+"""Issue 13, items 1, 2, 3 and 13: the first minutes of a new user. The checkout installs as the
+README says; every console script has ``--version``; the daemon is found by ``pgrep
+nomyo-agent``; the tray without its extra says which extra in one line (and installs no autostart
+entry that would crash at each login); the devserver answers other methods with JSON."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from support.console import console
 from support.desktop import Session
 from support.devserver import RunningDevServer
 
+ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("nomyo-agent", "nomyo-chat", "nomyo-tray", "nomyo-devserver")
 
 
@@ -48,40 +50,49 @@ def test_the_daemon_is_found_by_its_name(desktop: Session) -> None:
         assert console("nomyo-agent", "stop", env=env).returncode == 0
 
 
-@pytest.fixture
-def without_tray_extra(tmp_path: Path) -> dict[str, str]:
-    """An environment where Pillow and pystray are not installed, as after a plain install.
+@pytest.fixture(scope="module")
+def plain_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout installed as the README says, but without the ``[tray]`` extra: a fresh
+    venv, ``pip install .`` (uv's, from the locked tool venv ``./dev setup`` made)."""
+    uv = ROOT / ".venv-tools" / "bin" / "uv"
+    if not uv.exists():
+        pytest.fail(f"{uv} is missing: run ./dev setup", pytrace=False)
+    venv = tmp_path_factory.mktemp("plain-install") / "venv"
+    for argv in (
+        [str(uv), "venv", "-q", "--python", sys.executable, str(venv)],
+        [str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+    return venv / "bin"
 
-    ``sys.modules[name] = None`` is what Python itself uses to mark a module as absent: both
-    ``import`` and ``importlib.util.find_spec`` then see no such module.
-    """
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import sys\nsys.modules['PIL'] = None\nsys.modules['pystray'] = None\n"
-    )
+
+def test_an_install_from_the_checkout_has_every_command(plain_install: Path) -> None:
+    for name in SCRIPTS:
+        out = subprocess.run(
+            [str(plain_install / name), "--version"], capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert out.stdout == f"{name} {__version__}\n", out.stderr
+
+
+def test_the_tray_without_its_extra_names_the_extra(plain_install: Path, tmp_path: Path) -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    return {
-        **base,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), base.get("PYTHONPATH")])),
-        "HOME": str(tmp_path),
-        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
-    }
-
-
-def test_the_tray_without_its_extra_names_the_extra(without_tray_extra: dict[str, str]) -> None:
-    env = without_tray_extra
+    env = {**base, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
     for args in ((), ("--install-autostart",)):
-        out = console("nomyo-tray", *args, env={**env, "DISPLAY": ":99"})
+        out = subprocess.run(
+            [str(plain_install / "nomyo-tray"), *args], env={**env, "DISPLAY": ":99"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
         assert out.returncode == 1, out.stderr
         lines = out.stderr.splitlines()
         assert lines[0] == (
             "nomyo-tray: error: the tray needs the [tray] extra (pystray, Pillow not installed)"
         )
-        assert lines[1].startswith("hint: reinstall with it")
+        assert lines[1].startswith("hint: reinstall with it from the checkout")
         assert len(lines) == 2
         assert "Traceback" not in out.stderr
-    assert not (Path(env["XDG_CONFIG_HOME"]) / "autostart").exists()
+    assert not (tmp_path / "cfg" / "autostart").exists()
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])

@@ -41,8 +41,8 @@ def missing_extra() -> list[str]:
 def _fail_missing(missing: list[str]) -> int:
     return _fail(
         f"the tray needs the [tray] extra ({', '.join(missing)} not installed)",
-        "reinstall with it, e.g. `pipx install --force '.[tray]'` from the checkout or "
-        "`pip install 'nomyo-agent[tray]'` (the same environment as nomyo-agent)",
+        "reinstall with it from the checkout: `pipx install --force '.[tray]'`, or "
+        "`pip install '.[tray]'` into the environment nomyo-agent is in",
     )
 
 
