@@ -118,9 +118,16 @@ def _say(text: str) -> None:
 
 def _set_title(path: str | None) -> None:
     """``nomyo-agent serve --socket PATH`` in ps, ``nomyo-agent`` as the name pgrep matches."""
-    import setproctitle  # noqa: PLC0415 - the daemon only
+    # SPT_NOENV: write the title over argv only, never over the environment block, so that
+    # /proc/PID/environ stays true (the title is cut to argv's length instead). Read once, at
+    # the first call; not left for the children (pinentry, the key worker) to inherit.
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        import setproctitle  # noqa: PLC0415 - the daemon only
 
-    setproctitle.setproctitle(f"nomyo-agent serve --socket {socket_path(path)}")
+        setproctitle.setproctitle(f"nomyo-agent serve --socket {socket_path(path)}")
+    finally:
+        del os.environ["SPT_NOENV"]
     setproctitle.setthreadtitle("nomyo-agent")  # /proc/PID/comm: `pgrep -x nomyo-agent`
 
 
