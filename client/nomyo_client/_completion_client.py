@@ -17,7 +17,6 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart, _hints, _wire
-from nomyo_client._chat_completion import check_agent_socket, env_default
 from nomyo_client._engine import Engine
 from nomyo_client._errors import (
     AgentProtocolError,
@@ -25,6 +24,7 @@ from nomyo_client._errors import (
     InvalidRequestError,
     from_agent_error,
 )
+from nomyo_client._options import check_agent_socket, env_default
 from nomyo_client._retry import RetryPolicy
 
 if TYPE_CHECKING:
