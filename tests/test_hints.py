@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from nomyo_agent._launch import start_error
 from nomyo_client import (
     AgentError,
     APIConnectionError,
@@ -69,6 +70,14 @@ def test_a_failed_start_reports_its_own_error_not_the_logs_old_lines(desktop: Se
     assert f"the full log is {log}" in hint
     assert "last week" not in out.stderr
     assert "memlock" not in out.stderr
+
+
+def test_start_error_picks_the_cause_out_of_the_childs_lines() -> None:
+    warning = "nomyo-agent[7]: WARNING: process memory is not locked\n"
+    assert start_error(warning + "nomyo-agent[7]: ERROR: cannot bind\n") == ("cannot bind", "")
+    crash = 'Traceback (most recent call last):\n  File "x", line 1\nOSError: [Errno 28] full\n'
+    assert start_error(warning + crash) == ("OSError: [Errno 28] full", "")
+    assert start_error(warning) == ("", "")
 
 
 # --- 6: missing hints ------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def _start_failed(log: Path, offset: int) -> AgentError:
     error, hint = start_error(text)
     where = f"the full log is {log}"
     return AgentError(
-        f"the agent failed to start: {error or 'it wrote nothing'}",
+        f"the agent failed to start: {error or 'it gave no reason'}",
         hint=f"{hint}; {where}" if hint else where,
     )
 
