@@ -229,6 +229,18 @@ def test_no_session_bus(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPa
         assert "Secret Service" in info.value.hint
 
 
+@pytest.mark.usefixtures("collect_leaks")
+def test_check_sees_a_missing_bus_without_touching_a_collection(
+    no_bus_env: dict[str, str], desktop: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_env(monkeypatch, no_bus_env)
+    with pytest.raises(KeyringUnavailableError) as info:
+        KeyringStore().check()
+    assert 'keystore = "file"' in info.value.hint
+    use_env(monkeypatch, desktop.env)
+    KeyringStore(service="nomyo-agent-test").check()  # a Secret Service: fine, nothing stored
+
+
 def test_no_keyring_at_all(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """keyring's ``fail`` backend (what it picks when nothing is viable) raises NoKeyringError."""
     use_env(monkeypatch, {**no_bus_env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})

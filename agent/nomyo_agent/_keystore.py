@@ -296,10 +296,17 @@ class KeyringStore:
     requires_passphrase = False
 
     def check(self) -> None:
-        # A read reaches the backend as a write would (bus, collection, unlock prompt).
-        stored = self.load()
-        if stored is not None:
-            stored.close()
+        # keyring's own viability test (for the Secret Service: a bus that answers and a
+        # service on it), without touching a collection: creating or unlocking one is for save.
+        ring = self._ring()
+        if isinstance(ring, fail.Keyring):
+            raise KeyringUnavailableError("no OS keyring is available")
+        try:
+            viable = type(ring).priority > 0
+        except Exception as exc:  # the named backend's bus or service is missing
+            raise _translate(exc, _dotted(ring)) from exc
+        if not viable:
+            raise KeyringUnavailableError(f"the keyring {_dotted(ring)} cannot be used here")
 
 
 class MemoryStore:
