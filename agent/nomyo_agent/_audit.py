@@ -66,6 +66,10 @@ class AuditLog:
         self._windows: dict[tuple[str | None, str | None], _Window] = {}
 
     def record(self, event: p.StateEvent, when: float) -> None:
+        if event.reason == "stopping" and event.state is p.State.UNLOCKED:
+            # An unlocked agent that stops announces it twice: first to release the watchers,
+            # then when the lock drops the key. The second, with its true state, is the line.
+            return
         line = _Line(
             time=round(when, 3),
             event=event.reason,

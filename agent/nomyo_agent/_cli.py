@@ -27,8 +27,13 @@ import msgspec
 from nomyo_agent import __version__
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import AgentError, AgentUnavailableError, PinentryCancelledError
-from nomyo_agent.paths import socket_path
+from nomyo_agent.errors import (
+    AgentError,
+    AgentUnavailableError,
+    BadRequestError,
+    PinentryCancelledError,
+)
+from nomyo_agent.paths import socket_path, socket_path_problem
 
 __all__ = ["main"]
 
@@ -40,6 +45,15 @@ exit codes: 0 done, 1 the agent refused (the message says why), 2 bad command li
 
 The socket is $NOMYO_AGENT_SOCK, else $XDG_RUNTIME_DIR/nomyo-agent/agent.sock.
 """
+
+MIN_BITS = (
+    2048  # the agent's own floor (_keys.MIN_BITS), checked here to exit 2 without a round trip
+)
+
+
+class UsageError(AgentError):
+    """The command line (or NOMYO_AGENT_SOCK) cannot work; nothing was sent: exit 2."""
+
 
 # Slow operations (key generation, a person typing a passphrase) must not hit a short timeout.
 INTERACTIVE_TIMEOUT = 600.0
@@ -65,6 +79,22 @@ def _read_passphrase() -> bytes:
     return data.rstrip(b"\r\n") if data.endswith(b"\n") else data
 
 
+def _refuse_empty_passphrase(args: argparse.Namespace) -> None:
+    """Empty stdin for a passphrase-protected identity is a usage error, not a guess.
+
+    The agent would count it as a failed unlock (and grow the delay before the next one). An
+    identity with no passphrase unlocks with empty stdin, as scripts do.
+    """
+    st = _call(args, p.Status(), p.StatusReply)
+    assert isinstance(st, p.StatusReply)
+    if st.passphrase_protected:
+        raise UsageError(
+            "--passphrase-stdin read no passphrase (standard input was empty)",
+            hint="pipe it in, e.g. `printf '%s\\n' \"$PASSPHRASE\" | nomyo-agent unlock "
+            "--passphrase-stdin`, or leave the option out and let pinentry ask",
+        )
+
+
 def _where() -> p.PinEntry:
     from nomyo_agent._pinentry import pinentry_env_from  # noqa: PLC0415 - only when prompting
 
@@ -86,11 +116,27 @@ def _say(text: str) -> None:
 # --- commands ------------------------------------------------------------------------------------
 
 
+def _set_title(path: str | None) -> None:
+    """``nomyo-agent serve --socket PATH`` in ps, ``nomyo-agent`` as the name pgrep matches."""
+    # SPT_NOENV: write the title over argv only, never over the environment block, so that
+    # /proc/PID/environ stays true (the title is cut to argv's length instead). Read once, at
+    # the first call; not left for the children (pinentry, the key worker) to inherit.
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        import setproctitle  # noqa: PLC0415 - the daemon only
+
+        setproctitle.setproctitle(f"nomyo-agent serve --socket {socket_path(path)}")
+    finally:
+        del os.environ["SPT_NOENV"]
+    setproctitle.setthreadtitle("nomyo-agent")  # /proc/PID/comm: `pgrep -x nomyo-agent`
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from nomyo_agent import _daemon  # noqa: PLC0415 - imports cryptography; only the daemon needs it
     from nomyo_agent._config import Config, load_config  # noqa: PLC0415
 
     path = socket_path(args.socket)
+    _set_title(args.socket)
     if args.daemon:
         path = os.path.abspath(path)  # the daemon runs in /
         _daemon.daemonize()
@@ -108,6 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_lifetime=args.max_lifetime,
             pin_policy=args.pin_policy,
             pinentry=args.pinentry,
+            keystore=args.keystore,
         )
 
     return _daemon.serve(
@@ -127,6 +174,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         ("--idle-timeout", args.idle_timeout),
         ("--max-lifetime", args.max_lifetime),
         ("--pinentry", args.pinentry),
+        ("--keystore", args.keystore),
     ):
         if value is not None:
             extra += [flag, str(value)]
@@ -158,7 +206,16 @@ def cmd_uninstall_service(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
+    try:
+        conn = _connect(args)
+    except AgentUnavailableError as exc:
+        # "start it" is the wrong advice to someone who wants it gone.
+        exc.hint = (
+            "nothing to stop; if an agent runs elsewhere, name its socket with --socket "
+            "or NOMYO_AGENT_SOCK"
+        )
+        raise
+    with conn:
         pid = conn.call(p.Hello(client="nomyo-agent stop"), p.HelloReply).pid
         conn.call(p.Stop(), p.Ok)
     _say(f"stopped the agent (pid {pid})")
@@ -172,6 +229,14 @@ def _duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}h {m:02d}m" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
+
+
+def _recent_apps(clients: Sequence[p.ClientInfo]) -> str:
+    """``nomyo-chat (3), myapp``: each app once, most recent first, with its process count."""
+    counts: dict[str, int] = {}
+    for client in clients:
+        counts[client.exe] = counts.get(client.exe, 0) + 1
+    return ", ".join(f"{exe} ({n})" if n > 1 else exe for exe, n in counts.items()) or "none"
 
 
 def _status_text(st: p.StatusReply) -> str:
@@ -189,12 +254,13 @@ def _status_text(st: p.StatusReply) -> str:
             f"identity:     RSA-{st.bits} {short} ({protected})",
             f"fingerprint:  {st.fingerprint}",
         ]
-    recent = ", ".join(c.exe for c in st.recent_clients[:5]) or "none"
+    recent = _recent_apps(st.recent_clients)
     h = st.hardening
     yes = {True: "yes", False: "NO"}
     c = st.counters
     lines += [
         f"keyring:      {st.keyring_backend}",
+        f"router pins:  {st.pin_policy}",
         f"timeouts:     idle {_duration(st.idle_timeout or None)},"
         f" lifetime {_duration(st.max_lifetime or None)}",
         f"agent:        pid {st.pid}, version {st.agent_version}, protocol {st.protocol},"
@@ -277,7 +343,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     if args.passphrase_stdin:
-        request = p.Unlock(passphrase=_read_passphrase())
+        passphrase = _read_passphrase()
+        if not passphrase:
+            _refuse_empty_passphrase(args)
+        request = p.Unlock(passphrase=passphrase)
     else:
         request = p.Unlock(pinentry=_where())
     _call(args, request, p.Ok, timeout=INTERACTIVE_TIMEOUT)
@@ -304,7 +373,15 @@ def cmd_public_key(args: argparse.Namespace) -> int:
 def cmd_pins(args: argparse.Namespace) -> int:
     if args.pins_cmd == "accept":
         pem = Path(args.key_file).read_text() if args.key_file else None
-        reply = _call(args, p.PinAccept(origin=args.origin, router_key_pem=pem), p.Accepted)
+        try:
+            reply = _call(args, p.PinAccept(origin=args.origin, router_key_pem=pem), p.Accepted)
+        except BadRequestError as exc:
+            if not exc.hint:
+                exc.hint = (
+                    "ORIGIN is the router's scheme, host and port as `pins list` shows it, "
+                    "e.g. https://api.nomyo.ai or http://127.0.0.1:8000"
+                )
+            raise
         assert isinstance(reply, p.Accepted)
         _say(f"pinned {reply.origin} to {reply.fingerprint}")
     elif args.pins_cmd == "forget":
@@ -356,6 +433,12 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pinentry", metavar="PROGRAM", help="the pinentry program (default: pinentry)"
     )
+    parser.add_argument(
+        "--keystore",
+        choices=("keyring", "file"),
+        help="where the private key lives: the OS keyring (default), or for headless machines "
+        "a passphrase-encrypted file in the state folder",
+    )
 
 
 def _passphrase_options(parser: argparse.ArgumentParser, new: bool, exclusive: bool = True) -> None:
@@ -371,6 +454,19 @@ def _passphrase_options(parser: argparse.ArgumentParser, new: bool, exclusive: b
             action="store_true",
             help="store the key with no passphrase (the keyring's protection only)",
         )
+
+
+def _bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bits: {text!r}") from None
+    if bits < MIN_BITS:
+        raise argparse.ArgumentTypeError(
+            f"{bits} bits is too small: routers refuse keys under {MIN_BITS} bits"
+            " (4096, the default, is what the nomyo client uses)"
+        )
+    return bits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("keygen", cmd_keygen, "generate a new identity in the OS keyring")
     sp.add_argument(
-        "--bits", type=int, default=4096, help="RSA key size (default 4096, minimum 2048)"
+        "--bits", type=_bits, default=4096, help="RSA key size (default 4096, minimum 2048)"
     )
     sp.add_argument("--force", action="store_true", help="replace an existing identity")
     _passphrase_options(sp, new=True)
@@ -481,10 +577,21 @@ def _fail(message: str, hint: str) -> None:
         print(f"hint: {hint}", file=sys.stderr)
 
 
+# The service commands take --socket as the unit's listen path (systemd's %t form allowed).
+_NO_SOCKET_CHECK = ("install-service", "uninstall-service")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in _NO_SOCKET_CHECK:
+            problem = socket_path_problem(socket_path(args.socket))
+            if problem is not None:
+                raise UsageError(*problem)
         return int(args.func(args))
+    except UsageError as exc:
+        _fail(exc.message, exc.hint)
+        return EXIT_USAGE
     except AgentUnavailableError as exc:
         _fail(exc.message, exc.hint)
         return EXIT_NO_AGENT

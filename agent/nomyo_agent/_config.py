@@ -11,12 +11,15 @@
     pinentry = "/usr/bin/pinentry-gtk-2"   # default: pinentry on PATH (pinentry-mac on macOS)
     keyring_service = "nomyo-agent"
     connection_timeout = 600 # seconds before an idle client connection is closed; 0 = never
+    keystore = "keyring"     # where the private key lives: "keyring" (the OS keyring), or on a
+                             # headless machine "file": passphrase-encrypted PKCS#8 in
+                             # identity.key in the state folder, 0600 (a passphrase is required)
 
-Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file, an
-unknown key or a value of the wrong type is an error that names the file, the key and the type
-expected: a typo must not silently weaken a timeout. Types are exact (``auto_unlock = "false"`` is
-a string, not a boolean; ``true`` is not a number) and durations finite, from 0 to
-``MAX_SECONDS``: ``nan`` or ``inf`` would turn a lock off without saying so.
+Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``, ``NOMYO_AGENT_KEYSTORE``.
+An unreadable file, an unknown key or a value of the wrong type is an error that names the file,
+the key and the type expected: a typo must not silently weaken a timeout. Types are exact
+(``auto_unlock = "false"`` is a string, not a boolean; ``true`` is not a number) and durations
+finite, from 0 to ``MAX_SECONDS``: ``nan`` or ``inf`` would turn a lock off without saying so.
 
 ``nomyo-agent serve`` reads the file again on SIGHUP (``Config`` is immutable: the server swaps
 the whole object, or keeps the old one when the new file is refused).
@@ -36,6 +39,7 @@ import platformdirs
 from nomyo_agent.errors import BadRequestError
 
 __all__ = [
+    "KEYSTORES",
     "MAX_SECONDS",
     "PIN_POLICIES",
     "Config",
@@ -49,6 +53,7 @@ __all__ = [
 APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
 MAX_SECONDS = 366 * 24 * 3600  # a year: longer is "off" in all but name, and 0 already says off
+KEYSTORES = ("keyring", "file")  # the same as _keystore.KEYSTORES, without importing keyring
 
 
 class ConfigError(BadRequestError):
@@ -60,7 +65,8 @@ def config_path() -> Path:
 
 
 def state_dir() -> Path:
-    """Router pins, the public half of the identity, the audit log; never the private key."""
+    """Router pins, the public half of the identity, the audit log; the private key only with
+    ``keystore = "file"`` (and then passphrase-encrypted)."""
     return Path(platformdirs.user_state_dir(APP, appauthor=False))
 
 
@@ -73,13 +79,17 @@ class Config:
     pinentry: str | None = None
     keyring_service: str = APP
     connection_timeout: float = 600.0
+    keystore: str = "keyring"
     state_dir: Path = dataclasses.field(default_factory=state_dir)
 
     def __post_init__(self) -> None:
         for name in _KINDS:
             problem = _check(name, getattr(self, name))
             if problem:
-                raise ConfigError(f"{name} {problem}")
+                hint = None
+                if name == "keystore":
+                    hint = '"file": the key passphrase-encrypted in the state folder (headless)'
+                raise ConfigError(f"{name} {problem}", hint=hint)
         # Stored as float: status and the timers do arithmetic on it, and an int 0 from the file
         # is the same setting as 0.0.
         object.__setattr__(self, "idle_timeout", float(self.idle_timeout))
@@ -113,6 +123,10 @@ def _check(name: str, value: object) -> str | None:
         if value not in PIN_POLICIES:
             return f"must be one of {', '.join(PIN_POLICIES)} (a string), not {value!r}"
         return None
+    if kind == "keystore":
+        if value not in KEYSTORES:
+            return f"must be one of {', '.join(KEYSTORES)} (a string), not {value!r}"
+        return None
     optional = kind == "optional str"
     if value is None and optional:
         return None
@@ -129,6 +143,7 @@ _KINDS = {
     "pinentry": "optional str",
     "keyring_service": "str",
     "connection_timeout": "seconds",
+    "keystore": "keystore",
 }
 
 
@@ -175,6 +190,8 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         settings["pinentry"] = env["NOMYO_AGENT_PINENTRY"]
     if env.get("NOMYO_AGENT_KEYRING_SERVICE"):
         settings["keyring_service"] = env["NOMYO_AGENT_KEYRING_SERVICE"]
+    if env.get("NOMYO_AGENT_KEYSTORE"):
+        settings["keystore"] = env["NOMYO_AGENT_KEYSTORE"]
     try:
         return Config(**settings)
     except TypeError as exc:

@@ -20,7 +20,7 @@ from nomyo_agent._audit import AuditLog
 from nomyo_agent._config import Config, ConfigError, config_path
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._identity import IdentityInfo
-from nomyo_agent._keystore import KeyringStore
+from nomyo_agent._keystore import FILE_NAME, FileStore, KeyringStore, KeyStore
 from nomyo_agent._pins import PinStore
 from nomyo_agent._server import AgentServer
 from nomyo_agent._services import Services
@@ -95,7 +95,13 @@ def _reloader(
 
 
 # Where the identity lives: changing them under a running agent would strand its key.
-_RESTART_ONLY = ("keyring_service", "state_dir")
+_RESTART_ONLY = ("keyring_service", "keystore", "state_dir")
+
+
+def _keystore(config: Config) -> KeyStore:
+    if config.keystore == "file":
+        return FileStore(config.state_dir / FILE_NAME)
+    return KeyringStore(service=config.keyring_service)
 
 
 def serve(
@@ -123,7 +129,7 @@ def serve(
     state.watchers.add(lambda event: audit.record(event, state.clock.wall()))
     services = Services(
         config=config,
-        keystore=KeyringStore(service=config.keyring_service),
+        keystore=_keystore(config),
         pins=PinStore(config.state_dir / "pins.json"),
         socket_path=socket_path,
         ask_passphrase=functools.partial(

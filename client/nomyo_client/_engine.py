@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -218,8 +218,13 @@ class Engine:
         payload_id: str,
         api_key: str | None,
         tier: str | None,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Seal, POST, retry, open: the decrypted completion with its ``_metadata``."""
+        """Seal, POST, retry, open: the decrypted completion with its ``_metadata``.
+
+        ``extra_headers`` (the OpenAI SDK's option, checked by the caller) go on the POST.
+        """
         # Header values are checked before the agent or the router sees anything.
         _wire.check_header_value("payload_id", payload_id)
         if isinstance(api_key, str) and api_key:
@@ -229,7 +234,10 @@ class Engine:
         url = f"{base_url}/v1/chat/secure_completion"
         router_key, fresh = await self.router_key(base_url)
         sealed = await state.agent.seal(origin, router_key, plaintext)
-        headers = _wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier)
+        headers = {
+            **(extra_headers or {}),
+            **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
+        }
         response = await self._send(state, "POST", url, sealed.package, headers)
         if response.status_code == 400 and not fresh:
             # Maybe the router rotated its key since we cached it: ask again, and let the agent
@@ -237,7 +245,10 @@ class Engine:
             new_key = await self.fetch_router_key(base_url)
             if new_key != router_key:
                 sealed = await state.agent.seal(origin, new_key, plaintext)
-                headers = _wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier)
+                headers = {
+                    **(extra_headers or {}),
+                    **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
+                }
                 response = await self._send(state, "POST", url, sealed.package, headers)
         if response.status_code != 200:
             retry_after = parse_retry_after(response.headers, self.retry.clock())
