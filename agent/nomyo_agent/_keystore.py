@@ -345,7 +345,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any PEM; a bound before reading
 class FileStore:
     """The identity in a 0600 file, for headless machines (``keystore = "file"``). Usage::
 
-        store = FileStore(Path("~/.local/state/nomyo-agent/identity.key").expanduser())
+    store = FileStore(Path("~/.local/state/nomyo-agent/identity.key").expanduser())
     """
 
     requires_passphrase = True
