@@ -66,7 +66,7 @@ def test_a_failed_start_reports_its_own_error_not_the_logs_old_lines(desktop: Se
     assert first == (
         f"nomyo-agent: the agent failed to start: unknown setting(s) in {config}: idle_timout"
     )
-    assert "known settings: auto_unlock, idle_timeout" in hint
+    assert "known settings: auto_unlock, connection_timeout, idle_timeout" in hint
     assert f"the full log is {log}" in hint
     assert "last week" not in out.stderr
     assert "memlock" not in out.stderr
@@ -142,7 +142,7 @@ def test_pins_accept_with_a_malformed_origin_says_what_an_origin_is(agent: Runni
     code, _, stderr = agent_cli(agent, "pins", "accept", "api.nomyo.ai")
     assert code == 1
     first, hint = error_and_hint(stderr)
-    assert "not an http(s) router URL" in first
+    assert "not a usable router URL 'api.nomyo.ai'" in first
     assert "e.g. https://api.nomyo.ai" in hint
 
 

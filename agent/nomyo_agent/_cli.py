@@ -30,7 +30,6 @@ from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import (
     AgentError,
     AgentUnavailableError,
-    BadRequestError,
     PinentryCancelledError,
 )
 from nomyo_agent.paths import socket_path, socket_path_problem
@@ -373,15 +372,8 @@ def cmd_public_key(args: argparse.Namespace) -> int:
 def cmd_pins(args: argparse.Namespace) -> int:
     if args.pins_cmd == "accept":
         pem = Path(args.key_file).read_text() if args.key_file else None
-        try:
-            reply = _call(args, p.PinAccept(origin=args.origin, router_key_pem=pem), p.Accepted)
-        except BadRequestError as exc:
-            if not exc.hint:
-                exc.hint = (
-                    "ORIGIN is the router's scheme, host and port as `pins list` shows it, "
-                    "e.g. https://api.nomyo.ai or http://127.0.0.1:8000"
-                )
-            raise
+        # A malformed ORIGIN is refused by the agent with the origins module's own hint.
+        reply = _call(args, p.PinAccept(origin=args.origin, router_key_pem=pem), p.Accepted)
         assert isinstance(reply, p.Accepted)
         _say(f"pinned {reply.origin} to {reply.fingerprint}")
     elif args.pins_cmd == "forget":

@@ -92,7 +92,8 @@ def socket_path_problem(path: str) -> tuple[str, str] | None:
     if st.st_mode & (stat.S_ISVTX | stat.S_IWOTH):
         own = folder / f"nomyo-agent-{os.getuid()}" / Path(path).name
         return (
-            f"{folder} is a shared folder: the socket needs a folder of its own (0700)",
+            f"{folder} is a shared folder (mode {stat.S_IMODE(st.st_mode):04o}): the socket "
+            "needs a folder of its own (0700)",
             f"use --socket {own} (the agent creates the folder)",
         )
     return None

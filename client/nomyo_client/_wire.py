@@ -73,7 +73,7 @@ def check_base_url(base_url: str, allow_http: bool) -> str:
             f"refusing plain http to {url}: the router key could be swapped in transit",
             hint="use https, or pass allow_http=True for a router on your own machine",
         )
-    if scheme not in DEFAULT_PORTS or not urllib.parse.urlsplit(url).hostname:
+    if scheme not in DEFAULT_PORTS:
         bare = url.split("://", 1)[-1]
         raise InvalidRequestError(
             f"not an http(s) router URL: {base_url!r}",
