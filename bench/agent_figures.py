@@ -100,6 +100,7 @@ def agent_code_path(key: rsa.RSAPrivateKey, package: bytes) -> Callable[[], obje
     """The agent's own work for one open (frame split, decode, dispatch, open, encode), with the
     socket taken away: what the RPC costs apart from the kernel's round trip."""
     from nomyo_agent import _hardening, _server
+    from nomyo_agent._budget import ByteBudget
     from nomyo_agent._config import Config
     from nomyo_agent._dispatch import Dispatcher
     from nomyo_agent._keystore import MemoryStore
@@ -126,8 +127,9 @@ def agent_code_path(key: rsa.RSAPrivateKey, package: bytes) -> Callable[[], obje
         hardening=_hardening.report,
     )
     server = types.SimpleNamespace(
-        state=state, dispatcher=Dispatcher(state, services), connections=set(), stopping=False
-    )
+        state=state, dispatcher=Dispatcher(state, services), connections=set(), stopping=False,
+        budget=ByteBudget(_server.MAX_BUFFERED_BYTES),
+    )  # fmt: skip
     conn = _server._Connection(server, peer=Peer(pid=0, uid=0, gid=0, exe="bench"))  # type: ignore[arg-type]
     conn.transport = _Sink()  # type: ignore[assignment]
     frame = p.encode_frame(p.Open(package=package))

@@ -43,7 +43,8 @@ def test_exported_names_are_pinned() -> None:
         "APIConnectionError", "APIError", "AgentDeniedError", "AgentError", "AgentLockedError",
         "AgentProtocolError",
         "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "InvalidRequestError",
-        "NoIdentityError", "RateLimitError", "RetryPolicy", "RouterKeyChangedError",
+        "NoIdentityError", "RateLimitError", "ResponseTooLargeError", "RetryPolicy",
+        "RouterKeyChangedError",
         "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",
         "ServiceUnavailableError", "SyncSecureChatCompletion",
     ])  # fmt: skip

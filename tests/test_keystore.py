@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import keyring
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 
 from nomyo_agent import _keystore
-from nomyo_agent._keystore import KeyringStore, KeyStore, MemoryStore
+from nomyo_agent._keystore import FileStore, KeyringStore, KeyStore, MemoryStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import KeyringLockedError, KeyringUnavailableError
 from support.desktop import Session
@@ -118,6 +120,48 @@ class TestMemoryStore(KeyStoreContract):
         return MemoryStore()
 
 
+class TestFileStore(KeyStoreContract):
+    """The headless store: the same contract, plus the file's own rules."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> KeyStore:
+        return FileStore(tmp_path / "state" / "nomyo-agent" / "identity.key")
+
+    def test_file_0600_in_a_0700_folder_from_creation(self, tmp_path: Path) -> None:
+        path = tmp_path / "state" / "nomyo-agent" / "identity.key"
+        old = os.umask(0)  # the store must not rely on the caller's umask
+        try:
+            FileStore(path).save(b"-----value-----")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert FileStore(path).backend_name == f"file {path}"
+        assert FileStore(path).requires_passphrase
+
+    def test_a_file_open_to_others_is_not_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "identity.key"
+        path.write_bytes(b"-----value-----")
+        path.chmod(0o644)
+        with pytest.raises(KeyringUnavailableError, match="open to other users") as info:
+            FileStore(path).load()
+        assert f"chmod 600 {path}" in info.value.hint
+
+    def test_a_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "elsewhere"
+        target.write_bytes(b"-----value-----")
+        target.chmod(0o600)
+        (tmp_path / "identity.key").symlink_to(target)
+        with pytest.raises(KeyringUnavailableError, match="cannot read"):
+            FileStore(tmp_path / "identity.key").load()
+
+    def test_check_fails_where_save_would(self, tmp_path: Path) -> None:
+        blocked = tmp_path / "not-a-folder"
+        blocked.write_text("")
+        with pytest.raises(KeyringUnavailableError, match="cannot create"):
+            FileStore(blocked / "nomyo-agent" / "identity.key").check()
+
+
 class TestKeyringStoreOnGnomeKeyring(KeyStoreContract):
     @pytest.fixture
     def store(self, desktop: Session, monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyStore]:
@@ -182,6 +226,18 @@ def test_no_session_bus(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPa
         with pytest.raises(KeyringUnavailableError, match="cannot reach the keyring") as info:
             call()
         assert "Secret Service" in info.value.hint
+
+
+@pytest.mark.usefixtures("collect_leaks")
+def test_check_sees_a_missing_bus_without_touching_a_collection(
+    no_bus_env: dict[str, str], desktop: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_env(monkeypatch, no_bus_env)
+    with pytest.raises(KeyringUnavailableError) as info:
+        KeyringStore().check()
+    assert 'keystore = "file"' in info.value.hint
+    use_env(monkeypatch, desktop.env)
+    KeyringStore(service="nomyo-agent-test").check()  # a Secret Service: fine, nothing stored
 
 
 def test_no_keyring_at_all(no_bus_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,3 +99,97 @@ def test_frames_split_anywhere_reassemble(requests: list[p.Request], chunk: int)
 def test_random_bodies_decode_or_fail_with_msgspec_errors_only(body: bytes) -> None:
     with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
         p.decode_request(body)
+
+
+# --- per-operation caps and the admission hook (the agent's memory budget) -------------------
+
+BIG_SEAL = p.Seal(
+    origin="https://r", router_key_pem="PEM", plaintext=b"s" * (p.SMALL_FRAME_BYTES * 2)
+)
+
+
+def test_a_large_frame_is_capped_by_the_operation_it_names_first() -> None:
+    big_hello = msgspec.msgpack.encode({"op": "hello", "capabilities": ["ab"] * 40_000})
+    assert len(big_hello) > p.SMALL_FRAME_BYTES
+    with pytest.raises(p.FrameTooLarge, match="hello frame"):
+        list(p.FrameReader(requests=True).feed(struct.pack(">I", len(big_hello)) + big_hello[:64]))
+    # the tag not first (or no map at all): a large frame is refused as a small one
+    for body in (
+        msgspec.msgpack.encode({"plaintext": b"x" * 70_000, "op": "seal"}),
+        b"\x00" * 70_000,
+    ):
+        with pytest.raises(p.FrameTooLarge):
+            list(p.FrameReader(requests=True).feed(struct.pack(">I", len(body)) + body[:64]))
+    # over the op's own cap, known from the header and the tag alone
+    header = struct.pack(">I", p.request_cap("seal") + 1) + p.encode(BIG_SEAL)[:48]
+    with pytest.raises(p.FrameTooLarge, match="seal frame"):
+        list(p.FrameReader(requests=True).feed(header))
+    # over every cap: refused on the header alone
+    with pytest.raises(p.FrameTooLarge):
+        list(p.FrameReader(requests=True).feed(struct.pack(">I", p.MAX_FRAME_BYTES + 1)))
+
+
+def test_encode_frame_refuses_a_request_over_its_cap_before_sending() -> None:
+    with pytest.raises(p.FrameTooLarge):
+        p.encode_frame(p.PinAccept(origin="o", router_key_pem="A" * p.SMALL_FRAME_BYTES))
+    assert len(p.encode_frame(BIG_SEAL)) > p.SMALL_FRAME_BYTES  # seal may be large
+    answer = b"x" * p.MAX_ANSWER_BYTES  # a maximal answer opens: its Open frame fits
+    assert len(p.encode_frame(p.Open(package=answer))) <= p.MAX_FRAME_BYTES + p.HEADER.size
+
+
+ALL = [*REQUESTS, BIG_SEAL]
+
+
+# Indices, not the requests themselves: hypothesis would print a 128 KiB repr of BIG_SEAL.
+# Cuts: small ones (splitting headers and the tag), then large ones (a byte at a time through a
+# 128 KiB frame would take seconds).
+@settings(deadline=None)
+@given(st.lists(st.integers(0, len(ALL) - 1), max_size=6),
+       st.lists(st.integers(1, 64), max_size=8), st.integers(1000, 70_000),
+       st.integers(0, 3))  # fmt: skip
+def test_held_frames_resume_where_they_stopped(
+    picks: list[int], small_cuts: list[int], chunk: int, refusals: int
+) -> None:
+    requests = [ALL[i] for i in picks]
+    stream = b"".join(p.encode_frame(r) for r in requests)
+    asked: list[int] = []
+
+    def admit(length: int) -> bool:  # says no `refusals` times per large frame, then yes
+        asked.append(length)
+        return asked.count(length) > refusals
+
+    reader = p.FrameReader(requests=True, admit=admit)
+    cuts = [*small_cuts]
+    pos, out = 0, []
+    while pos < len(stream):
+        size = cuts.pop(0) if cuts else chunk
+        out += [p.decode_request(b) for b in reader.feed(stream[pos : pos + size])]
+        pos += size
+        for _ in range(refusals):  # the agent asks again once memory is granted
+            out += [p.decode_request(b) for b in reader.feed(b"")]
+    assert out == requests
+    assert reader.pending == 0
+    assert set(asked) <= {len(p.encode(BIG_SEAL))}
+
+
+def test_the_budget_grants_in_order_and_never_over_the_limit_but_for_one() -> None:
+    from nomyo_agent._budget import ByteBudget
+
+    budget = ByteBudget(100)
+    granted: list[str] = []
+    assert budget.try_take(60)
+    assert not budget.try_take(50)
+    budget.wait("a", 50, lambda: granted.append("a"))
+    budget.wait("b", 10, lambda: granted.append("b"))
+    assert not budget.try_take(1)  # nobody jumps the queue
+    budget.release(60)
+    assert granted == ["a", "b"]
+    assert budget.used == 60
+    budget.charge(500)  # an untaken reply: already spent
+    assert budget.peak == 560
+    budget.release(560)
+    assert budget.try_take(1000)  # one frame larger than the budget still goes when alone
+    budget.wait("c", 1, lambda: granted.append("c"))
+    budget.cancel("c")
+    budget.release(1000)
+    assert granted == ["a", "b"]

@@ -17,6 +17,7 @@ import pytest
 
 from nomyo_agent import _service
 from nomyo_agent.errors import AgentError
+from support.agent import RunningAgent
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_print_shows_everything_and_writes_nothing(home: Path) -> None:
 
 def test_install_without_a_manager_writes_and_says_how_to_start(home: Path) -> None:
     result = run_cli("install-service")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # nothing was started: not a success
     units = home / ".config" / "systemd" / "user"
     plan = _service.plan()
     for file in plan.files:
@@ -65,8 +66,11 @@ def test_install_without_a_manager_writes_and_says_how_to_start(home: Path) -> N
         units / "nomyo-agent.socket",
         units / "nomyo-agent.service",
     }
-    assert "does not answer, so nothing was started" in result.stdout
-    assert "hint: in your desktop session, run: systemctl --user daemon-reload && " in result.stdout
+    assert result.stderr.startswith(
+        "nomyo-agent: the service manager of this session does not answer, so nothing was "
+        "started (the files are written)\n"
+        "hint: in your desktop session, run: systemctl --user daemon-reload && "
+    )
     assert result.stdout.rstrip().splitlines()[-1] == f"to undo: {plan.undo}"
     # ReadWritePaths= needs the state folder to exist; it is the agent's own (platformdirs).
     state = Path(platformdirs.user_state_dir("nomyo-agent", appauthor=False))
@@ -81,6 +85,17 @@ def test_install_without_a_manager_writes_and_says_how_to_start(home: Path) -> N
         assert f"removed {file.path}" in again.stdout
     assert state.exists()  # the agent's data is not the installer's to remove
     assert run_cli("uninstall-service").stdout == ""  # nothing left: says nothing, still fine
+
+
+def test_install_without_a_manager_refuses_while_a_hand_started_agent_serves(
+    home: Path, agent: RunningAgent
+) -> None:
+    """The same refusal as with a manager: the units would take this socket at the next login."""
+    result = run_cli("--socket", agent.path, "install-service")
+    assert result.returncode == 1
+    assert f"an agent started outside the service manager (pid {agent.pid})" in result.stderr
+    assert "hint: stop it first" in result.stderr
+    assert not (home / ".config").exists()  # refused before writing anything
 
 
 def test_no_start_and_an_explicit_socket(home: Path, tmp_path: Path) -> None:

@@ -27,8 +27,12 @@ import msgspec
 from nomyo_agent import __version__
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import AgentError, AgentUnavailableError, PinentryCancelledError
-from nomyo_agent.paths import socket_path
+from nomyo_agent.errors import (
+    AgentError,
+    AgentUnavailableError,
+    PinentryCancelledError,
+)
+from nomyo_agent.paths import socket_path, socket_path_problem
 
 __all__ = ["main"]
 
@@ -40,6 +44,15 @@ exit codes: 0 done, 1 the agent refused (the message says why), 2 bad command li
 
 The socket is $NOMYO_AGENT_SOCK, else $XDG_RUNTIME_DIR/nomyo-agent/agent.sock.
 """
+
+MIN_BITS = (
+    2048  # the agent's own floor (_keys.MIN_BITS), checked here to exit 2 without a round trip
+)
+
+
+class UsageError(AgentError):
+    """The command line (or NOMYO_AGENT_SOCK) cannot work; nothing was sent: exit 2."""
+
 
 # Slow operations (key generation, a person typing a passphrase) must not hit a short timeout.
 INTERACTIVE_TIMEOUT = 600.0
@@ -65,6 +78,22 @@ def _read_passphrase() -> bytes:
     return data.rstrip(b"\r\n") if data.endswith(b"\n") else data
 
 
+def _refuse_empty_passphrase(args: argparse.Namespace) -> None:
+    """Empty stdin for a passphrase-protected identity is a usage error, not a guess.
+
+    The agent would count it as a failed unlock (and grow the delay before the next one). An
+    identity with no passphrase unlocks with empty stdin, as scripts do.
+    """
+    st = _call(args, p.Status(), p.StatusReply)
+    assert isinstance(st, p.StatusReply)
+    if st.passphrase_protected:
+        raise UsageError(
+            "--passphrase-stdin read no passphrase (standard input was empty)",
+            hint="pipe it in, e.g. `printf '%s\\n' \"$PASSPHRASE\" | nomyo-agent unlock "
+            "--passphrase-stdin`, or leave the option out and let pinentry ask",
+        )
+
+
 def _where() -> p.PinEntry:
     from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - only when prompting
 
@@ -78,11 +107,27 @@ def _say(text: str) -> None:
 # --- commands ------------------------------------------------------------------------------------
 
 
+def _set_title(path: str | None) -> None:
+    """``nomyo-agent serve --socket PATH`` in ps, ``nomyo-agent`` as the name pgrep matches."""
+    # SPT_NOENV: write the title over argv only, never over the environment block, so that
+    # /proc/PID/environ stays true (the title is cut to argv's length instead). Read once, at
+    # the first call; not left for the children (pinentry, the key worker) to inherit.
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        import setproctitle  # noqa: PLC0415 - the daemon only
+
+        setproctitle.setproctitle(f"nomyo-agent serve --socket {socket_path(path)}")
+    finally:
+        del os.environ["SPT_NOENV"]
+    setproctitle.setthreadtitle("nomyo-agent")  # /proc/PID/comm: `pgrep -x nomyo-agent`
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from nomyo_agent import _daemon  # noqa: PLC0415 - imports cryptography; only the daemon needs it
-    from nomyo_agent._config import load_config  # noqa: PLC0415
+    from nomyo_agent._config import Config, load_config  # noqa: PLC0415
 
     path = socket_path(args.socket)
+    _set_title(args.socket)
     if args.daemon:
         path = os.path.abspath(path)  # the daemon runs in /
         _daemon.daemonize()
@@ -92,13 +137,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="nomyo-agent[%(process)d]: %(levelname)s: %(message)s",
     )
-    config = load_config().replace(
-        idle_timeout=args.idle_timeout,
-        max_lifetime=args.max_lifetime,
-        pin_policy=args.pin_policy,
-        pinentry=args.pinentry,
+
+    def configure() -> Config:
+        # The file, then the flags: the flags still win when SIGHUP re-reads the file.
+        return load_config().replace(
+            idle_timeout=args.idle_timeout,
+            max_lifetime=args.max_lifetime,
+            pin_policy=args.pin_policy,
+            pinentry=args.pinentry,
+            keystore=args.keystore,
+        )
+
+    return _daemon.serve(
+        configure(),
+        path,
+        ready_fd=args.ready_fd,
+        autostarted=args.autostarted,
+        reload=configure,
     )
-    return _daemon.serve(config, path, ready_fd=args.ready_fd, autostarted=args.autostarted)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -109,6 +165,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         ("--idle-timeout", args.idle_timeout),
         ("--max-lifetime", args.max_lifetime),
         ("--pinentry", args.pinentry),
+        ("--keystore", args.keystore),
     ):
         if value is not None:
             extra += [flag, str(value)]
@@ -140,7 +197,16 @@ def cmd_uninstall_service(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    with _connect(args) as conn:
+    try:
+        conn = _connect(args)
+    except AgentUnavailableError as exc:
+        # "start it" is the wrong advice to someone who wants it gone.
+        exc.hint = (
+            "nothing to stop; if an agent runs elsewhere, name its socket with --socket "
+            "or NOMYO_AGENT_SOCK"
+        )
+        raise
+    with conn:
         pid = conn.call(p.Hello(client="nomyo-agent stop"), p.HelloReply).pid
         conn.call(p.Stop(), p.Ok)
     _say(f"stopped the agent (pid {pid})")
@@ -154,6 +220,14 @@ def _duration(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}h {m:02d}m" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
+
+
+def _recent_apps(clients: Sequence[p.ClientInfo]) -> str:
+    """``nomyo-chat (3), myapp``: each app once, most recent first, with its process count."""
+    counts: dict[str, int] = {}
+    for client in clients:
+        counts[client.exe] = counts.get(client.exe, 0) + 1
+    return ", ".join(f"{exe} ({n})" if n > 1 else exe for exe, n in counts.items()) or "none"
 
 
 def _status_text(st: p.StatusReply) -> str:
@@ -173,12 +247,13 @@ def _status_text(st: p.StatusReply) -> str:
             f"identity:     RSA-{st.bits} {short} ({protected})",
             f"fingerprint:  {st.fingerprint}",
         ]
-    recent = ", ".join(c.exe for c in st.recent_clients[:5]) or "none"
+    recent = _recent_apps(st.recent_clients)
     h = st.hardening
     yes = {True: "yes", False: "NO"}
     c = st.counters
     lines += [
         f"keyring:      {st.keyring_backend}",
+        f"router pins:  {st.pin_policy}",
         f"timeouts:     idle {_duration(st.idle_timeout or None)},"
         f" lifetime {_duration(st.max_lifetime or None)}",
         f"agent:        pid {st.pid}, version {st.agent_version}, protocol {st.protocol},"
@@ -194,6 +269,9 @@ def _status_text(st: p.StatusReply) -> str:
         f"counters:     {c.connections} connections, {c.requests} requests, {c.seals} seals, "
         f"{c.opens} opens, {c.errors} errors, {c.rejected_peers} rejected peers, "
         f"{c.failed_unlocks} failed unlocks",
+        f"limits:       {c.open_connections} connections open, {c.evicted_connections} closed "
+        f"to make room, {c.refused_connections} refused; {c.buffered_bytes // 1024} KiB "
+        f"buffered, {c.waiting_for_memory} waiting for memory",
     ]
     return "\n".join(lines)
 
@@ -259,7 +337,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     if args.passphrase_stdin:
-        request = p.Unlock(passphrase=_read_passphrase())
+        passphrase = _read_passphrase()
+        if not passphrase:
+            _refuse_empty_passphrase(args)
+        request = p.Unlock(passphrase=passphrase)
     else:
         request = p.Unlock(pinentry=_where())
     _call(args, request, p.Ok, timeout=INTERACTIVE_TIMEOUT)
@@ -286,6 +367,7 @@ def cmd_public_key(args: argparse.Namespace) -> int:
 def cmd_pins(args: argparse.Namespace) -> int:
     if args.pins_cmd == "accept":
         pem = Path(args.key_file).read_text() if args.key_file else None
+        # A malformed ORIGIN is refused by the agent with the origins module's own hint.
         reply = _call(args, p.PinAccept(origin=args.origin, router_key_pem=pem), p.Accepted)
         assert isinstance(reply, p.Accepted)
         _say(f"pinned {reply.origin} to {reply.fingerprint}")
@@ -329,21 +411,37 @@ def cmd_apps(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    # The file's rules (finite, 0 to a year): `--idle-timeout nan` would turn the lock off.
+    from nomyo_agent._config import parse_seconds  # noqa: PLC0415 - platformdirs, serve only
+
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="lock after this long unused (0 = off; default 1800)",
     )
     parser.add_argument(
         "--max-lifetime",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="lock this long after unlock (0 = off; default 43200)",
     )
     parser.add_argument(
         "--pinentry", metavar="PROGRAM", help="the pinentry program (default: pinentry)"
+    )
+    parser.add_argument(
+        "--keystore",
+        choices=("keyring", "file"),
+        help="where the private key lives: the OS keyring (default), or for headless machines "
+        "a passphrase-encrypted file in the state folder",
     )
 
 
@@ -360,6 +458,19 @@ def _passphrase_options(parser: argparse.ArgumentParser, new: bool, exclusive: b
             action="store_true",
             help="store the key with no passphrase (the keyring's protection only)",
         )
+
+
+def _bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bits: {text!r}") from None
+    if bits < MIN_BITS:
+        raise argparse.ArgumentTypeError(
+            f"{bits} bits is too small: routers refuse keys under {MIN_BITS} bits"
+            " (4096, the default, is what the nomyo client uses)"
+        )
+    return bits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("keygen", cmd_keygen, "generate a new identity in the OS keyring")
     sp.add_argument(
-        "--bits", type=int, default=4096, help="RSA key size (default 4096, minimum 2048)"
+        "--bits", type=_bits, default=4096, help="RSA key size (default 4096, minimum 2048)"
     )
     sp.add_argument("--force", action="store_true", help="replace an existing identity")
     _passphrase_options(sp, new=True)
@@ -476,10 +587,21 @@ def _fail(message: str, hint: str) -> None:
         print(f"hint: {hint}", file=sys.stderr)
 
 
+# The service commands take --socket as the unit's listen path (systemd's %t form allowed).
+_NO_SOCKET_CHECK = ("install-service", "uninstall-service")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in _NO_SOCKET_CHECK:
+            problem = socket_path_problem(socket_path(args.socket))
+            if problem is not None:
+                raise UsageError(*problem)
         return int(args.func(args))
+    except UsageError as exc:
+        _fail(exc.message, exc.hint)
+        return EXIT_USAGE
     except AgentUnavailableError as exc:
         _fail(exc.message, exc.hint)
         return EXIT_NO_AGENT
@@ -488,6 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CANCELLED
     except AgentError as exc:
         _fail(exc.message, exc.hint)
+        return EXIT_REFUSED
+    except p.FrameTooLarge as exc:  # refused here, before sending: the agent would close on it
+        _fail(f"the request is too large for the agent: {exc}", "check the file you gave")
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130

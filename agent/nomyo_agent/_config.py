@@ -10,6 +10,10 @@
                              # start or a timeout (an explicit `lock` holds until `unlock`)
     pinentry = "/usr/bin/pinentry-gtk-2"   # default: pinentry on PATH (pinentry-mac on macOS)
     keyring_service = "nomyo-agent"
+    connection_timeout = 600 # seconds before an idle client connection is closed; 0 = never
+    keystore = "keyring"     # where the private key lives: "keyring" (the OS keyring), or on a
+                             # headless machine "file": passphrase-encrypted PKCS#8 in
+                             # identity.key in the state folder, 0600 (a passphrase is required)
     lock_on = ["screen", "suspend"]   # lock on screen lock / session end, and before sleep
                              # (Linux, D-Bus); [] = neither
     unlock_on_demand = false # a seal/open that finds the identity locked asks the asking app's
@@ -18,13 +22,20 @@
     confirm = "off"          # "first-use": ask (pinentry CONFIRM) before an app first uses the
                              # identity after an unlock; "every-use": before every use
 
-Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``. An unreadable file or an
-unknown key is an error that names the file: a typo must not silently weaken a timeout.
+Environment: ``NOMYO_AGENT_PINENTRY``, ``NOMYO_AGENT_KEYRING_SERVICE``, ``NOMYO_AGENT_KEYSTORE``.
+An unreadable file, an unknown key or a value of the wrong type is an error that names the file,
+the key and the type expected: a typo must not silently weaken a timeout. Types are exact
+(``auto_unlock = "false"`` is a string, not a boolean; ``true`` is not a number) and durations
+finite, from 0 to ``MAX_SECONDS``: ``nan`` or ``inf`` would turn a lock off without saying so.
+
+``nomyo-agent serve`` reads the file again on SIGHUP (``Config`` is immutable: the server swaps
+the whole object, or keeps the old one when the new file is refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -34,10 +45,22 @@ import platformdirs
 
 from nomyo_agent.errors import BadRequestError
 
-__all__ = ["PIN_POLICIES", "Config", "ConfigError", "config_path", "load_config", "state_dir"]
+__all__ = [
+    "KEYSTORES",
+    "MAX_SECONDS",
+    "PIN_POLICIES",
+    "Config",
+    "ConfigError",
+    "config_path",
+    "load_config",
+    "parse_seconds",
+    "state_dir",
+]
 
 APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
+MAX_SECONDS = 366 * 24 * 3600  # a year: longer is "off" in all but name, and 0 already says off
+KEYSTORES = ("keyring", "file")  # the same as _keystore.KEYSTORES, without importing keyring
 LOCK_ON = ("screen", "suspend")
 CONFIRM = ("off", "first-use", "every-use")
 
@@ -51,7 +74,8 @@ def config_path() -> Path:
 
 
 def state_dir() -> Path:
-    """Router pins, the public half of the identity, the audit log; never the private key."""
+    """Router pins, the public half of the identity, the audit log; the private key only with
+    ``keystore = "file"`` (and then passphrase-encrypted)."""
     return Path(platformdirs.user_state_dir(APP, appauthor=False))
 
 
@@ -63,6 +87,8 @@ class Config:
     auto_unlock: bool = True
     pinentry: str | None = None
     keyring_service: str = APP
+    connection_timeout: float = 600.0
+    keystore: str = "keyring"
     state_dir: Path = dataclasses.field(default_factory=state_dir)
     lock_on: tuple[str, ...] = LOCK_ON
     unlock_on_demand: bool = False
@@ -70,33 +96,99 @@ class Config:
     confirm: str = "off"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.unlock_on_demand, bool):
-            raise ConfigError(
-                f"unlock_on_demand must be true or false, not {self.unlock_on_demand!r}"
-            )
-        timeout = self.prompt_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"prompt_timeout must be a number of seconds > 0, not {timeout!r}")
-        for name in ("idle_timeout", "max_lifetime"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(
-                    f"{name} must be a number of seconds >= 0 (0 = off), not {value!r}"
-                )
-        if self.pin_policy not in PIN_POLICIES:
-            raise ConfigError(f"pin_policy must be one of {', '.join(PIN_POLICIES)}")
-        if self.confirm not in CONFIRM:
-            raise ConfigError(f"confirm must be one of {', '.join(CONFIRM)}, not {self.confirm!r}")
-        lock_on = self.lock_on
-        if not isinstance(lock_on, (list, tuple)) or not all(e in LOCK_ON for e in lock_on):
-            raise ConfigError(
-                f"lock_on must be a list of {', '.join(LOCK_ON)} (or [] for none), not {lock_on!r}"
-            )
-        object.__setattr__(self, "lock_on", tuple(lock_on))  # TOML gives a list
+        for name in _KINDS:
+            problem = _check(name, getattr(self, name))
+            if problem:
+                hint = None
+                if name == "keystore":
+                    hint = '"file": the key passphrase-encrypted in the state folder (headless)'
+                raise ConfigError(f"{name} {problem}", hint=hint)
+        # Stored as float: status and the timers do arithmetic on it, and an int 0 from the file
+        # is the same setting as 0.0.
+        object.__setattr__(self, "idle_timeout", float(self.idle_timeout))
+        object.__setattr__(self, "max_lifetime", float(self.max_lifetime))
+        object.__setattr__(self, "connection_timeout", float(self.connection_timeout))
+        object.__setattr__(self, "prompt_timeout", float(self.prompt_timeout))
+        object.__setattr__(self, "lock_on", tuple(self.lock_on))  # TOML gives a list
 
     def replace(self, **changes: Any) -> Config:
         """A copy with the given settings; ``None`` values leave a setting as it is."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _seconds_problem(value: object) -> str | None:
+    # bool is an int to Python, but `idle_timeout = true` is a mistake, not one second.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of seconds (0 = off), not {type(value).__name__} {value!r}"
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        return f"must be a finite number of seconds from 0 (off) to {MAX_SECONDS}, not {value!r}"
+    return None
+
+
+def _check(name: str, value: object) -> str | None:
+    """What is wrong with ``value`` for setting ``name`` (None: nothing)."""
+    kind = _KINDS[name]
+    if kind == "seconds":
+        return _seconds_problem(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return f"must be true or false (a TOML boolean), not {type(value).__name__} {value!r}"
+        return None
+    if kind == "pin_policy":
+        if value not in PIN_POLICIES:
+            return f"must be one of {', '.join(PIN_POLICIES)} (a string), not {value!r}"
+        return None
+    if kind == "lock_on":
+        if not isinstance(value, (list, tuple)) or not all(e in LOCK_ON for e in value):
+            return f"must be a list of {', '.join(LOCK_ON)} (or [] for none), not {value!r}"
+        return None
+    if kind == "confirm":
+        if value not in CONFIRM:
+            return f"must be one of {', '.join(CONFIRM)} (a string), not {value!r}"
+        return None
+    if kind == "prompt seconds":
+        problem = _seconds_problem(value)
+        if problem or value == 0:
+            return f"must be a number of seconds > 0, up to {MAX_SECONDS}, not {value!r}"
+        return None
+    if kind == "keystore":
+        if value not in KEYSTORES:
+            return f"must be one of {', '.join(KEYSTORES)} (a string), not {value!r}"
+        return None
+    optional = kind == "optional str"
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value:
+        return f"must be a non-empty string, not {type(value).__name__} {value!r}"
+    return None
+
+
+_KINDS = {
+    "idle_timeout": "seconds",
+    "max_lifetime": "seconds",
+    "pin_policy": "pin_policy",
+    "auto_unlock": "bool",
+    "pinentry": "optional str",
+    "keyring_service": "str",
+    "connection_timeout": "seconds",
+    "keystore": "keystore",
+    "lock_on": "lock_on",
+    "unlock_on_demand": "bool",
+    "prompt_timeout": "prompt seconds",
+    "confirm": "confirm",
+}
+
+
+def parse_seconds(text: str) -> float:
+    """A duration from the command line (``--idle-timeout``), held to the file's rules."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    problem = _seconds_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -108,13 +200,18 @@ def _from_file(path: Path) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     section = data.get("agent", {})
-    known = {f.name for f in dataclasses.fields(Config)} - {"state_dir"}
-    unknown = set(section) - known
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: agent must be a table ([agent]), not {section!r}")
+    unknown = set(section) - set(_KINDS)
     if unknown:
         raise ConfigError(
             f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}",
-            hint=f"known settings: {', '.join(sorted(known))}",
+            hint=f"known settings: {', '.join(sorted(_KINDS))}",
         )
+    for name, value in section.items():
+        problem = _check(name, value)
+        if problem:
+            raise ConfigError(f"{path}: {name} {problem}", hint=f"fix {name} in {path}")
     return dict(section)
 
 
@@ -125,6 +222,8 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         settings["pinentry"] = env["NOMYO_AGENT_PINENTRY"]
     if env.get("NOMYO_AGENT_KEYRING_SERVICE"):
         settings["keyring_service"] = env["NOMYO_AGENT_KEYRING_SERVICE"]
+    if env.get("NOMYO_AGENT_KEYSTORE"):
+        settings["keystore"] = env["NOMYO_AGENT_KEYSTORE"]
     try:
         return Config(**settings)
     except TypeError as exc:

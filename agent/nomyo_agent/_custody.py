@@ -24,6 +24,7 @@ from nomyo_agent._secret import SecretBuffer
 from nomyo_agent._sessionbus import keyring_call
 from nomyo_agent.errors import (
     BadPassphraseError,
+    BadRequestError,
     CorruptIdentityError,
     IdentityExistsError,
     NoIdentityError,
@@ -180,10 +181,33 @@ class Custody:
                 secret.close()
         raise BadPassphraseError(f"bad passphrase ({MAX_ATTEMPTS} attempts)")
 
+    def _no_passphrase_refused(self) -> BadRequestError:
+        return BadRequestError(
+            "the file key store keeps only passphrase-protected keys",
+            hint="choose a passphrase (pinentry asks, or --passphrase-stdin); a key file with no "
+            "passphrase would be readable by anything that can read your files",
+        )
+
+    async def _store_ready(self, passphrase: bytes | None) -> None:
+        """Fail now, before anyone types a passphrase or waits for a key, if the key cannot be
+        stored: no keyring at all, or no passphrase for a store that requires one."""
+        store = self.services.keystore
+        if passphrase == b"" and store.requires_passphrase:
+            raise self._no_passphrase_refused()
+        await asyncio.to_thread(store.check)
+
     async def _new_passphrase(
         self, given: bytes | None, where: p.PinEntry | None, what: str
     ) -> SecretBuffer | None:
         """The passphrase to store a new identity under; None means none."""
+        secret = await self._ask_new_passphrase(given, where, what)
+        if secret is None and self.services.keystore.requires_passphrase:
+            raise self._no_passphrase_refused()
+        return secret
+
+    async def _ask_new_passphrase(
+        self, given: bytes | None, where: p.PinEntry | None, what: str
+    ) -> SecretBuffer | None:
         if given is not None:
             return SecretBuffer.from_bytes(given) if given else None
         if where is None:
@@ -222,6 +246,8 @@ class Custody:
         where: p.PinEntry | None = None,
     ) -> p.IdentityReply:
         """Store a new identity in the keyring and on disk, and keep it unlocked."""
+        if not passphrase and self.services.keystore.requires_passphrase:
+            raise self._no_passphrase_refused()  # callers check earlier; this is the last word
         keystore = self.services.keystore
         await keyring_call(keystore, where, lambda: keystore.save(stored.view))
         info.save(self.services.identity_file)
@@ -235,6 +261,7 @@ class Custody:
     async def generate(self, request: p.Generate) -> p.Response:
         self._check_replace(request.force)
         async with self.lock:
+            await self._store_ready(request.passphrase)
             secret = await self._new_passphrase(request.passphrase, request.pinentry, "new key")
             try:
                 pw = secret.view if secret else None
@@ -251,6 +278,7 @@ class Custody:
         # No early _check_replace: importing the key the agent already holds is not a conflict
         # (a client's load_keys may run on every start), and only the key worker can tell.
         async with self.lock:
+            await self._store_ready(request.passphrase)
             file_secret: SecretBuffer | None = (
                 SecretBuffer.from_bytes(request.file_password)
                 if request.file_password is not None
@@ -289,6 +317,14 @@ class Custody:
                         if same and not request.force:  # --force re-stores (a new passphrase)
                             return self.identity_reply()
                         self._check_replace(request.force)
+                        if not store_pw and self.services.keystore.requires_passphrase:
+                            raise BadRequestError(
+                                "the file key store keeps only passphrase-protected keys, and "
+                                "this key file has no password",
+                                hint="encrypt a copy first, e.g. `openssl pkcs8 -topk8 -v2 "
+                                "aes-256-cbc -in private_key.pem -out encrypted.pem`, then "
+                                "import encrypted.pem (its password becomes the passphrase)",
+                            )
                         return await self._install(
                             stored, info, store_pw, "import", request.pinentry
                         )

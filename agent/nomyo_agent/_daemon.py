@@ -7,18 +7,20 @@ any key can be read; report readiness (ready pipe, sd_notify) only once connecti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 from nomyo_agent import _hardening, _pinentry, _systemd
 from nomyo_agent._audit import AuditLog
-from nomyo_agent._config import Config
+from nomyo_agent._config import Config, ConfigError, config_path
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._identity import IdentityInfo
-from nomyo_agent._keystore import KeyringStore
+from nomyo_agent._keystore import FILE_NAME, FileStore, KeyringStore, KeyStore
 from nomyo_agent._pins import PinStore
 from nomyo_agent._server import AgentServer
 from nomyo_agent._services import Services
@@ -56,8 +58,63 @@ def _inherited_socket() -> socket.socket | None:
     return _systemd.inherited_socket()
 
 
+def _reloader(
+    reload: Callable[[], Config], state: AgentState, services: Services, server: AgentServer
+) -> Callable[[], None]:
+    """SIGHUP: read the settings again; a refused file keeps the old settings (both logged)."""
+
+    def on_sighup() -> None:
+        path = config_path()
+        try:
+            new = reload()
+        except ConfigError as exc:
+            log.warning("SIGHUP: refused the new settings, kept the old ones: %s", exc.message)
+            return
+        old = services.config
+        fixed = [k for k in _RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        if fixed:
+            log.warning(
+                "SIGHUP: %s take effect only after a restart; kept the old value(s)",
+                ", ".join(fixed),
+            )
+            new = dataclasses.replace(new, **{k: getattr(old, k) for k in fixed})
+        services.config = new
+        services.ask_passphrase = functools.partial(
+            _pinentry.get_passphrase, new.pinentry or _pinentry.default_program()
+        )
+        services.confirm = functools.partial(
+            _pinentry.confirm, new.pinentry or _pinentry.default_program()
+        )
+        state.idle_timeout = new.idle_timeout
+        state.max_lifetime = new.max_lifetime
+        server.connection_timeout = new.connection_timeout
+        changed = [
+            f"{f.name}={getattr(new, f.name)!r}"
+            for f in dataclasses.fields(new)
+            if getattr(new, f.name) != getattr(old, f.name)
+        ]
+        log.info("SIGHUP: reloaded %s (%s)", path, ", ".join(changed) or "no changes")
+
+    return on_sighup
+
+
+# Where the identity lives: changing them under a running agent would strand its key.
+_RESTART_ONLY = ("keyring_service", "keystore", "state_dir", "lock_on")  # lock_on: the watch
+
+
+def _keystore(config: Config) -> KeyStore:
+    if config.keystore == "file":
+        return FileStore(config.state_dir / FILE_NAME)
+    return KeyringStore(service=config.keyring_service)
+
+
 def serve(
-    config: Config, socket_path: str, *, ready_fd: int | None = None, autostarted: bool = False
+    config: Config,
+    socket_path: str,
+    *,
+    ready_fd: int | None = None,
+    autostarted: bool = False,
+    reload: Callable[[], Config] | None = None,
 ) -> int:
     for warning in _hardening.harden_process():
         log.warning("%s", warning)
@@ -77,7 +134,7 @@ def serve(
     session = SessionWatch(state, config.lock_on)
     services = Services(
         config=config,
-        keystore=KeyringStore(service=config.keyring_service),
+        keystore=_keystore(config),
         pins=PinStore(config.state_dir / "pins.json"),
         socket_path=socket_path,
         ask_passphrase=functools.partial(
@@ -95,7 +152,10 @@ def serve(
         path=socket_path,
         sock=inherited,
         on_ready=functools.partial(_ready, ready_fd),
+        connection_timeout=config.connection_timeout,
         companions=[session.run],
     )
+    if reload is not None:
+        server.on_reload = _reloader(reload, state, services, server)
     asyncio.run(server.run())
     return 0

@@ -216,8 +216,8 @@ class Dispatcher:
         if self.services.config.pin_policy == "tofu":
             try:
                 pinned = self.services.pins.check(origin, fp, self.state.clock.wall())
-            except PinMismatchError:
-                self.state.emit("pin_mismatch", origin)
+            except PinMismatchError as exc:
+                self.state.emit("pin_mismatch", origin, exc.fingerprint)
                 raise
         package = _envelope.seal(router_key, request.plaintext)
         self.state.counters.seals += 1

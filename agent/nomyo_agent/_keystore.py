@@ -1,4 +1,5 @@
-"""Where the identity's PKCS#8 PEM is kept: the OS keyring, through the ``keyring`` library.
+"""Where the identity's PKCS#8 PEM is kept: the OS keyring (``keyring``), or on a headless
+machine, chosen explicitly, a 0600 file in the state folder (``FileStore``).
 
 Rules of this module:
 
@@ -15,11 +16,20 @@ Rules of this module:
 - Backend failures become ``KeyringUnavailableError`` or ``KeyringLockedError`` with a hint, at
   this boundary, ``from`` the original exception. Calls block (D-Bus, maybe an unlock prompt):
   the server runs them in a worker thread.
+- ``check`` fails the same way as ``save`` would, without storing anything: the agent calls it
+  before it asks for a passphrase or generates a key, so nobody types a passphrase twice only to
+  learn that there is nowhere to keep the key.
+- ``FileStore`` keeps the very bytes the keyring entry would hold (passphrase-encrypted PKCS#8,
+  same KDF); it refuses to keep a key with no passphrase (``requires_passphrase``), since a file
+  has no protection of its own, and refuses to read a file that others can read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from pathlib import Path
 from typing import Any, Protocol
 
 import keyring
@@ -36,7 +46,17 @@ from nomyo_agent.errors import (
     KeyringUnavailableError,
 )
 
-__all__ = ["KeyStore", "KeyringStore", "MemoryStore", "default_backend"]
+__all__ = [
+    "FILE_NAME",
+    "KEYSTORES",
+    "FileStore",
+    "KeyStore",
+    "KeyringStore",
+    "MemoryStore",
+    "default_backend",
+]
+
+KEYSTORES = ("keyring", "file")  # config.toml's ``keystore`` and ``--keystore``
 
 SERVICE = "nomyo-agent"
 USERNAME = "identity"
@@ -67,6 +87,15 @@ class KeyStore(Protocol):
     def use_session_bus(self, address: str | None) -> None:
         """Reach the keyring through the session bus at ``address`` from now on (``None``: no
         bus); ``_sessionbus`` calls it for an agent started outside the desktop session."""
+        ...
+
+    @property
+    def requires_passphrase(self) -> bool:
+        """Whether this store keeps only passphrase-encrypted keys."""
+        ...
+
+    def check(self) -> None:
+        """Raise the error ``save`` would raise if the store cannot be used now."""
         ...
 
 
@@ -282,11 +311,30 @@ class KeyringStore:
             os.environ["DBUS_SESSION_BUS_ADDRESS"] = address
         self._backend = None
 
+    requires_passphrase = False
+
+    def check(self) -> None:
+        # keyring's own viability test (for the Secret Service: a bus that answers and a
+        # service on it), without touching a collection: creating or unlocking one is for save.
+        ring = self._ring()
+        if isinstance(ring, fail.Keyring):
+            raise KeyringUnavailableError("no OS keyring is available")
+        try:
+            viable = type(ring).priority > 0
+        except Exception as exc:  # the named backend's bus or service is missing
+            raise _translate(exc, _dotted(ring)) from exc
+        if not viable:
+            raise KeyringUnavailableError(f"the keyring {_dotted(ring)} cannot be used here")
+
 
 class MemoryStore:
     """A KeyStore in this process's memory, for tests (it passes the same contract)."""
 
     backend_name = "memory"
+    requires_passphrase = False
+
+    def check(self) -> None:
+        pass
 
     def __init__(self) -> None:
         self._value: SecretBuffer | None = None
@@ -306,3 +354,95 @@ class MemoryStore:
 
     def use_session_bus(self, address: str | None) -> None:
         """Memory has no bus."""
+
+
+FILE_NAME = "identity.key"
+MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any PEM; a bound before reading
+
+
+class FileStore:
+    """The identity in a 0600 file, for headless machines (``keystore = "file"``). Usage::
+
+    store = FileStore(Path("~/.local/state/nomyo-agent/identity.key").expanduser())
+    """
+
+    requires_passphrase = True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def backend_name(self) -> str:
+        return f"file {self.path}"
+
+    def _folder(self) -> None:
+        old = os.umask(0o077)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyringUnavailableError(
+                f"cannot create {self.path.parent}: {exc.strerror}",
+                "the state folder must be writable by the agent (XDG_STATE_HOME)",
+            ) from exc
+        finally:
+            os.umask(old)
+
+    def check(self) -> None:
+        self._folder()
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            raise KeyringUnavailableError(
+                f"cannot write the key file in {self.path.parent}",
+                "the state folder must be writable by the agent (XDG_STATE_HOME)",
+            )
+
+    def load(self) -> SecretBuffer | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyringUnavailableError(
+                f"cannot read {self.path}: {exc.strerror}", "check the file's owner and mode"
+            ) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+                raise CorruptIdentityError(f"{self.path} is not a key file")
+            if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o077):
+                raise KeyringUnavailableError(
+                    f"{self.path} is open to other users (mode {stat.S_IMODE(st.st_mode):o})",
+                    f"make it yours alone: `chmod 600 {self.path}`",
+                )
+            buffer = SecretBuffer(st.st_size)
+            with open(fd, "rb", buffering=0, closefd=False) as fh:
+                if fh.readinto(buffer.view) != st.st_size:
+                    buffer.close()
+                    raise CorruptIdentityError(f"{self.path} changed while it was read")
+            return buffer
+        finally:
+            os.close(fd)
+
+    def save(self, pem: bytes | bytearray | memoryview) -> None:
+        self._folder()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            # 0600 from creation (O_EXCL: never through a link someone left at that name).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb", buffering=0) as fh:
+                fh.write(memoryview(pem).cast("B"))
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)  # a reader sees the old key or the new one, whole
+        except OSError as exc:
+            raise KeyringUnavailableError(
+                f"cannot write {self.path}: {exc.strerror}",
+                "the state folder must be writable by the agent (XDG_STATE_HOME)",
+            ) from exc
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def use_session_bus(self, address: str | None) -> None:
+        """A file has no bus."""

@@ -161,12 +161,43 @@ def _encrypted(pem: bytes) -> bool:
     return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem or b"Proc-Type: 4,ENCRYPTED" in pem
 
 
+_NOT_RSA_HINT = (
+    "nomyo identities are RSA keys (2048 bits or more): make one with `nomyo-agent keygen`, "
+    "or import the nomyo client's client_keys/private_key.pem"
+)
+
+
+def _not_a_private_key(pem: bytes) -> BadKeyError:
+    """The refusal for a file that is not a PEM private key we can read, with what it is."""
+    if b"-----BEGIN OPENSSH PRIVATE KEY-----" in pem:
+        return BadKeyError(
+            "this is an OpenSSH private key; the agent imports PEM (PKCS#1 or PKCS#8)",
+            "convert a copy first: `cp KEY key.pem && ssh-keygen -p -m PKCS8 -f key.pem`, "
+            "then import key.pem (an RSA key only)",
+        )
+    if b"PUBLIC KEY-----" in pem or pem.lstrip().startswith(b"ssh-"):
+        return BadKeyError(
+            "this is a public key; importing needs the private key",
+            "import the private key file, e.g. client_keys/private_key.pem beside public_key.pem",
+        )
+    if len(pem) > MAX_PEM:
+        return BadKeyError(
+            f"the file is over {MAX_PEM} bytes, too large to be a PEM private key",
+            "check the path: it should name a private key file such as private_key.pem",
+        )
+    return BadKeyError(
+        "the file is not a PEM private key",
+        "check the path: a key file starts with -----BEGIN PRIVATE KEY----- "
+        "(or RSA PRIVATE KEY, or ENCRYPTED PRIVATE KEY)",
+    )
+
+
 def _load_user_pem(pem: bytes, password: bytes | None) -> object:
     from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415 - child only
     from cryptography.hazmat.primitives.serialization import load_pem_private_key  # noqa: PLC0415
 
-    if len(pem) > MAX_PEM or b"PRIVATE KEY-----" not in pem:
-        raise BadKeyError("the file is not a PEM private key")
+    if len(pem) > MAX_PEM or b"PRIVATE KEY-----" not in pem or b"OPENSSH PRIVATE KEY" in pem:
+        raise _not_a_private_key(pem)
     encrypted = _encrypted(pem)
     if encrypted and not password:
         raise PassphraseRequiredError(
@@ -191,7 +222,9 @@ def _check(key: object, *, generated: bool) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415 - child only
 
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise BadKeyError(f"the key is not an RSA key ({type(key).__name__.lstrip('_')})")
+        raise BadKeyError(
+            f"the key is not an RSA key ({type(key).__name__.lstrip('_')})", _NOT_RSA_HINT
+        )
     bits, e = key.key_size, key.public_key().public_numbers().e
     if not MIN_BITS <= bits <= MAX_BITS:
         raise BadKeyError(

@@ -4,8 +4,9 @@ Standard library only (plus the protocol): the thin client calls this on its sta
 
 Rules: starters serialise on an flock beside the socket, so two clients that find no agent at the
 same moment start exactly one; the child reports readiness itself by writing ``ready`` on a pipe
-once it accepts connections (no polling of the socket); a child that dies first leaves the tail of
-its log in the error.
+once it accepts connections (no polling of the socket); a child that dies first is reported by what
+*it* wrote to the shared log (read from the log's size before the spawn), so errors of earlier
+failed starts and start-up warnings never stand in for this start's cause.
 
 Nothing from the caller's working directory runs: the child is ``python -P -m nomyo_agent`` (no
 script or current folder on ``sys.path``), started in ``/`` with an absolute socket path, and
@@ -29,7 +30,7 @@ from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, AgentUnavailableError
 from nomyo_agent.paths import socket_path
 
-__all__ = ["agent_command", "log_path", "running_agent", "start_background"]
+__all__ = ["agent_command", "log_path", "running_agent", "start_background", "start_error"]
 
 READY = b"ready"  # the child writes "ready <pid>\n"
 
@@ -57,12 +58,35 @@ def running_agent(path: str, timeout: float = 5.0) -> p.HelloReply | None:
         return None
 
 
-def _tail(path: Path, lines: int = 3) -> str:
+def _log_size(path: Path) -> int:
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        return path.stat().st_size
     except OSError:
-        return ""
-    return " | ".join(text[-lines:])
+        return 0
+
+
+def start_error(text: str) -> tuple[str, str]:
+    """This start's own error and hint, from what the child appended to the log.
+
+    The CLI's failures are ``nomyo-agent: ...`` and ``hint: ...`` lines; the daemon logs
+    ``nomyo-agent[pid]: LEVEL: ...``. Warnings and info (the memlock warning, "listening on")
+    are not the cause; a traceback's cause is its last line.
+    """
+    error = hint = ""
+    fallback = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("hint: "):
+            hint = line[len("hint: ") :]
+        elif line.startswith("nomyo-agent: "):
+            error = line[len("nomyo-agent: ") :]
+        elif ": ERROR: " in line or ": CRITICAL: " in line:
+            error = line.split(": ", 2)[-1]
+        elif ": WARNING: " not in line and ": INFO: " not in line and ": DEBUG: " not in line:
+            fallback = line
+    return error or fallback, hint
 
 
 def _lock_path(path: str) -> str:
@@ -104,6 +128,7 @@ def _spawn_windows(path: str, autostarted: bool, timeout: float, extra_args: lis
     pipe answers (not tested here: see docs/running.md)."""
     log = log_path()
     log.parent.mkdir(parents=True, exist_ok=True)
+    offset = _log_size(log)
     argv = [*agent_command(), "serve", "--socket", path, *extra_args]
     if autostarted:
         argv.append("--autostarted")
@@ -128,7 +153,22 @@ def _spawn_windows(path: str, autostarted: bool, timeout: float, extra_args: lis
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    raise AgentError(f"the agent failed to start: {_tail(log) or 'no output'}", hint=f"see {log}")
+    raise _start_failed(log, offset)
+
+
+def _start_failed(log: Path, offset: int) -> AgentError:
+    try:
+        with log.open("rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        text = ""
+    error, hint = start_error(text)
+    where = f"the full log is {log}"
+    return AgentError(
+        f"the agent failed to start: {error or 'it gave no reason'}",
+        hint=f"{hint}; {where}" if hint else where,
+    )
 
 
 def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) -> int:
@@ -136,6 +176,7 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
         return _spawn_windows(path, autostarted, timeout, extra_args)
     log = log_path()
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    offset = _log_size(log)
     read_fd, write_fd = os.pipe()
     argv = [*agent_command(), "serve", "--socket", path]
     # --daemon: the child forks once more and exits, so the agent is reparented to init (or the
@@ -178,7 +219,5 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
         proc.wait(timeout=5)
     word, _, pid = got.strip().partition(b" ")
     if word != READY or not pid.isdigit():
-        raise AgentError(
-            f"the agent failed to start: {_tail(log) or 'no output'}", hint=f"see {log}"
-        )
+        raise _start_failed(log, offset)
     return int(pid)

@@ -5,9 +5,16 @@ Rules:
 - The socket is bound in ``_bind`` (folder rules, 0600 from creation, a live agent's socket is
   never replaced), or inherited from systemd/launchd.
 - Every connection's peer uid must equal ours (SO_PEERCRED/getpeereid), else it is closed unread.
-- A frame longer than ``MAX_FRAME_BYTES``, or one that stalls half-read for ``FRAME_TIMEOUT``,
-  closes that connection. A frame that is not a valid request gets a ``bad_request`` reply and the
-  connection stays usable. Nothing a client sends can stop the server.
+- A frame over its operation's cap (``protocol.request_cap``), or one that stalls half-read for
+  ``FRAME_TIMEOUT``, closes that connection. A frame that is not a valid request gets a
+  ``bad_request`` reply and the connection stays usable. Nothing a client sends can stop the server.
+- Memory is bounded across connections (``_budget``): a large frame is buffered only once the
+  process-wide budget grants its length; a peer that leaves a reply untaken is read no further
+  and is closed after ``REPLY_TIMEOUT``.
+- Connections are bounded too: one idle for ``connection_timeout`` is closed, and at
+  ``MAX_CONNECTIONS`` the one idle the longest makes way for the newcomer (logged), so that
+  ``lock``, ``status`` and the tray always get through.
+- SIGHUP calls ``on_reload`` (the daemon re-reads config.toml) and the agent keeps serving.
 - SIGTERM (or a ``Stop`` request) stops accepting, lets requests in flight finish (bounded), tells
   watchers, drops the key, and removes the socket if this process created it.
 """
@@ -23,6 +30,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -31,21 +39,26 @@ import msgspec
 from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
 from nomyo_agent._bind import AgentAlreadyRunning, Bound, bind_socket
+from nomyo_agent._budget import ByteBudget
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
 from nomyo_agent._state import AgentState, Peer
-from nomyo_agent.errors import AgentError, BadRequestError
+from nomyo_agent.errors import AgentError, BadRequestError, InternalError
 
 __all__ = ["AgentAlreadyRunning", "AgentServer", "bind_socket"]
 
 log = logging.getLogger("nomyo_agent")
 
 FRAME_TIMEOUT = 30.0  # seconds to finish a frame once its header arrived
+REPLY_TIMEOUT = 30.0  # seconds a peer may leave a reply over WRITE_HIGH untaken
 DRAIN_TIMEOUT = 10.0  # seconds that requests in flight get at shutdown
 MAX_CONNECTIONS = 512
 WATCH_BACKLOG = 1024 * 1024  # bytes of unsent events before a watcher counts as stuck
-_SECRET_CARRYING = (p.Unlock, p.Generate, p.Import)
+WRITE_HIGH = 256 * 1024  # a write buffer above this stops reading from that peer
+# Frames being received plus replies not taken, across all connections. It must hold the largest
+# frame (an Open of a maximal answer); twice that lets one such answer open while others arrive.
+MAX_BUFFERED_BYTES = 2 * p.MAX_FRAME_BYTES
 
 
 class _Closable(Protocol):
@@ -71,6 +84,10 @@ class AgentServer:
         path: str,
         sock: socket.socket | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_reload: Callable[[], None] | None = None,
+        connection_timeout: float = 600.0,
+        max_connections: int = MAX_CONNECTIONS,
+        budget: int = MAX_BUFFERED_BYTES,
         companions: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.dispatcher = dispatcher
@@ -79,9 +96,14 @@ class AgentServer:
         self._inherited = sock
         self._bound: Bound | None = None
         self._on_ready = on_ready
+        self.on_reload = on_reload
         self._companions = companions  # e.g. the desktop-session watch; cancelled after the lock
         self._stop = asyncio.Event()
         self.connections: set[_Connection] = set()
+        self.connection_timeout = connection_timeout  # 0 = keep idle connections forever
+        self.max_connections = max_connections
+        self.budget = ByteBudget(budget)
+        state.counters.gauges = self._gauges
         self._tasks: set[asyncio.Future[None]] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -106,7 +128,10 @@ class AgentServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C ends it instead
                 loop.add_signal_handler(sig, self.request_stop)
+        if self.on_reload is not None and hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, self.on_reload)
         timers = asyncio.create_task(self._timers())
+        sweeper = asyncio.create_task(self._sweep_idle())
         companions = [asyncio.ensure_future(run()) for run in self._companions]
         log.info("listening on %s (pid %d)", self.path, os.getpid())
         if self._on_ready:
@@ -118,6 +143,7 @@ class AgentServer:
             _systemd.notify("STOPPING=1")
             server.close()
             timers.cancel()
+            sweeper.cancel()
             self.state.emit("stopping")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
@@ -134,6 +160,8 @@ class AgentServer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError):
                     loop.remove_signal_handler(sig)
+            if self.on_reload is not None and hasattr(signal, "SIGHUP"):
+                loop.remove_signal_handler(signal.SIGHUP)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop) -> _Closable:
         """The Unix socket (bound here, or inherited from systemd/launchd), or on Windows the
@@ -166,6 +194,69 @@ class AgentServer:
             if reason:
                 log.info("locked: %s", reason.replace("_", " "))
 
+    async def _sweep_idle(self) -> None:
+        """Close connections idle longer than ``connection_timeout`` (watchers are never idle:
+        they wait for pushes). Clients reconnect on their next request."""
+        while True:
+            timeout = self.connection_timeout
+            await asyncio.sleep(min(5.0, timeout / 4) if timeout > 0 else 5.0)
+            if timeout <= 0:
+                continue
+            cutoff = time.monotonic() - timeout
+            stale = [c for c in self.connections if c.idle and c.last_active <= cutoff]
+            for conn in stale:
+                if conn.transport is not None:
+                    conn.transport.close()
+            if stale:
+                log.info("closed %d connection(s) idle for over %.0f s", len(stale), timeout)
+
+    def _gauges(self) -> dict[str, int]:
+        return {
+            "open_connections": len(self.connections),
+            "buffered_bytes": self.budget.used,
+            "waiting_for_memory": self.budget.waiting,
+        }
+
+    def make_room(self, newcomer: _Connection) -> bool:
+        """Whether a new connection may stay. At the cap, the connection idle the longest makes
+        way; failing that the oldest watcher (a tray reconnects), then the one whose request has
+        been arriving the longest (a stalled sender; a client resends on a new connection). So
+        `lock`, `status` and the tray always get through, however many connections apps leave
+        open or dribble into. Only requests being answered are never cut; a refusal is logged."""
+        if len(self.connections) < self.max_connections:
+            return True
+        conns = self.connections
+        victims = (
+            [c for c in conns if c.idle]
+            or [c for c in conns if c.watching]
+            or [c for c in conns if not c.busy and not c.watching]
+        )
+        counters = self.state.counters
+        if not victims:
+            counters.refused_connections += 1
+            if counters.refused_connections % 100 == 1:  # the first, then every hundredth
+                log.warning(
+                    "refused a connection from pid %d: %d connections, all busy (%d refused)",
+                    newcomer.peer.pid if newcomer.peer else -1,
+                    len(self.connections),
+                    counters.refused_connections,
+                )
+            return False
+        counters.evicted_connections += 1
+        victim = min(victims, key=lambda c: c.last_active)
+        what = "idle" if victim.idle else "watching" if victim.watching else "mid-request"
+        log.warning(
+            "at %d connections: closed the one %s longest (pid %d) to let pid %d in",
+            len(self.connections),
+            what,
+            victim.peer.pid if victim.peer else -1,
+            newcomer.peer.pid if newcomer.peer else -1,
+        )
+        self.connections.discard(victim)
+        if victim.transport is not None:
+            victim.transport.abort()
+        return True
+
     def begin_request(self) -> None:
         self._inflight += 1
         self._idle.clear()
@@ -179,17 +270,26 @@ class AgentServer:
 class _Connection(asyncio.Protocol):
     """One client. Requests are answered strictly in order; cheap ones synchronously, as soon as
     their frame is complete (no task, no stream machinery: the hot path of seal and open), slow
-    ones (unlock, generate, import) in a task while later frames wait their turn."""
+    ones (unlock, generate, import) in a task while later frames wait their turn.
+
+    Reading pauses while a large frame waits for its share of the memory budget, and while a
+    reply sits untaken in the write buffer (the peer does not read: it gets nothing more read)."""
 
     def __init__(self, server: AgentServer, peer: Peer | None = None) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = peer  # known up front for a Windows pipe; else read from the socket
-        self.frames = p.FrameReader()
-        self.pending: collections.deque[bytes] = collections.deque()
+        self.frames = p.FrameReader(requests=True, admit=self._admit)
+        self.pending: collections.deque[tuple[bytearray, int]] = collections.deque()
         self.busy = False
         self.watching = False
         self.timer: asyncio.TimerHandle | None = None
+        self.reply_timer: asyncio.TimerHandle | None = None
+        self.last_active = 0.0  # time.monotonic() of the last byte in or reply out
+        self.reserved = 0  # budget bytes granted for the frame being received
+        self.awaiting_budget = 0  # bytes this connection queued for, 0 when not queued
+        self.reply_charge = 0  # budget bytes charged for an untaken reply
+        self._reading = True
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -212,9 +312,11 @@ class _Connection(asyncio.Protocol):
                 )
                 transport.abort()
                 return
-        if len(server.connections) >= MAX_CONNECTIONS or server.stopping:
+        if server.stopping or not server.make_room(self):
             transport.abort()
             return
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self.last_active = time.monotonic()
         state.counters.connections += 1
         server.connections.add(self)
 
@@ -222,18 +324,56 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self.server.state.watchers.discard(self._push)
         self._disarm()
+        budget = self.server.budget
+        budget.cancel(self)
+        for _, share in self.pending:
+            budget.release(share)
+        self.pending.clear()
+        if self.reserved:
+            budget.release(self.reserved)
+            self.reserved = 0
+        self._drained()
 
     def data_received(self, data: bytes) -> None:
         if self.watching or self.transport is None or self.transport.is_closing():
             return  # a watcher has nothing to say; anything it sends is ignored
+        self.last_active = time.monotonic()
+        self._feed(data)
+
+    def pause_writing(self) -> None:
+        # The peer is not taking its replies: charge what waits for it, read nothing more from
+        # it, and give it REPLY_TIMEOUT to start reading.
+        if self.transport is None or self.reply_charge:
+            return
+        self.reply_charge = self.transport.get_write_buffer_size()
+        self.server.budget.charge(self.reply_charge)
+        self._set_reading()
+        loop = asyncio.get_running_loop()
+        self.reply_timer = loop.call_later(REPLY_TIMEOUT, self._reply_stalled)
+
+    def resume_writing(self) -> None:
+        self._drained()
+        if self.transport is not None and not self.transport.is_closing():
+            self.last_active = time.monotonic()
+            self._set_reading()
+            self._pump()
+
+    # --- frames and the memory budget ------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
         try:
-            self.pending.extend(self.frames.feed(data))
+            for body in self.frames.feed(data):
+                share, self.reserved = self.reserved, 0
+                self.pending.append((body, share))
         except p.FrameTooLarge as exc:
             log.warning("closed a connection: %s", exc)
-            self.transport.abort()
+            transport.abort()
             return
-        # Only a started frame has a deadline: an idle connection between frames is legitimate.
-        if self.frames.pending:
+        # Only a started, admitted frame has a deadline: an idle connection between frames is
+        # legitimate, and one queued for the budget is waiting for others, not stalling.
+        if self.frames.pending and not self.awaiting_budget:
             if self.timer is None:
                 loop = asyncio.get_running_loop()
                 self.timer = loop.call_later(FRAME_TIMEOUT, self._stalled)
@@ -241,10 +381,72 @@ class _Connection(asyncio.Protocol):
             self._disarm()
         self._pump()
 
+    def _admit(self, length: int) -> bool:
+        """FrameReader's question: may a large frame's body be buffered now?"""
+        if self.reserved:
+            return True  # granted while queued
+        if self.awaiting_budget:
+            return False
+        budget = self.server.budget
+        if budget.try_take(length):
+            self.reserved = length
+            return True
+        self.awaiting_budget = length
+        budget.wait(self, length, self._granted)
+        self._set_reading()
+        return False
+
+    def _granted(self) -> None:
+        self.reserved, self.awaiting_budget = self.awaiting_budget, 0
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._set_reading()
+        # Called from inside another connection's callback: continue on our own turn.
+        asyncio.get_running_loop().call_soon(self._feed, b"")
+
+    def _set_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        want = not (self.awaiting_budget or self.reply_charge)
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _drained(self) -> None:
+        if self.reply_timer is not None:
+            self.reply_timer.cancel()
+            self.reply_timer = None
+        if self.reply_charge:
+            charge, self.reply_charge = self.reply_charge, 0
+            self.server.budget.release(charge)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight either way: closing it loses no request and no reply."""
+        transport = self.transport
+        return (
+            not self.busy
+            and not self.watching
+            and not self.pending
+            and not self.frames.pending
+            and not self.awaiting_budget
+            and (transport is None or transport.get_write_buffer_size() == 0)
+        )
+
     # --- requests -------------------------------------------------------------------
 
     def _stalled(self) -> None:
         log.warning("closed a connection that stalled mid-frame")
+        if self.transport:
+            self.transport.abort()
+
+    def _reply_stalled(self) -> None:
+        self.reply_timer = None
+        log.warning("closed a connection that left its reply unread for %.0f s", REPLY_TIMEOUT)
         if self.transport:
             self.transport.abort()
 
@@ -257,48 +459,66 @@ class _Connection(asyncio.Protocol):
         server, transport = self.server, self.transport
         assert transport is not None
         assert self.peer is not None
-        while self.pending and not self.busy and not transport.is_closing():
-            body = self.pending.popleft()
+        while self.pending and not self.busy and not self.reply_charge:
+            if transport.is_closing():
+                return
+            body, share = self.pending.popleft()
             try:
                 request = p.decode_request(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 server.state.counters.errors += 1
+                self._done(body, share)
                 self._send(BadRequestError(f"invalid request: {exc}").to_reply())
                 continue
             if isinstance(request, p.Watch):
+                self._done(body, share)
                 self._start_watch()
                 return
             if isinstance(request, p.Hello) and request.pinentry is not None:
                 self.peer = dataclasses.replace(self.peer, where=request.pinentry)
             if server.dispatcher.immediate(request, self.peer):
+                # The request holds its own copy of every field: the frame can go first.
+                self._done(body, share)
                 self._send(server.dispatcher.call_now(request, self.peer))
                 if isinstance(request, p.Stop):
                     server.request_stop()
                 continue
             self.busy = True
-            server.track(asyncio.ensure_future(self._slow(request, body)))
+            server.track(asyncio.ensure_future(self._slow(request, body, share)))
 
-    async def _slow(self, request: p.Request, body: bytes) -> None:
+    def _done(self, body: bytearray, share: int) -> None:
+        wipe(body)  # it may hold a passphrase or a PEM
+        if share:
+            self.server.budget.release(share)
+
+    async def _slow(self, request: p.Request, body: bytearray, share: int) -> None:
         assert self.peer is not None
         self.server.begin_request()
         try:
             reply = await self.server.dispatcher(request, self.peer)
         finally:
             self.server.end_request()
-            if isinstance(request, _SECRET_CARRYING):
-                wipe(body)
+            self._done(body, share)
             self.busy = False
         self._send(reply)
         self._pump()
 
     def _send(self, reply: p.Response) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(p.encode_frame(reply))
+            try:
+                frame = p.encode_frame(reply)
+            except p.FrameTooLarge as exc:  # cannot happen within the request caps; say so
+                log.warning("could not send a reply: %s", exc)
+                frame = p.encode_frame(InternalError("the reply is too large to send").to_reply())
+            self.transport.write(frame)
+            self.last_active = time.monotonic()
 
     # --- watch -------------------------------------------------------------------
 
     def _start_watch(self) -> None:
         self.watching = True
+        for body, share in self.pending:
+            self._done(body, share)
         self.pending.clear()
         self._disarm()
         self._send(self.server.state.event("watch"))

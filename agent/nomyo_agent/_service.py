@@ -362,6 +362,8 @@ def install(
     """Write the service files, then enable and start the socket if the manager is reachable.
 
     Refuses, before writing anything, while an agent started by hand serves the same socket.
+    Raises ``AgentError`` (exit 1) after writing when no service manager answers: the files are
+    there, but nothing was started.
     """
     the_plan = plan(socket=socket)
     if print_only:
@@ -371,7 +373,9 @@ def install(
             out.write(f"# then: {shlex.join(cmd)}\n")
         return 0
     reachable = start and manager_reachable()
-    if reachable:
+    if start:
+        # With or without a manager that answers now: once the units run, they would take the
+        # socket from the hand-started agent (or fail to bind it) at the next login.
         _refuse_a_running_agent(the_plan)
     for file in the_plan.files:
         _write(file)
@@ -385,9 +389,12 @@ def install(
     if not start:
         out.write("not started (--no-start); start it with: " + _commands(the_plan.start) + "\n")
     elif not reachable:
-        out.write(
-            "the service manager of this session does not answer, so nothing was started\n"
-            f"hint: in your desktop session, run: {_commands(the_plan.start)}\n"
+        out.write(f"to undo: {the_plan.undo}\n")
+        # Not a success: nothing will start the agent until someone runs these commands.
+        raise AgentError(
+            "the service manager of this session does not answer, so nothing was started "
+            "(the files are written)",
+            hint=f"in your desktop session, run: {_commands(the_plan.start)}",
         )
     else:
         for cmd in the_plan.start:

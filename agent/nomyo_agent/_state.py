@@ -66,9 +66,17 @@ class MutableCounters:
     errors: int = 0
     rejected_peers: int = 0
     failed_unlocks: int = 0
+    evicted_connections: int = 0
+    refused_connections: int = 0
+    # Read at snapshot time from whoever owns them (the server: open connections, the budget).
+    gauges: Callable[[], dict[str, int]] | None = dataclasses.field(default=None, repr=False)
 
     def snapshot(self) -> p.Counters:
-        return p.Counters(**dataclasses.asdict(self))
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["gauges"]
+        if self.gauges is not None:
+            values.update(self.gauges())
+        return p.Counters(**values)
 
 
 class AgentState:
@@ -128,7 +136,9 @@ class AgentState:
         due = [d for d in self.deadlines() if d is not None]
         return min(due) if due else None
 
-    def event(self, reason: str, origin: str | None = None) -> p.StateEvent:
+    def event(
+        self, reason: str, origin: str | None = None, refused: str | None = None
+    ) -> p.StateEvent:
         idle_left, _ = self.time_left()
         return p.StateEvent(
             state=self.state,
@@ -138,12 +148,13 @@ class AgentState:
             idle_left=idle_left,
             served_since_unlock=self.served_since_unlock,
             recent_clients=list(reversed(self.recent.values())),
+            refused_fingerprint=refused,
         )
 
     # --- changes -----------------------------------------------------------------------------
 
-    def emit(self, reason: str, origin: str | None = None) -> None:
-        event = self.event(reason, origin)
+    def emit(self, reason: str, origin: str | None = None, refused: str | None = None) -> None:
+        event = self.event(reason, origin, refused)
         for watcher in list(self.watchers):
             watcher(event)
 

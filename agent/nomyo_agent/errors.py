@@ -133,8 +133,10 @@ class PinentryError(AgentError):
 class KeyringUnavailableError(AgentError):
     code = ErrorCode.KEYRING_UNAVAILABLE
     default_hint = (
-        "start a Secret Service (gnome-keyring, KeePassXC) in this session, "
-        "or pick a backend with PYTHON_KEYRING_BACKEND"
+        "start a Secret Service (gnome-keyring, KeePassXC) in this session, then restart the "
+        "agent (`nomyo-agent stop`); on a headless machine keep the key in a passphrase-"
+        'protected file instead: `keystore = "file"` in config.toml, or '
+        "`nomyo-agent start --keystore file` (docs/running.md)"
     )
 
 

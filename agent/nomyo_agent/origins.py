@@ -45,7 +45,10 @@ _NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 # the C resolver read it), never a DNS name.
 _NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
 _IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
-_HINT = "write the router's URL as https://host[:port], with a plain host name or IP address"
+_HINT = (
+    "write the router's URL as https://host[:port] with a plain host name or IP address, "
+    "e.g. https://api.nomyo.ai or http://127.0.0.1:8000"
+)
 
 
 def _refuse(url: str, why: str) -> BadRequestError:

@@ -14,13 +14,24 @@ ARCHITECTURE.md fixes it and as ``SSH_AUTH_SOCK`` works for ssh:
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
-__all__ = ["ENV_SOCK", "IS_WINDOWS", "darwin_socket_path", "default_socket_path", "socket_path"]
+__all__ = [
+    "ENV_SOCK",
+    "IS_WINDOWS",
+    "SUN_PATH_MAX",
+    "darwin_socket_path",
+    "default_socket_path",
+    "socket_path",
+    "socket_path_problem",
+]
 
 ENV_SOCK = "NOMYO_AGENT_SOCK"
 IS_WINDOWS = sys.platform == "win32"
+# sockaddr_un's sun_path holds 108 bytes on Linux (104 on macOS and the BSDs), with the final NUL.
+SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 
 def darwin_socket_path(home: Path) -> str:
@@ -56,3 +67,33 @@ def socket_path(explicit: str | os.PathLike[str] | None = None) -> str:
     if from_env:
         return from_env
     return default_socket_path()
+
+
+def socket_path_problem(path: str) -> tuple[str, str] | None:
+    """Why ``path`` cannot be the agent's socket, as (message, hint), or None if it can.
+
+    Checked before anything touches the path: a socket straight in a shared folder such as
+    ``/tmp`` would make the agent claim (and ``chmod``) a folder that is not its own, and a path
+    over the ``AF_UNIX`` limit otherwise surfaces as a puzzling connection error.
+    """
+    if sys.platform == "win32":  # a named pipe; a literal test, so that mypy narrows
+        return None
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        return (
+            f"the socket path is {size} bytes, over the {SUN_PATH_MAX}-byte limit of Unix sockets",
+            "choose a shorter --socket / NOMYO_AGENT_SOCK, e.g. in $XDG_RUNTIME_DIR",
+        )
+    folder = Path(path).parent
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None  # the agent creates it, 0700
+    if st.st_mode & (stat.S_ISVTX | stat.S_IWOTH):
+        own = folder / f"nomyo-agent-{os.getuid()}" / Path(path).name
+        return (
+            f"{folder} is a shared folder (mode {stat.S_IMODE(st.st_mode):04o}): the socket "
+            "needs a folder of its own (0700)",
+            f"use --socket {own} (the agent creates the folder)",
+        )
+    return None

@@ -8,8 +8,10 @@ Rules of this module:
   gets a default and goes at the end, so that an older peer keeps decoding newer messages of the
   same protocol version; anything else is a new ``PROTOCOL_VERSION``.
 - A frame is a 4-byte big-endian length followed by one msgpack message. The length is checked
-  against ``MAX_FRAME_BYTES`` before the body is read (see ``FrameReader``), so a hostile peer can
-  never make us buffer more than one maximal frame.
+  against a cap before the body is buffered (see ``FrameReader``). Requests have per-operation
+  caps (``request_cap``): only ``seal``, ``open`` and ``import`` carry bulk data; every other
+  request fits in ``SMALL_FRAME_BYTES``. A frame longer than that must name its operation first
+  (msgspec writes the tag first), so the cap is known from the first bytes of the body.
 - Secrets (passphrases) travel only in ``Unlock``/``Generate``/``Import`` when a script chose
   ``--passphrase-stdin``; otherwise the agent asks pinentry itself and they never cross the RPC.
 
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final, Literal, TypeVar
 
 import msgspec
@@ -38,8 +40,11 @@ import msgspec
 __all__ = [
     "CAPABILITIES",
     "HEADER",
+    "MAX_ANSWER_BYTES",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
+    "REQUEST_CAPS",
+    "SMALL_FRAME_BYTES",
     "Accepted",
     "AppForget",
     "AppInfo",
@@ -84,6 +89,7 @@ __all__ = [
     "decode_response",
     "encode",
     "encode_frame",
+    "request_cap",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -103,10 +109,32 @@ CAPABILITIES: Final = (
 
 HEADER: Final = struct.Struct(">I")
 
-# The wire protocol allows 10 MiB of JSON payload. Sealed, that becomes ~13.4 MiB of base64 in a
-# JSON package, which crosses the RPC as bytes in Open (request) or SealReply (response), plus a
-# few hundred bytes of msgpack. 32 MiB leaves room without letting a peer make us buffer much more.
-MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+"""The largest router answer a client accepts (``nomyo_client``'s transport cap). Every answer
+within it must open through the agent, so an ``Open`` frame carries up to this much package."""
+
+_ENVELOPE = 64 * 1024  # msgpack framing around a package or plaintext, and the small fields
+
+MAX_FRAME_BYTES: Final = MAX_ANSWER_BYTES + _ENVELOPE
+"""No frame in either direction is longer. The largest are an ``Open`` of a maximal answer and
+its ``OpenReply`` (3/4 of that: the package's base64 decoded)."""
+
+SMALL_FRAME_BYTES: Final = 64 * 1024
+"""The cap of every request but seal, open and import: a frame of millions of tiny strings in a
+``Hello`` must be refused unread, not decoded into a gigabyte of Python objects."""
+
+REQUEST_CAPS: Final[Mapping[str, int]] = {
+    # The wire protocol allows 10 MiB of JSON payload; 16 MiB leaves room for msgpack and a margin.
+    "seal": 16 * 1024 * 1024,
+    "open": MAX_FRAME_BYTES,
+    # A PEM private key: RSA-16384 is about 12 KB; passphrases and pinentry settings are small.
+    "import": 1024 * 1024,
+}
+
+
+def request_cap(op: str) -> int:
+    """The largest request frame body for operation ``op`` (``SMALL_FRAME_BYTES`` by default)."""
+    return REQUEST_CAPS.get(op, SMALL_FRAME_BYTES)
 
 
 class State(enum.StrEnum):
@@ -312,6 +340,11 @@ class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     errors: int = 0
     rejected_peers: int = 0
     failed_unlocks: int = 0
+    evicted_connections: int = 0  # closed to make room at the connection cap
+    refused_connections: int = 0  # turned away at the cap (every connection was busy)
+    open_connections: int = 0
+    buffered_bytes: int = 0  # frames being received and replies not yet taken, all connections
+    waiting_for_memory: int = 0  # connections whose large frame waits for buffer space
 
 
 class ClientInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -423,6 +456,7 @@ class StateEvent(_Msg, frozen=True, tag="state_event"):
     idle_left: float | None = None
     served_since_unlock: int = 0
     recent_clients: list[ClientInfo] = []
+    refused_fingerprint: str | None = None  # for pin_mismatch: the router key refused
 
 
 Response = (
@@ -443,6 +477,7 @@ Response = (
 
 _T = TypeVar("_T")
 _encoder = msgspec.msgpack.Encoder()
+_REQUEST_OPS = frozenset(t.__struct_config__.tag for t in Request.__args__)
 _request_decoder = msgspec.msgpack.Decoder(Request)
 _response_decoder = msgspec.msgpack.Decoder(Response)
 
@@ -452,15 +487,25 @@ def encode(message: _Msg) -> bytes:
     return _encoder.encode(message)
 
 
-def encode_frame(message: _Msg) -> bytes:
-    """One complete frame: length header, then the msgpack body."""
-    body = _encoder.encode(message)
-    if len(body) > MAX_FRAME_BYTES:
-        raise FrameTooLarge(len(body))
-    return HEADER.pack(len(body)) + body
+def encode_frame(message: _Msg) -> bytearray:
+    """One complete frame: length header, then the msgpack body.
+
+    A request over its operation's cap (``request_cap``) or any message over ``MAX_FRAME_BYTES``
+    raises ``FrameTooLarge`` here, before anything is sent: the peer would refuse it anyway.
+    The body is encoded behind room for the header, with no second copy of a large message.
+    """
+    buf = bytearray(HEADER.size)
+    _encoder.encode_into(message, buf, HEADER.size)
+    length = len(buf) - HEADER.size
+    op = type(message).__struct_config__.tag
+    cap = request_cap(op) if isinstance(op, str) and op in _REQUEST_OPS else MAX_FRAME_BYTES
+    if length > cap:
+        raise FrameTooLarge(length, cap)
+    HEADER.pack_into(buf, 0, length)
+    return buf
 
 
-def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes | memoryview) -> _T:
+def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes | bytearray | memoryview) -> _T:
     try:
         return decoder.decode(body)
     except msgspec.MsgspecError:
@@ -471,12 +516,12 @@ def _decode(decoder: msgspec.msgpack.Decoder[_T], body: bytes | memoryview) -> _
         raise msgspec.DecodeError(f"invalid message: {exc}") from exc
 
 
-def decode_request(body: bytes | memoryview) -> Request:
+def decode_request(body: bytes | bytearray | memoryview) -> Request:
     """Decode one request body; raises ``msgspec.ValidationError``/``DecodeError`` if invalid."""
     return _decode(_request_decoder, body)
 
 
-def decode_response(body: bytes | memoryview) -> Response:
+def decode_response(body: bytes | bytearray | memoryview) -> Response:
     return _decode(_response_decoder, body)
 
 
@@ -485,45 +530,122 @@ class FrameError(Exception):
 
 
 class FrameTooLarge(FrameError):
-    def __init__(self, length: int) -> None:
-        super().__init__(f"frame of {length} bytes is over the {MAX_FRAME_BYTES}-byte cap")
+    def __init__(self, length: int, cap: int = MAX_FRAME_BYTES, op: str | None = None) -> None:
+        what = f"{op} frame" if op else "frame"
+        super().__init__(f"{what} of {length} bytes is over the {cap}-byte cap")
         self.length = length
+        self.cap = cap
+
+
+# A large request must start with its tag: a map header (fixmap, map16, map32), the key "op" and a
+# short string. 48 bytes hold the longest such prefix.
+_PEEK = 48
+
+
+def _op_of(prefix: bytes | bytearray) -> str | None:
+    """The ``op`` a msgpack body starts with, or None if it does not start with one."""
+    first = prefix[0] if prefix else -1
+    pos = 1 if 0x80 <= first <= 0x8F else 3 if first == 0xDE else 5 if first == 0xDF else None
+    if pos is None or prefix[pos : pos + 3] != b"\xa2op":
+        return None
+    pos += 3
+    if pos >= len(prefix):
+        return None
+    marker = prefix[pos]
+    if 0xA0 <= marker <= 0xBF:
+        size, pos = marker - 0xA0, pos + 1
+    elif marker == 0xD9 and pos + 1 < len(prefix):
+        size, pos = prefix[pos + 1], pos + 2
+    else:
+        return None
+    raw = bytes(prefix[pos : pos + size])
+    if len(raw) != size:
+        return None
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 class FrameReader:
     """Sans-I/O frame splitter: feed it bytes, get back complete frame bodies.
 
-    The length is checked before any of the body is buffered. After a ``FrameError`` the reader
-    is unusable, as is the stream it was reading.
+    ``FrameReader()`` caps every frame at ``max_frame`` (replies, read by clients).
+    ``FrameReader(requests=True)`` applies ``request_cap``: a frame longer than
+    ``SMALL_FRAME_BYTES`` is held until the first bytes of its body name its operation, and
+    refused if that operation's cap is smaller. Then ``admit(length)``, when given, decides
+    whether its body may be buffered now (the agent's memory budget); while it says no, the
+    frame's first bytes stay held and ``feed(b"")`` asks again.
+
+    A body is handed out as the ``bytearray`` it was received into (no copy); the caller owns it.
+    After a ``FrameError`` the reader is unusable, as is the stream it was reading.
     """
 
-    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
-        self._buf = bytearray()
-        self._need: int | None = None
+    def __init__(
+        self,
+        max_frame: int = MAX_FRAME_BYTES,
+        *,
+        requests: bool = False,
+        admit: Callable[[int], bool] | None = None,
+    ) -> None:
+        self._buf = bytearray()  # bytes not yet assigned to a body
+        self._body: bytearray | None = None  # the frame in progress, allocated at its length
+        self._fill = 0
         self._max = max_frame
+        self._requests = requests
+        self._admit_hook = admit
 
     @property
     def pending(self) -> int:
         """Bytes received that do not form a complete frame yet (0 between frames)."""
-        return len(self._buf)
+        return len(self._buf) + self._fill
 
-    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
-        self._buf += data
+    def _admit(self) -> int | None:
+        """The length of the next frame once it may be read, None while more bytes are needed."""
+        if len(self._buf) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack_from(self._buf)
+        cap = self._max
+        if length > cap:  # over every cap: no need to wait for the operation's name
+            raise FrameTooLarge(length, cap)
+        if self._requests and length > SMALL_FRAME_BYTES:
+            head = self._buf[HEADER.size : HEADER.size + _PEEK]
+            if len(head) < min(_PEEK, length):
+                return None
+            op = _op_of(head)
+            cap = min(cap, SMALL_FRAME_BYTES if op is None else request_cap(op))
+            if length > cap:
+                raise FrameTooLarge(length, cap, op)
+            if self._admit_hook is not None and not self._admit_hook(length):
+                return None
+        return int(length)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[bytearray]:
+        view = memoryview(data)
         while True:
-            if self._need is None:
-                if len(self._buf) < HEADER.size:
+            if self._body is None:
+                self._buf += view
+                view = memoryview(b"")
+                length = self._admit()
+                if length is None:
                     return
-                (length,) = HEADER.unpack_from(self._buf)
-                if length > self._max:
-                    raise FrameTooLarge(length)
-                del self._buf[: HEADER.size]
-                self._need = length
-            if len(self._buf) < self._need:
+                self._body = bytearray(length)
+                taken = min(length, len(self._buf) - HEADER.size)
+                self._body[:taken] = self._buf[HEADER.size : HEADER.size + taken]
+                self._fill = taken
+                rest = self._buf[HEADER.size + taken :]
+                # Zero what was consumed before letting go of it: a frame may carry a
+                # passphrase or a PEM, and the buffer's memory is reused.
+                self._buf[:] = bytes(len(self._buf))
+                self._buf = bytearray()
+                view = memoryview(rest)
+            else:
+                room = len(self._body) - self._fill
+                taken = min(room, len(view))
+                self._body[self._fill : self._fill + taken] = view[:taken]
+                self._fill += taken
+                view = view[taken:]
+            if self._fill < len(self._body):
                 return
-            body = bytes(self._buf[: self._need])
-            # Zero what was consumed before letting go of it: a frame may carry a passphrase or
-            # a PEM, and bytearray deletion only moves its start pointer over the old bytes.
-            self._buf[: self._need] = bytes(self._need)
-            del self._buf[: self._need]
-            self._need = None
+            body, self._body, self._fill = self._body, None, 0
             yield body

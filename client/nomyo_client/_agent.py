@@ -34,7 +34,13 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AsyncAgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart
-from nomyo_client._errors import AgentProtocolError, AgentUnavailableError, from_agent_error
+from nomyo_client._errors import (
+    AgentProtocolError,
+    AgentUnavailableError,
+    InvalidRequestError,
+    ResponseTooLargeError,
+    from_agent_error,
+)
 
 __all__ = ["DEFAULT_AGENT_TIMEOUT", "AgentLink"]
 
@@ -184,6 +190,11 @@ class AgentLink:
             conn = await channel.connection(self.autostart)
             try:
                 return await conn.call(request, expect)
+            except p.FrameTooLarge as exc:
+                if isinstance(request, p.Open):
+                    raise  # open() words it as the answer being too large
+                # Refused before sending: over the agent's cap for this operation.
+                raise InvalidRequestError(f"the request is too large for the agent: {exc}") from exc
             except agent_errors.AgentConnectionError as exc:
                 await channel.drop(conn)
                 if attempt == 2:
@@ -207,7 +218,16 @@ class AgentLink:
         return await self.call(request, p.SealReply)
 
     async def open(self, package: bytes) -> p.OpenReply:
-        return await self.call(p.Open(package=package), p.OpenReply)
+        try:
+            return await self.call(p.Open(package=package), p.OpenReply)
+        except p.FrameTooLarge as exc:
+            # Only a package over the transport's answer cap can be (an httpx client of the
+            # caller's that let it through): the same error as the transport's own refusal.
+            raise ResponseTooLargeError(
+                f"the router's answer ({len(package)} bytes) is over what the agent opens "
+                f"({exc.cap} bytes)",
+                max_bytes=p.MAX_ANSWER_BYTES,
+            ) from exc
 
     async def _import_key_dir(self) -> bool:
         if self.key_dir is None:

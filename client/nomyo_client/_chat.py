@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from nomyo_agent import __version__
 from nomyo_client._chat_completion import SecureChatCompletion
 from nomyo_client._errors import (
     AgentError,
@@ -28,7 +29,7 @@ from nomyo_client._errors import (
     InvalidRequestError,
     SecurityError,
 )
-from nomyo_client._wire import TIERS
+from nomyo_client._wire import TIERS, check_base_url
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "nomyo-agent.",
         epilog="exit status: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()),
     )
+    parser.add_argument("--version", action="version", version=f"nomyo-chat {__version__}")
     parser.add_argument("prompt", nargs="*", help="the user message (default: read stdin)")
     parser.add_argument(
         "-m", "--model", default=os.environ.get("NOMYO_MODEL"), help="model (env NOMYO_MODEL)"
@@ -104,6 +106,14 @@ async def _chat(args: argparse.Namespace, prompt: str) -> dict[str, Any]:
         return await client.create(model=args.model, messages=messages, **params)
 
 
+def _report(exc: APIError) -> None:
+    print(f"nomyo-chat: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        # The library's hints name its arguments; here the user typed options.
+        hint = exc.hint.replace("allow_http=True", "--allow-http")
+        print(f"hint: {hint}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nomyo-chat``; returns the exit status."""
     parser = _parser()
@@ -114,13 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model:
         parser.error("no model: pass -m/--model or set NOMYO_MODEL")
     try:
+        try:
+            check_base_url(args.base_url, args.allow_http)
+        except InvalidRequestError as exc:
+            _report(exc)
+            return 2  # a bad --base-url is a usage error, known before anything is sent
         response = asyncio.run(_chat(args, prompt.strip()))
     except APIError as exc:
-        print(f"nomyo-chat: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            # The library's hints name its arguments; here the user typed options.
-            hint = exc.hint.replace("allow_http=True", "--allow-http")
-            print(f"hint: {hint}", file=sys.stderr)
+        _report(exc)
         return _exit_code(exc)
     except KeyboardInterrupt:
         return 130

@@ -16,9 +16,15 @@ from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.paths import socket_path
-from nomyo_client import _autostart, _wire
+from nomyo_client import _autostart, _hints, _wire
 from nomyo_client._engine import Engine
-from nomyo_client._errors import AgentProtocolError, InvalidRequestError, from_agent_error
+from nomyo_client._errors import (
+    AgentProtocolError,
+    APIError,
+    InvalidRequestError,
+    from_agent_error,
+)
+from nomyo_client._options import check_agent_socket, env_default
 from nomyo_client._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -40,7 +46,7 @@ class SecureCompletionClient:
 
     def __init__(
         self,
-        router_url: str = "https://api.nomyo.ai:12434",
+        router_url: str | None = None,
         allow_http: bool = False,
         secure_memory: bool = True,
         max_retries: int = 2,
@@ -50,12 +56,15 @@ class SecureCompletionClient:
         agent_socket: str | os.PathLike[str] | None = None,
         autostart: bool | None = None,
     ) -> None:
-        self.router_url = router_url.rstrip("/")
+        # The seed's default; NOMYO_BASE_URL (as for SecureChatCompletion) when none is given.
+        url = env_default(router_url, "NOMYO_BASE_URL", "https://api.nomyo.ai:12434") or ""
+        self.router_url = url.rstrip("/")
         self.allow_http = allow_http
         self.secure_memory = secure_memory
         self.max_retries = max_retries
         self.public_key_pem: str | None = None
         self.key_size = 4096
+        check_agent_socket(agent_socket)
         self._socket = socket_path(None if agent_socket is None else os.fspath(agent_socket))
         self._autostart = _autostart.autostart_enabled() if autostart is None else autostart
         self._engine = Engine(
@@ -152,7 +161,21 @@ class SecureCompletionClient:
             return
         pem = Path(private_key_path).read_bytes()
         secret = None if password is None else password.encode()
-        reply = self._blocking_call(p.Import(pem=pem, file_password=secret), p.IdentityReply)
+        try:
+            reply = self._blocking_call(p.Import(pem=pem, file_password=secret), p.IdentityReply)
+        except APIError as exc:
+            if isinstance(exc.__cause__, agent_errors.IdentityExistsError) and current:
+                # The agent's hint names a CLI flag; a Python caller needs the Python choices.
+                exc.message = (
+                    f"the agent already holds another identity ({current.fingerprint[:16]}...), "
+                    f"not the key in {private_key_path}"
+                )
+                exc.hint = (
+                    "keep using the agent's identity (skip load_keys), give this client its own "
+                    "agent with SecureCompletionClient(agent_socket=...), or replace the agent's "
+                    f"key for every app with `nomyo-agent import {private_key_path} --force`"
+                )
+            raise
         self.public_key_pem = reply.public_key_pem
 
     # --- the wire (async, as in the seed) ----------------------------------------------------
@@ -162,7 +185,12 @@ class SecureCompletionClient:
 
     async def fetch_server_public_key(self) -> str:
         """GET the router's ``/pki/public_key`` (PEM text); it is also cached for requests."""
-        return await self._engine.fetch_router_key(self._url())
+        url = self._url()
+        try:
+            return await self._engine.fetch_router_key(url)
+        except APIError as exc:
+            _hints.explain(exc, url)
+            raise
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """Seal ``payload`` (an OpenAI request dict) to the router's key: the package bytes."""
@@ -189,7 +217,11 @@ class SecureCompletionClient:
         """Seal ``payload``, POST it, retry what is transient, open the answer."""
         tier = _wire.check_tier(security_tier)
         url = self._url()
-        return await self._engine.send(url, _encode(payload), payload_id, api_key, tier)
+        try:
+            return await self._engine.send(url, _encode(payload), payload_id, api_key, tier)
+        except APIError as exc:
+            _hints.explain(exc, url)
+            raise
 
     async def aclose(self) -> None:
         await self._engine.aclose()

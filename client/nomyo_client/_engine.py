@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
-from nomyo_client._errors import APIConnectionError, SecurityError
+from nomyo_client._errors import APIConnectionError, ResponseTooLargeError, SecurityError
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
+    MAX_RESPONSE_BYTES,
     Answer,
     AnswerTooLarge,
     Dropped,
@@ -181,14 +182,12 @@ class Engine:
         try:
             # The size is checked from Content-Length (or as it streams), not after a download.
             response = await self._send(state, "GET", url, None, {}, limit=_MAX_ROUTER_KEY_BYTES)
-        except APIConnectionError as exc:
-            if not isinstance(exc.__cause__, AnswerTooLarge):
-                raise
+        except ResponseTooLargeError as exc:
             raise SecurityError(
                 f"the router's /pki/public_key answer is too large to be a key "
                 f"(over {_MAX_ROUTER_KEY_BYTES} bytes)",
                 hint="check the base URL: it must point at a NOMYO router",
-            ) from exc.__cause__
+            ) from exc
         if response.status_code != 200:
             error = _wire.error_for_status(response.status_code, response.content)
             error.message = f"could not fetch the router key: {error.message}"
@@ -219,8 +218,13 @@ class Engine:
         payload_id: str,
         api_key: str | None,
         tier: str | None,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Seal, POST, retry, open: the decrypted completion with its ``_metadata``."""
+        """Seal, POST, retry, open: the decrypted completion with its ``_metadata``.
+
+        ``extra_headers`` (the OpenAI SDK's option, checked by the caller) go on the POST.
+        """
         # Header values are checked before the agent or the router sees anything.
         _wire.check_header_value("payload_id", payload_id)
         if isinstance(api_key, str) and api_key:
@@ -230,7 +234,10 @@ class Engine:
         url = f"{base_url}/v1/chat/secure_completion"
         router_key, fresh = await self.router_key(base_url)
         sealed = await state.agent.seal(origin, router_key, plaintext)
-        headers = _wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier)
+        headers = {
+            **(extra_headers or {}),
+            **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
+        }
         response = await self._send(state, "POST", url, sealed.package, headers)
         if response.status_code == 400 and not fresh:
             # Maybe the router rotated its key since we cached it: ask again, and let the agent
@@ -238,7 +245,10 @@ class Engine:
             new_key = await self.fetch_router_key(base_url)
             if new_key != router_key:
                 sealed = await state.agent.seal(origin, new_key, plaintext)
-                headers = _wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier)
+                headers = {
+                    **(extra_headers or {}),
+                    **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
+                }
                 response = await self._send(state, "POST", url, sealed.package, headers)
         if response.status_code != 200:
             retry_after = parse_retry_after(response.headers, self.retry.clock())
@@ -266,6 +276,13 @@ class Engine:
             retry_after: float | None = None
             try:
                 answer = await state.http.request(method, url, body, headers, limit=limit)
+            except AnswerTooLarge as exc:
+                # The router answered (and acted): not a connection failure, and not retried.
+                cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
+                raise ResponseTooLargeError(
+                    f"the router's answer from {url} is over the client's {_size(cap)} cap",
+                    max_bytes=cap,
+                ) from exc
             except TimedOut as exc:
                 raise APIConnectionError(
                     f"the router did not answer {url} in time ({exc})",
@@ -299,6 +316,10 @@ def _agent_timeout(timeout: float | httpx.Timeout | None) -> float | None:
     if timeout is None or isinstance(timeout, (int, float)):
         return None if timeout is None else float(timeout)
     return timeout.read
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
 def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:

@@ -10,6 +10,7 @@
      ├── ServerError                 500 (retried)
      ├── ServiceUnavailableError     503 (retried)
      ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     ├── ResponseTooLargeError       the router's answer is over the client's 64 MiB cap
      ├── SecurityError               bad package, failed tag, wrong recipient, plain HTTP
      │    └── RouterKeyChangedError  the agent refused a router key that differs from its pin
      └── AgentError                  the local agent could not help
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidRequestError",
     "NoIdentityError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "RouterKeyChangedError",
     "SecurityError",
     "ServerError",
@@ -123,6 +125,19 @@ class APIConnectionError(APIError, ConnectionError):
     """The router could not be reached, dropped the connection or did not answer in time."""
 
     default_hint = "check the base URL and your network"
+
+
+class ResponseTooLargeError(APIError):
+    """The router answered, but with more than the client accepts (``max_bytes``, 64 MiB).
+
+    Nothing is retried: the router has acted on the request. Every answer within the cap opens.
+    """
+
+    default_hint = "ask for less (a smaller n or max_tokens), or split the request"
+
+    def __init__(self, message: str, *, max_bytes: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.max_bytes = max_bytes
 
 
 class SecurityError(APIError):
@@ -204,7 +219,9 @@ def from_agent_error(exc: agent_errors.AgentError) -> APIError:
         # No agent of ours is there: what listens (or the folder) is not the user's own.
         return AgentUnavailableError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.AgentConnectionError):
-        return AgentError(f"lost the agent connection: {exc.message}", hint=hint)
+        # Its message already says what broke ("lost the agent connection: ...", "the agent
+        # closed the connection"): a prefix here would say it twice.
+        return AgentError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.LockedError):
         return AgentLockedError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.NoIdentityError):

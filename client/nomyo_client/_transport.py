@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import h11
 
 from nomyo_agent import __version__
+from nomyo_agent.protocol import MAX_ANSWER_BYTES
 
 if TYPE_CHECKING:
     import httpx
@@ -52,7 +53,7 @@ __all__ = [
     "default_http",
 ]
 
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_RESPONSE_BYTES = MAX_ANSWER_BYTES  # the agent sizes its Open frames to it
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = f"nomyo-client/{__version__}".encode()
 
@@ -82,11 +83,12 @@ class TimedOut(TransportError):
 
 
 class ProtocolFailure(TransportError):
-    """The other side does not speak HTTP/1.1 correctly, or the answer is too large."""
+    """The other side does not speak HTTP/1.1 correctly."""
 
 
 class AnswerTooLarge(ProtocolFailure):
-    """The answer is (or announces itself as) larger than the caller's limit."""
+    """The answer is (or announces itself as) larger than the caller's limit, by default
+    ``MAX_RESPONSE_BYTES``: the router did act on the request, so it is never retried."""
 
 
 @dataclass(frozen=True)

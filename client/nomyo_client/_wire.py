@@ -74,7 +74,13 @@ def check_base_url(base_url: str, allow_http: bool) -> str:
             hint="use https, or pass allow_http=True for a router on your own machine",
         )
     if scheme not in DEFAULT_PORTS:
-        raise InvalidRequestError(f"not an http(s) router URL: {base_url!r}", status_code=None)
+        bare = url.split("://", 1)[-1]
+        raise InvalidRequestError(
+            f"not an http(s) router URL: {base_url!r}",
+            status_code=None,
+            hint=f"a router URL starts with https:// (or http:// with allow_http=True), "
+            f"e.g. https://{bare}",
+        )
     origin_of(url)  # a host that has no one canonical origin is refused before anything is sent
     return url
 
@@ -120,6 +126,8 @@ def build_payload(model: str, messages: Any, params: Mapping[str, Any]) -> bytes
         raise InvalidRequestError(
             f"the request is {len(body)} bytes of JSON, over the {MAX_PAYLOAD_BYTES}-byte limit",
             status_code=None,
+            hint="send less per request: drop or summarise earlier messages, or split the input "
+            "over several requests (the router refuses anything larger)",
         )
     return body
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from nomyo_agent import __version__
 from nomyo_devserver import _hooks
 from nomyo_devserver._devserver import DevServer
 from nomyo_devserver._keystore import KeyFileError, load_or_create
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="do not log requests to stderr")
     p.add_argument("--help-hooks", action="store_true", help="list the test hooks and exit")
+    p.add_argument("--version", action="version", version=f"nomyo-devserver {__version__}")
     return p
 
 

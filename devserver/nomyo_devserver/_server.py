@@ -90,6 +90,14 @@ class _Handler(BaseHTTPRequestHandler):
             reply = error(500, "internal error in nomyo-devserver (see its log)")
         self._send(reply)
 
+    def _not_allowed(self) -> None:
+        """PUT, PATCH, DELETE, OPTIONS: JSON 405 (404 off our paths), not http.server's HTML 501."""
+        path = self.path.split("?", 1)[0]
+        self._discard_body_or_close()
+        self._send(error(405, "method not allowed") if path in _PATHS else error(404, "not found"))
+
+    do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
+
     def _read_body(self) -> bytes | Reply:
         if self.headers.get("Transfer-Encoding"):
             return error(411, "send the body with a Content-Length", close=True)

@@ -11,6 +11,7 @@ bad usage.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -24,6 +25,25 @@ __all__ = ["autostart_path", "desktop_entry", "main"]
 
 PROG = "nomyo-tray"
 DESKTOP_FILE = "nomyo-tray.desktop"
+
+
+# The [tray] extra: without it the tray cannot draw, and an autostart entry would fail at login.
+TRAY_MODULES = {"pystray": "pystray", "PIL": "Pillow"}
+
+
+def missing_extra() -> list[str]:
+    """The distributions of the ``[tray]`` extra that are not importable here."""
+    return [
+        dist for module, dist in TRAY_MODULES.items() if importlib.util.find_spec(module) is None
+    ]
+
+
+def _fail_missing(missing: list[str]) -> int:
+    return _fail(
+        f"the tray needs the [tray] extra ({', '.join(missing)} not installed)",
+        "reinstall with it from the checkout: `pipx install --force '.[tray]'`, or "
+        "`pip install '.[tray]'` into the environment nomyo-agent is in",
+    )
 
 
 def _fail(message: str, hint: str = "") -> int:
@@ -80,6 +100,9 @@ def _install(args: argparse.Namespace) -> int:
             "--install-autostart writes an XDG autostart entry, which macOS does not read",
             "add nomyo-tray under System Settings > General > Login Items (docs/tray.md)",
         )
+    missing = missing_extra()
+    if missing:
+        return _fail_missing(missing)  # an entry that could only crash at every login
     path = autostart_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +149,14 @@ def _parser() -> argparse.ArgumentParser:
         "--uninstall-autostart", action="store_true", help="remove the autostart entry"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log state changes to stderr")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     return parser
+
+
+def _version() -> str:
+    from nomyo_agent import __version__  # noqa: PLC0415 - the one version of the distribution
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pystray logs a traceback each time it finds no tray to dock in (a panel not up yet at
     # login); the tray retries by itself, so that is noise unless asked for with -v.
     logging.getLogger("pystray").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    missing = missing_extra()
+    if missing:
+        return _fail_missing(missing)
     if sys.platform not in ("darwin", "win32") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     ):
