@@ -66,7 +66,7 @@ def test_a_failed_start_reports_its_own_error_not_the_logs_old_lines(desktop: Se
     assert first == (
         f"nomyo-agent: the agent failed to start: unknown setting(s) in {config}: idle_timout"
     )
-    assert "known settings: auto_unlock, connection_timeout, idle_timeout" in hint
+    assert "known settings: auto_unlock, confirm, connection_timeout, idle_timeout" in hint
     assert f"the full log is {log}" in hint
     assert "last week" not in out.stderr
     assert "memlock" not in out.stderr
