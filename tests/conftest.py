@@ -4,5 +4,6 @@ pytest_plugins = [
     "support.desktop",
     "support.devserver",
     "support.agent",
+    "support.proxy",
     "support.x11",
 ]

@@ -1,7 +1,9 @@
 """The audit log: one JSON line per state change, in the state folder (ARCHITECTURE.md, Files).
 
 ``$XDG_STATE_HOME/nomyo-agent/audit.log``, mode 0600: unlocks, locks (and why: on request, idle
-timeout, maximum lifetime), identities generated or imported, router keys refused. Never a
+timeout, maximum lifetime), identities generated or imported, router keys refused, and the first
+use of the identity by each app after an unlock (``"event": "app"``; a nomyo-proxy token shows
+as ``nomyo-proxy: NAME``). Never a
 secret, never a plaintext. It is bounded: past ``MAX_BYTES`` it moves to ``audit.log.1`` (one
 generation kept), so a long-lived agent cannot fill the disk.
 """
@@ -28,6 +30,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     state: str
     fingerprint: str | None = None
     origin: str | None = None
+    app: str | None = None
 
 
 class AuditLog:
@@ -38,13 +41,21 @@ class AuditLog:
         self._encoder = msgspec.json.Encoder()
 
     def record(self, event: p.StateEvent, when: float) -> None:
-        line = _Line(
-            time=round(when, 3),
-            event=event.reason,
-            state=event.state.value,
-            fingerprint=event.fingerprint,
-            origin=event.origin,
+        self._append(
+            _Line(
+                time=round(when, 3),
+                event=event.reason,
+                state=event.state.value,
+                fingerprint=event.fingerprint,
+                origin=event.origin,
+            )
         )
+
+    def record_app(self, app: str, when: float) -> None:
+        """An app (an executable, or a nomyo-proxy token) used the identity first since unlock."""
+        self._append(_Line(time=round(when, 3), event="app", state="unlocked", app=app))
+
+    def _append(self, line: _Line) -> None:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size > MAX_BYTES:

@@ -24,9 +24,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 
 from nomyo_agent import _keys, _keyworker, _pkcs8
+from nomyo_agent._files import write_private
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import (
     BadKeyError,
@@ -69,20 +68,7 @@ class IdentityInfo:
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically (temporary file, then rename), mode 0600."""
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        data = json.dumps(asdict(self), indent=2).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        write_private(path, json.dumps(asdict(self), indent=2).encode())
 
     @classmethod
     def load(cls, path: Path) -> IdentityInfo | None:

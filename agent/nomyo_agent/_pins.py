@@ -9,13 +9,12 @@ is JSON, written atomically with mode 0600; a corrupt file is an error, never an
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgspec
 
+from nomyo_agent._files import write_private
 from nomyo_agent.errors import (
     BadRequestError,
     CorruptIdentityError,
@@ -72,19 +71,8 @@ class PinStore:
             ) from exc
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pins-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(
-                    json.dumps(msgspec.to_builtins(self._pins), indent=1, sort_keys=True).encode()
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = json.dumps(msgspec.to_builtins(self._pins), indent=1, sort_keys=True).encode()
+        write_private(self.path, data)
 
     def check(self, origin: str, fingerprint: str, now: float) -> str:
         """``"new"`` (pinned now) or ``"known"``; raises ``PinMismatchError`` for another key."""

@@ -105,8 +105,19 @@ class AgentLink:
             self._conn = None
         await conn.aclose()
 
-    async def seal(self, origin: str, router_key_pem: str, plaintext: bytes) -> p.SealReply:
-        request = p.Seal(origin=origin, router_key_pem=router_key_pem, plaintext=plaintext)
+    def _app(self, app: str) -> str:
+        # An agent without the "app" capability refuses the field (its structs forbid unknown
+        # ones): name the app only to an agent that said it understands it.
+        hello = self.hello
+        return app if hello is not None and "app" in hello.capabilities else ""
+
+    async def seal(
+        self, origin: str, router_key_pem: str, plaintext: bytes, app: str = ""
+    ) -> p.SealReply:
+        await self.connection()  # the capabilities come with the first Hello
+        request = p.Seal(
+            origin=origin, router_key_pem=router_key_pem, plaintext=plaintext, app=self._app(app)
+        )
         try:
             return await self.call(request, p.SealReply, translate=False)
         except agent_errors.NoIdentityError as exc:
@@ -117,8 +128,9 @@ class AgentLink:
             raise from_agent_error(exc) from exc
         return await self.call(request, p.SealReply)
 
-    async def open(self, package: bytes) -> p.OpenReply:
-        return await self.call(p.Open(package=package), p.OpenReply)
+    async def open(self, package: bytes, app: str = "") -> p.OpenReply:
+        await self.connection()
+        return await self.call(p.Open(package=package, app=self._app(app)), p.OpenReply)
 
     async def _import_key_dir(self) -> bool:
         if self.key_dir is None:
