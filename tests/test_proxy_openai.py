@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -52,7 +53,9 @@ def client(proxy: RunningProxy, key: str, **kw: object) -> openai.OpenAI:
 def test_sync_chat_through_proxy_agent_and_router(proxy: RunningProxy) -> None:
     with client(proxy, proxy.token("editor")) as oa:
         answer = oa.chat.completions.create(
-            model="devserver/echo", messages=PROMPT, temperature=0.2  # type: ignore[arg-type]
+            model="devserver/echo",
+            messages=PROMPT,
+            temperature=0.2,  # type: ignore[arg-type]
         )
     assert answer.object == "chat.completion"
     assert "hello through the proxy" in (answer.choices[0].message.content or "")
@@ -89,7 +92,9 @@ def test_async_stream_with_usage_ends_like_openai(proxy: RunningProxy) -> None:
 def test_sync_stream_without_usage(proxy: RunningProxy) -> None:
     with client(proxy, proxy.token("t")) as oa:
         stream = oa.chat.completions.create(
-            model="devserver/echo", messages=PROMPT, stream=True  # type: ignore[arg-type]
+            model="devserver/echo",
+            messages=PROMPT,
+            stream=True,  # type: ignore[arg-type]
         )
         chunks = list(stream)
     assert all(c.usage is None for c in chunks)
@@ -123,6 +128,128 @@ def test_tools_and_n_reach_the_router_and_come_back(proxy: RunningProxy) -> None
         d for s in streamed for c in s.choices if c.index == 1 for d in c.delta.tool_calls or ()
     ]
     assert streamed_calls[0].function.name == "get_weather"  # type: ignore[union-attr]
-    assert streamed_calls[0].id == call.id
+    assert streamed_calls[0].id.startswith("call_")  # type: ignore[union-attr]
     finish = [c.finish_reason for s in streamed for c in s.choices if c.finish_reason]
     assert finish == ["tool_calls", "tool_calls"]
+
+
+# --- errors, as the SDK raises them ----------------------------------------------------------
+
+
+def error_body(exc: openai.APIStatusError) -> dict[str, object]:
+    body = exc.response.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    return body  # type: ignore[no-any-return]
+
+
+def test_bad_or_missing_token_is_an_authentication_error(proxy: RunningProxy) -> None:
+    proxy.token("real")
+    for key in ("nmyp_not-a-real-token", "sk-anything"):
+        with client(proxy, key) as oa, pytest.raises(openai.AuthenticationError) as info:
+            oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+        assert error_body(info.value)["code"] == "invalid_api_key"
+    missing = httpx.post(f"{proxy.url}/chat/completions", json={"model": "m", "messages": []})
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_router_429_passes_through_with_retry_after(
+    proxy: RunningProxy, devserver: RunningDevServer
+) -> None:
+    with client(proxy, proxy.token("t")) as oa, pytest.raises(openai.RateLimitError) as info:
+        oa.chat.completions.create(model="devserver/status-429-after-7", messages=PROMPT)  # type: ignore[arg-type]
+    assert info.value.response.headers["retry-after"] == "7"
+    assert devserver.stats()["status_429"] == 1  # the proxy itself did not retry
+
+
+def test_sdk_retries_off_and_on(proxy: RunningProxy, devserver: RunningDevServer) -> None:
+    token = proxy.token("t")
+    with client(proxy, token) as oa, pytest.raises(openai.InternalServerError) as info:
+        oa.chat.completions.create(model="devserver/status-503", messages=PROMPT)  # type: ignore[arg-type]
+    assert info.value.status_code == 503
+    assert devserver.stats()["status_503"] == 1  # retries off: one attempt
+    with client(proxy, token, max_retries=2) as oa, pytest.raises(openai.RateLimitError):
+        oa.chat.completions.create(model="devserver/status-429-after-0", messages=PROMPT)  # type: ignore[arg-type]
+    assert devserver.stats()["status_429"] == 3  # retries on: the SDK's, not the proxy's
+
+
+def test_locked_agent_is_503_saying_how_to_unlock(
+    proxy: RunningProxy, ready_agent: RunningAgent, devserver: RunningDevServer
+) -> None:
+    ready_agent.cli("lock")
+    with client(proxy, proxy.token("t")) as oa, pytest.raises(openai.APIStatusError) as info:
+        oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+    assert info.value.status_code == 503
+    body = error_body(info.value)
+    assert body["code"] == "agent_locked"
+    assert "nomyo-agent unlock" in str(body["message"])
+    assert devserver.stats().get("completions", 0) == 0
+
+
+def test_no_agent_is_503(proxy: RunningProxy, ready_agent: RunningAgent) -> None:
+    token = proxy.token("t")
+    ready_agent.stop()
+    with client(proxy, token) as oa, pytest.raises(openai.APIStatusError) as info:
+        oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+    assert info.value.status_code == 503
+    assert error_body(info.value)["code"] == "agent_unavailable"
+
+
+def test_changed_router_key_is_502_with_the_pins_accept_hint(
+    proxy: RunningProxy, ready_agent: RunningAgent, devserver: RunningDevServer
+) -> None:
+    with client(proxy, proxy.token("t")) as oa:
+        oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+        devserver.rotate_key()
+        with pytest.raises(openai.APIStatusError) as info:
+            oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+    assert info.value.status_code == 502
+    body = error_body(info.value)
+    assert body["code"] == "router_key_changed"
+    assert f"nomyo-agent pins accept {devserver.url}" in str(body["message"])
+    # Nothing was sealed to the new key: the router decrypted only the first request.
+    assert devserver.stats()["completions"] == 1
+    ready_agent.cli("pins", "accept", devserver.url)
+    with client(proxy, proxy.token("t2")) as oa:
+        assert oa.chat.completions.create(model="devserver/echo", messages=PROMPT).choices  # type: ignore[arg-type]
+
+
+def test_invalid_request_is_400_and_unknown_path_404(proxy: RunningProxy) -> None:
+    with client(proxy, proxy.token("t")) as oa:
+        with pytest.raises(openai.BadRequestError) as info:
+            oa.chat.completions.create(model="devserver/echo", messages="not a list")  # type: ignore[arg-type]
+        assert error_body(info.value)["param"] == "messages"
+        with pytest.raises(openai.BadRequestError):
+            oa.chat.completions.create(
+                model="devserver/echo",
+                messages=PROMPT,
+                extra_body={"base_url": "http://x"},  # type: ignore[arg-type]
+            )
+        with pytest.raises(openai.NotFoundError):
+            oa.embeddings.create(model="x", input="y")
+
+
+def test_models_lists_the_configured_names_when_the_router_has_none(proxy: RunningProxy) -> None:
+    with client(proxy, proxy.token("t")) as oa:
+        assert [m.id for m in oa.models.list()] == ["devserver/echo"]
+
+
+# --- attribution -----------------------------------------------------------------------------
+
+
+def test_token_name_shows_in_agent_status_and_audit_log(
+    proxy: RunningProxy, ready_agent: RunningAgent
+) -> None:
+    with client(proxy, proxy.token("editor")) as oa:
+        oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+    with client(proxy, proxy.token("notebook")) as oa:
+        oa.chat.completions.create(model="devserver/echo", messages=PROMPT)  # type: ignore[arg-type]
+    recent = [c.exe for c in ready_agent.status().recent_clients]
+    assert recent[:2] == ["nomyo-proxy: notebook", "nomyo-proxy: editor"]
+    assert "nomyo-proxy: editor" in ready_agent.cli("status").stdout
+    audit = Path(ready_agent.env["XDG_STATE_HOME"]) / "nomyo-agent" / "audit.log"
+    apps = [json.loads(line).get("app") for line in audit.read_text().splitlines()]
+    assert [a for a in apps if a] == ["nomyo-proxy: editor", "nomyo-proxy: notebook"]
+    listed = proxy.cli("token", "list").stdout
+    assert "editor\t" in listed
+    assert "nmyp_" not in listed

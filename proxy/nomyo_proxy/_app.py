@@ -49,6 +49,8 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # and the like, so a little slack, and nothing more is ever buffered.
 MAX_BODY_BYTES = wire.MAX_PAYLOAD_BYTES + 64 * 1024
 _JSON = (b"content-type", b"application/json")
+# After an answer to a body that was not read whole, the connection cannot carry another request.
+_CLOSE = ((b"connection", b"close"),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +200,12 @@ class ProxyApp:
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         limit = self.settings.max_body
-        too_large = _error(
-            413, f"the request body is over {limit} bytes", "invalid_request_error", "too_large"
+        too_large = HTTPError(
+            413,
+            f"the request body is over {limit} bytes",
+            type="invalid_request_error",
+            code="too_large",
+            headers=_CLOSE,
         )
         try:
             if int(headers.get(b"content-length", b"0")) > limit:
@@ -222,11 +228,12 @@ class ProxyApp:
                     if not message.get("more_body", False):
                         return b"".join(chunks)
         except TimeoutError:
-            raise _error(
+            raise HTTPError(
                 408,
                 f"the request body did not arrive within {self.settings.body_timeout:g} s",
-                "invalid_request_error",
-                "timeout",
+                type="invalid_request_error",
+                code="timeout",
+                headers=_CLOSE,
             ) from None
 
     # --- the endpoints -------------------------------------------------------------------
@@ -335,5 +342,6 @@ def _parse_request(body: bytes) -> dict[str, Any]:
 async def _respond(
     send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...]
 ) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": status, "headers": [length, *headers]})
     await send({"type": "http.response.body", "body": body})

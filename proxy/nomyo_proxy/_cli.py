@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"read the router API key from the OS keyring (service {KEYRING_SERVICE}, "
         "user = the router URL)",
     )  # fmt: skip
+    serve.add_argument(
+        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="a request body must arrive within this time (default 30)",
+    )  # fmt: skip
     serve.add_argument("--agent-socket", help="the agent's socket (default: as every client)")
     serve.add_argument("--log-level", default="warning", help="debug, info, warning (default)")
     token = sub.add_parser("token", help="per-app tokens (the apps' API keys)")
@@ -292,6 +296,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_origins=frozenset(args.allow_origin),
         models=tuple(args.model),
         agent_socket=args.agent_socket,
+        body_timeout=args.body_timeout,
     )
     try:
         app = ProxyApp(settings, tokens)

@@ -64,9 +64,7 @@ class RunningProxy:
             stop_group(self.process)
 
 
-def start_proxy(
-    folder: Path, env: dict[str, str], args: Sequence[str]
-) -> RunningProxy:
+def start_proxy(folder: Path, env: dict[str, str], args: Sequence[str]) -> RunningProxy:
     folder.mkdir(parents=True, exist_ok=True)
     out, err = folder / "stdout.txt", folder / "stderr.txt"
     with out.open("wb") as out_fh, err.open("wb") as err_fh:
