@@ -216,6 +216,10 @@ def _bind(args: argparse.Namespace) -> tuple[socket.socket, str, str]:
     tls = args.tls_cert is not None or args.tls_key is not None
     scheme = "https" if tls else "http"
     inherited = inherited_socket(name="proxy")
+    if inherited is None and sys.platform == "darwin":
+        from nomyo_agent import _launchd  # noqa: PLC0415 - macOS only
+
+        inherited = _launchd.inherited_socket("proxy")
     if inherited is not None:
         inherited.setblocking(True)
         if inherited.family == socket.AF_UNIX:
