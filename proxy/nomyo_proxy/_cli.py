@@ -244,8 +244,7 @@ def _bind(args: argparse.Namespace) -> tuple[socket.socket, str, str]:
                 hint="tokens must not cross a network in clear",
             )
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        sock = _tcp_listener(host, port)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror}",
@@ -253,6 +252,22 @@ def _bind(args: argparse.Namespace) -> tuple[socket.socket, str, str]:
         ) from exc
     bound = sock.getsockname()[1]
     return sock, host, f"{scheme}://{_url_host(host)}:{bound}/v1"
+
+
+def _tcp_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio turns Nagle off
+    # (TCP_NODELAY) only on sockets that say they are TCP. With Nagle on, every answer on a
+    # keep-alive connection waited ~40 ms for the client's delayed ACK (measured: 44 ms vs 3 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _url_host(host: str) -> str:
