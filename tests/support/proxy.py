@@ -1,6 +1,6 @@
 """A real ``nomyo-proxy serve`` process in front of a real agent and router.
 
-``make_proxy(agent, router, *args)`` starts the installed console script (so the agent sees
+``make_proxy(agent, router, *args, env=...)`` starts the installed console script (so the agent sees
 the peer as ``nomyo-proxy``, as users' agents do) in the agent's desktop session, waits for its
 ``NOMYO_PROXY_URL=`` line and stops it (SIGTERM, then SIGKILL) after the test. Each
 ``RunningProxy`` has ``.url`` (the OpenAI base URL, ``.../v1``), ``.token(name)`` (runs
@@ -98,9 +98,15 @@ def proxy_env(agent: RunningAgent) -> dict[str, str]:
 def make_proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
     started: list[RunningProxy] = []
 
-    def make(agent: RunningAgent, router: RunningDevServer, *args: str) -> RunningProxy:
-        env = proxy_env(agent)
-        argv = ["--listen", "127.0.0.1:0", "--router", router.url, "--allow-http", *args]
+    def make(
+        agent: RunningAgent,
+        router: RunningDevServer,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> RunningProxy:
+        env = {**proxy_env(agent), **(env or {})}
+        where = [] if {"--listen", "--unix"} & set(args) else ["--listen", "127.0.0.1:0"]
+        argv = [*where, "--router", router.url, "--allow-http", *args]
         proxy = start_proxy(tmp_path / f"proxy-{len(started)}", env, argv)
         started.append(proxy)
         return proxy

@@ -1,0 +1,133 @@
+"""How nomyo-proxy is started: a Unix socket, the router's API key from the environment, a 0600
+file or the OS keyring (real gnome-keyring), never from an app; a remote listener only with
+``--allow-remote`` and TLS."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.agent import RunningAgent
+from support.devserver import RunningDevServer, TLSFiles
+from support.proxy import RunningProxy, proxy_cli, proxy_env
+
+BODY = {"model": "devserver/echo", "messages": [{"role": "user", "content": "hi"}]}
+ROUTER_KEY = "router-secret-1234"
+
+
+@pytest.fixture
+def ready_agent(agent: RunningAgent) -> RunningAgent:
+    agent.keygen(bits=2048)
+    return agent
+
+
+@pytest.fixture
+def keyed_router(make_devserver: Callable[..., RunningDevServer]) -> RunningDevServer:
+    return make_devserver(api_key=ROUTER_KEY)
+
+
+def chat(url: str, token: str, **kw: object) -> httpx.Response:
+    return httpx.post(
+        f"{url}/chat/completions", json=BODY, headers={"Authorization": f"Bearer {token}"},
+        timeout=30, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_unix_socket_listener_is_private(
+    ready_agent: RunningAgent, devserver: RunningDevServer, tmp_path: Path,
+    make_proxy: Callable[..., RunningProxy],
+) -> None:  # fmt: skip
+    path = tmp_path / "proxy" / "proxy.sock"
+    proxy = make_proxy(ready_agent, devserver, "--unix", str(path))
+    assert proxy.url == f"unix:{path}"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(path.parent.stat().st_mode & 0o777) == oct(0o700)
+    token = proxy.token("t")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path))) as http:
+        answer = http.post(
+            "http://localhost/v1/chat/completions", json=BODY,
+            headers={"Authorization": f"Bearer {token}"}, timeout=30,
+        )  # fmt: skip
+    assert answer.status_code == 200
+
+
+def test_api_key_from_the_environment_and_never_from_the_app(
+    ready_agent: RunningAgent, keyed_router: RunningDevServer,
+    make_proxy: Callable[..., RunningProxy],
+) -> None:  # fmt: skip
+    without = make_proxy(ready_agent, keyed_router)
+    token = without.token("t")
+    refused = chat(without.url, token)
+    assert refused.status_code == 502  # the router refused the proxy, not the app's token
+    assert refused.json()["error"]["code"] == "router_authentication_failed"
+    # An app that brings the router key itself gets nowhere: it is never forwarded.
+    smuggled = httpx.post(
+        f"{without.url}/chat/completions", json={**BODY, "api_key": ROUTER_KEY},
+        headers={"Authorization": f"Bearer {token}"}, timeout=30,
+    )  # fmt: skip
+    assert smuggled.status_code == 400
+    with_env = make_proxy(ready_agent, keyed_router, env={"NOMYO_API_KEY": ROUTER_KEY})
+    assert chat(with_env.url, token).status_code == 200
+
+
+def test_api_key_file_must_be_private(
+    ready_agent: RunningAgent, keyed_router: RunningDevServer, tmp_path: Path,
+    make_proxy: Callable[..., RunningProxy],
+) -> None:  # fmt: skip
+    key_file = tmp_path / "router.key"
+    key_file.write_text(ROUTER_KEY + "\n")
+    key_file.chmod(0o644)
+    env = proxy_env(ready_agent)
+    done = proxy_cli(
+        env, "serve", "--listen", "127.0.0.1:0", "--router", keyed_router.url, "--allow-http",
+        "--api-key-file", str(key_file), check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "readable by others" in done.stderr
+    assert f"chmod 600 {key_file}" in done.stderr
+    key_file.chmod(0o600)
+    proxy = make_proxy(ready_agent, keyed_router, "--api-key-file", str(key_file))
+    assert chat(proxy.url, proxy.token("t")).status_code == 200
+
+
+def test_api_key_from_the_os_keyring(
+    ready_agent: RunningAgent, keyed_router: RunningDevServer,
+    make_proxy: Callable[..., RunningProxy],
+) -> None:  # fmt: skip
+    env = proxy_env(ready_agent)
+    missing = proxy_cli(
+        env, "serve", "--listen", "127.0.0.1:0", "--router", keyed_router.url, "--allow-http",
+        "--api-key-keyring", check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert f"keyring set nomyo-proxy {keyed_router.url}" in missing.stderr
+    subprocess.run(
+        [sys.executable, "-c", "import keyring, sys; keyring.set_password(*sys.argv[1:])",
+         "nomyo-proxy", keyed_router.url, ROUTER_KEY],
+        env=env, check=True, timeout=60,
+    )  # fmt: skip
+    proxy = make_proxy(ready_agent, keyed_router, "--api-key-keyring")
+    assert chat(proxy.url, proxy.token("t")).status_code == 200
+
+
+def test_remote_listener_only_with_tls(
+    ready_agent: RunningAgent, devserver: RunningDevServer, devserver_tls: TLSFiles,
+    make_proxy: Callable[..., RunningProxy],
+) -> None:  # fmt: skip
+    proxy = make_proxy(
+        ready_agent, devserver, "--listen", "0.0.0.0:0", "--allow-remote",
+        "--tls-cert", str(devserver_tls.cert), "--tls-key", str(devserver_tls.key),
+    )  # fmt: skip
+    assert proxy.url.startswith("https://0.0.0.0:")
+    url = proxy.url.replace("0.0.0.0", "127.0.0.1")
+    token = proxy.token("t")
+    answer = chat(url, token, verify=ssl.create_default_context(cafile=str(devserver_tls.cert)))
+    assert answer.status_code == 200
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(f"{url.replace('https', 'http')}/chat/completions", json=BODY, timeout=10)
