@@ -131,3 +131,33 @@ def test_remote_listener_only_with_tls(
     assert answer.status_code == 200
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.post(f"{url.replace('https', 'http')}/chat/completions", json=BODY, timeout=10)
+
+
+def test_a_plain_http_router_needs_allow_http(ready_agent: RunningAgent) -> None:
+    done = proxy_cli(
+        proxy_env(ready_agent), "serve", "--listen", "127.0.0.1:0", "--router",
+        "http://127.0.0.1:9", check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("nomyo-proxy: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_token_file_others_can_read_is_refused_with_a_hint(
+    ready_agent: RunningAgent, devserver: RunningDevServer,
+    make_proxy: Callable[..., RunningProxy],
+) -> None:  # fmt: skip
+    proxy = make_proxy(ready_agent, devserver)
+    token = proxy.token("t")
+    assert chat(proxy.url, token).status_code == 200  # the running proxy has read the file
+    path = Path(proxy.env["XDG_STATE_HOME"]) / "nomyo-agent" / "proxy-tokens.json"
+    path.chmod(0o644)
+    refused = chat(proxy.url, token)
+    assert refused.status_code == 500
+    assert refused.json()["error"]["code"] == "token_file"
+    assert f"chmod 600 {path}" in refused.json()["error"]["message"]
+    listed = proxy.cli("token", "list", check=False)
+    assert listed.returncode == 1
+    assert "readable or writable by others" in listed.stderr
+    path.chmod(0o600)
+    assert chat(proxy.url, token).status_code == 200

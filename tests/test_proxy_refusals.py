@@ -35,7 +35,7 @@ def proxy(
     make_proxy: Callable[..., RunningProxy],
 ) -> RunningProxy:
     return make_proxy(
-        ready_agent, devserver, "--allow-origin", "http://localhost:5173", "--body-timeout", "2"
+        ready_agent, devserver, "--allow-origin", "http://localhost:5173", "--request-timeout", "2"
     )
 
 
@@ -170,3 +170,19 @@ def test_the_proxy_never_loads_cryptography(proxy: RunningProxy, ready_agent: Ru
     maps = Path(f"/proc/{proxy.process.pid}/maps").read_text()
     assert "/cryptography/" not in maps
     assert "_cffi_backend" not in maps
+
+
+def test_a_slow_request_head_is_cut_off_without_holding_up_others(proxy: RunningProxy) -> None:
+    # uvicorn alone keeps a connection whose head never completes open for good.
+    token = proxy.token("t")
+    host, port = proxy.url.removeprefix("http://").removesuffix("/v1").rsplit(":", 1)
+    slow = socket.create_connection((host, int(port)))
+    slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: loc")
+    assert post(proxy, token).status_code == 200
+    slow.settimeout(15)
+    assert slow.recv(4096) == b""  # closed by the proxy after --request-timeout (2 s)
+    slow.close()
+    idle = socket.create_connection((host, int(port)))  # connects, never sends a byte
+    idle.settimeout(15)
+    assert idle.recv(4096) == b""
+    idle.close()

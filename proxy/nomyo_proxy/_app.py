@@ -9,9 +9,10 @@ Rules of this module (checked in this order for every request, before any body i
 3. Only ``/v1/chat/completions`` (POST) and ``/v1/models`` (GET) exist; the rest is a 404.
 4. ``Authorization: Bearer <token>`` must match a stored token; its name is the app's name,
    handed to the agent with every seal and open (status, audit log).
-5. The body is read within ``body_timeout`` seconds and up to the client's payload cap; it must
-   be a JSON object with ``model`` and ``messages``. The router's API key and URL are the
-   proxy's own: a request that tries to set ``api_key`` or ``base_url`` is refused.
+5. The head (uvicorn, ``_protocol``) and then the body are each read within ``request_timeout``
+   seconds, the body up to the client's payload cap; it must be a JSON object with ``model``
+   and ``messages``. The router's API key and URL are the proxy's own: a request that tries to
+   set ``api_key`` or ``base_url`` is refused.
 
 Every failure is OpenAI's error JSON (``_errors.HTTPError``). The answer of a streaming request
 is computed whole first (routers do not stream), so an error is still a plain error answer.
@@ -31,7 +32,7 @@ import msgspec
 from nomyo_client import APIError, RetryPolicy
 from nomyo_client import _wire as wire
 from nomyo_client._engine import Engine
-from nomyo_proxy._errors import HTTPError, for_client_error
+from nomyo_proxy._errors import HTTPError, TokenError, for_client_error
 from nomyo_proxy._stream import sse_events
 from nomyo_proxy._tokens import TokenStore
 
@@ -62,7 +63,7 @@ class Settings:
     allow_hosts: frozenset[str] = frozenset()
     allow_origins: frozenset[str] = frozenset()
     models: tuple[str, ...] = ()  # /v1/models when the router has no list
-    body_timeout: float = 30.0
+    request_timeout: float = 30.0
     max_body: int = MAX_BODY_BYTES
     agent_socket: str | None = None
     router_timeout: float | None = None
@@ -113,6 +114,16 @@ class ProxyApp:
         cors: tuple[tuple[bytes, bytes], ...] = ()
         app = "-"
         status = 500
+        answering = False
+
+        raw_send = send
+
+        async def tracked(message: Message) -> None:
+            nonlocal answering
+            answering = True
+            await raw_send(message)
+
+        send = tracked
         try:
             headers = _headers(scope)
             cors = self._check_origin_and_host(headers)
@@ -138,6 +149,22 @@ class ProxyApp:
         except HTTPError as exc:
             status = exc.status
             await _respond(send, exc.status, exc.body(), (_JSON, *exc.headers, *cors))
+        except TokenError as exc:
+            log.error("%s", exc.message)  # noqa: TRY400 - the message says it all
+            error = HTTPError(
+                500, exc.message, type="server_error", code="token_file", hint=exc.hint
+            )
+            await _respond(send, 500, error.body(), (_JSON, *cors))
+        except Exception:
+            # A bug here must still answer in OpenAI's format (when nothing was sent yet), and
+            # never take the other requests down.
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            if answering:
+                raise
+            error = HTTPError(
+                500, "nomyo-proxy failed on this request; see its log", type="server_error"
+            )
+            await _respond(send, 500, error.body(), (_JSON, *cors))
         finally:
             log.info(
                 "%s %s app=%s %d %.1f ms",
@@ -215,7 +242,7 @@ class ProxyApp:
         chunks: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.settings.body_timeout):
+            async with asyncio.timeout(self.settings.request_timeout):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -230,7 +257,7 @@ class ProxyApp:
         except TimeoutError:
             raise HTTPError(
                 408,
-                f"the request body did not arrive within {self.settings.body_timeout:g} s",
+                f"the request body did not arrive within {self.settings.request_timeout:g} s",
                 type="invalid_request_error",
                 code="timeout",
                 headers=_CLOSE,

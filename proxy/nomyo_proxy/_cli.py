@@ -28,9 +28,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from nomyo_client import APIError
 from nomyo_client import _wire as wire
 from nomyo_proxy._app import ProxyApp, Settings
 from nomyo_proxy._errors import ConfigError, ProxyError
+from nomyo_proxy._protocol import with_head_timeout
 from nomyo_proxy._tokens import TokenStore, default_token_path
 
 __all__ = ["DEFAULT_PORT", "main"]
@@ -89,11 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         "user = the router URL)",
     )  # fmt: skip
     serve.add_argument(
-        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
-        help="a request body must arrive within this time (default 30)",
+        "--request-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="a request's head, then its body, must each arrive within this time (default 30)",
     )  # fmt: skip
     serve.add_argument("--agent-socket", help="the agent's socket (default: as every client)")
-    serve.add_argument("--log-level", default="warning", help="debug, info, warning (default)")
+    serve.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+        help="info logs one line per request: path, app, status, time (default warning)",
+    )  # fmt: skip
     token = sub.add_parser("token", help="per-app tokens (the apps' API keys)")
     tsub = token.add_subparsers(dest="token_command", required=True)
     tsub.add_parser("create", help="make a token; prints it once").add_argument("name")
@@ -301,7 +306,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="nomyo-proxy: %(levelname)s %(message)s"
     )
-    router = wire.check_base_url(args.router, args.allow_http) if args.router else DEFAULT_ROUTER
+    try:
+        router = wire.check_base_url(args.router, args.allow_http)
+    except APIError as exc:  # plain http:// without --allow-http
+        raise ConfigError(exc.message, hint=exc.hint or "") from exc
     api_key = _api_key(args, router)
     sock, host, url = _bind(args)
     tokens = TokenStore(default_token_path())
@@ -315,7 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_origins=frozenset(args.allow_origin),
         models=tuple(args.model),
         agent_socket=args.agent_socket,
-        body_timeout=args.body_timeout,
+        request_timeout=args.request_timeout,
     )
     try:
         app = ProxyApp(settings, tokens)
@@ -323,7 +331,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc), hint=getattr(exc, "hint", "") or "") from exc
     config = uvicorn.Config(
         app,
-        http="h11",
+        http=with_head_timeout(args.request_timeout),
         loop="asyncio",
         lifespan="on",
         access_log=False,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import time
@@ -43,6 +44,10 @@ class TokenInfo(msgspec.Struct):
     last_used: float | None = None
 
 
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -54,7 +59,8 @@ class TokenStore:
         self.path = path
         self._clock = clock
         self._tokens: dict[str, TokenInfo] = {}
-        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of what we read
+        # What identifies the version we read: a rename (new inode), a write or a chmod changes it.
+        self._stamp: tuple[int, int, int, int] | None = None
 
     def _load(self) -> dict[str, TokenInfo]:
         try:
@@ -62,7 +68,7 @@ class TokenStore:
         except FileNotFoundError:
             self._tokens, self._stamp = {}, None
             return self._tokens
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = _stamp(st)
         if stamp != self._stamp:
             if st.st_mode & 0o077:
                 raise TokenError(
@@ -83,8 +89,7 @@ class TokenStore:
 
     def _save(self) -> None:
         write_private(self.path, msgspec.json.format(msgspec.json.encode(self._tokens)))
-        st = self.path.stat()
-        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._stamp = _stamp(self.path.stat())
 
     def create(self, name: str) -> str:
         """A new token for ``name`` (returned once, never stored); refuses an existing name."""
