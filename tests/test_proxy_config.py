@@ -4,9 +4,11 @@ file or the OS keyring (real gnome-keyring), never from an app; a remote listene
 
 from __future__ import annotations
 
+import http.server
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,3 +163,40 @@ def test_a_token_file_others_can_read_is_refused_with_a_hint(
     assert "readable or writable by others" in listed.stderr
     path.chmod(0o600)
     assert chat(proxy.url, token).status_code == 200
+
+
+def test_models_come_from_the_router_when_it_lists_them(
+    ready_agent: RunningAgent, make_proxy: Callable[..., RunningProxy]
+) -> None:
+    seen: list[str | None] = []
+
+    class Router(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"object": "list", "data": [{"id": "Qwen/Qwen3-0.6B", "object": "model"}]}'
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Router)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        router = f"http://127.0.0.1:{server.server_address[1]}"
+        proxy = make_proxy(
+            ready_agent, router, "--model", "not-listed", env={"NOMYO_API_KEY": ROUTER_KEY}
+        )
+        listed = httpx.get(
+            f"{proxy.url}/models", headers={"Authorization": f"Bearer {proxy.token('t')}"}
+        )
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert listed.status_code == 200
+    assert [m["id"] for m in listed.json()["data"]] == ["Qwen/Qwen3-0.6B"]
+    assert seen == [f"Bearer {ROUTER_KEY}"]  # the proxy's router key, not the app's token

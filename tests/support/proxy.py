@@ -100,13 +100,14 @@ def make_proxy(tmp_path: Path) -> Iterator[Callable[..., RunningProxy]]:
 
     def make(
         agent: RunningAgent,
-        router: RunningDevServer,
+        router: RunningDevServer | str,
         *args: str,
         env: dict[str, str] | None = None,
     ) -> RunningProxy:
         env = {**proxy_env(agent), **(env or {})}
         where = [] if {"--listen", "--unix"} & set(args) else ["--listen", "127.0.0.1:0"]
-        argv = [*where, "--router", router.url, "--allow-http", *args]
+        url = router if isinstance(router, str) else router.url
+        argv = [*where, "--router", url, "--allow-http", *args]
         proxy = start_proxy(tmp_path / f"proxy-{len(started)}", env, argv)
         started.append(proxy)
         return proxy
