@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -32,8 +33,9 @@ from nomyo_agent.errors import (
 )
 from support.agent import RunningAgent, start_agent
 from support.desktop import Session
+from support.keys import rsa_key
 
-ROUTER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ROUTER = rsa_key(2048, 0)
 ROUTER_PEM = _keys.public_pem(ROUTER.public_key())
 ORIGIN = "http://127.0.0.1:9"
 
@@ -109,13 +111,41 @@ def test_sigterm_exits_cleanly_and_removes_the_socket(agent: RunningAgent) -> No
     assert "stopping" in agent.log_text()
 
 
-def test_sigterm_lets_a_request_in_flight_finish(agent: RunningAgent) -> None:
-    with agent.connect(timeout=120) as conn:
-        conn.send(p.Generate(bits=3072, passphrase=b"", force=True))  # takes a while
-        time.sleep(0.3)
-        agent.proc.send_signal(signal.SIGTERM)
+def test_sigterm_lets_a_request_in_flight_finish(
+    make_agent: Callable[..., RunningAgent], tmp_path: Path
+) -> None:
+    # The request in flight is an unlock waiting on a pinentry that the test holds: it answers
+    # only when the test writes the passphrase into a FIFO, after the agent has begun stopping.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    pinentry = tmp_path / "gated-pinentry"
+    pinentry.write_text(
+        "#!/bin/sh\n"
+        "echo OK\n"
+        "while IFS= read -r line; do\n"
+        '  case "$line" in\n'
+        f'    GETPIN) read -r pin < "{gate}"; echo "D $pin"; echo OK;;\n'
+        "    BYE) echo OK; exit 0;;\n"
+        "    *) echo OK;;\n"
+        "  esac\n"
+        "done\n"
+    )
+    pinentry.chmod(0o700)
+    agent = make_agent(args=["--pinentry", str(pinentry)])
+    agent.cli("keygen", "--bits", "2048", "--passphrase-stdin", input=b"pw\n")
+    agent.cli("lock")
+    with agent.connect(timeout=60) as conn:
+        conn.send(p.Unlock(pinentry=p.PinEntry(env={"DISPLAY": ":4242"})))
+        with gate.open("w") as held:  # opens once the pinentry waits in GETPIN
+            agent.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while "stopping" not in agent.log_text():
+                assert time.monotonic() < deadline, agent.log_text()
+                time.sleep(0.02)
+            assert agent.proc.poll() is None  # stopping, yet waiting for the unlock
+            held.write("pw\n")
         reply = conn.receive()
-    assert isinstance(reply, p.IdentityReply)
+    assert isinstance(reply, p.Ok), reply
     assert agent.proc.wait(timeout=20) == 0
 
 
@@ -241,7 +271,7 @@ def test_seal_and_open_round_trip_with_tofu_pins(agent: RunningAgent) -> None:
         )
         assert again.pinned == "known"
 
-        other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        other = _keys.public_pem(rsa_key(2048, 1).public_key())
         with pytest.raises(PinMismatchError) as caught:
             conn.call(p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply)
         assert caught.value.origin == ORIGIN
@@ -268,8 +298,8 @@ def test_pin_policy_off_seals_to_any_key(make_agent: object) -> None:
     agent = make_agent(args=["--pin-policy", "off"])  # type: ignore[operator]
     agent.keygen()
     with agent.connect() as conn:
-        for _ in range(2):
-            other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        for i in range(2):
+            other = _keys.public_pem(rsa_key(2048, 1 + i).public_key())
             reply = conn.call(
                 p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply
             )
@@ -457,7 +487,7 @@ def test_the_audit_log_records_state_changes_without_secrets(agent: RunningAgent
     agent.cli("unlock", "--passphrase-stdin", input=b"audit secret\n")
     with agent.connect() as conn:
         conn.call(p.Seal(origin=ORIGIN, router_key_pem=ROUTER_PEM, plaintext=b"{}"), p.SealReply)
-        other = _keys.public_pem(rsa.generate_private_key(65537, 2048).public_key())
+        other = _keys.public_pem(rsa_key(2048, 1).public_key())
         with pytest.raises(PinMismatchError):
             conn.call(p.Seal(origin=ORIGIN, router_key_pem=other, plaintext=b"{}"), p.SealReply)
     agent.stop()

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_client_fakes import FakeAgent, fake_agent_fixture  # noqa: F401 - the fixture
 
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_devserver import DevServer
+from support.client_fakes import FakeAgent
 from support.desktop import Session
 
 # A client: one request (the new agent has no identity, so NoIdentityError proves it got there),
@@ -65,10 +65,19 @@ def session_env(desktop: Session) -> Iterator[dict[str, str]]:
             os.kill(pid, signal.SIGTERM)
 
 
-def run_clients(env: dict[str, str], url: str, count: int) -> list[dict[str, object]]:
+def run_clients(
+    env: dict[str, str],
+    url: str,
+    count: int,
+    *,
+    cwd: Path | None = None,
+    script: Path | None = None,
+) -> list[dict[str, object]]:
+    """``count`` clients at once; ``script`` runs the client from a file (an app's usual way)."""
+    argv = [sys.executable, str(script)] if script else [sys.executable, "-c", CLIENT]
     procs = [
-        subprocess.Popen([sys.executable, "-c", CLIENT, url], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([*argv, url], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=cwd)
         for _ in range(count)
     ]  # fmt: skip
     results = []
@@ -134,3 +143,53 @@ def test_stale_agent_not_started_by_a_client_is_left_alone(
     (result,) = run_clients(env, router.url, 1)
     assert result["outcome"] == "AgentProtocolError"
     assert "Stop" not in fake_agent.ops()
+
+
+# --- nothing from the caller's working directory runs -------------------------------------------
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    """A shared working directory with a ``nomyo_agent`` package in it, and the file its code
+    writes if it ever runs (``python -m nomyo_agent`` there would put it first on sys.path)."""
+    cwd, marker = tmp_path / "shared", tmp_path / "planted-code-ran"
+    (cwd / "nomyo_agent").mkdir(parents=True)
+    code = f"open({str(marker)!r}, 'a').write(__name__ + chr(10))\n"
+    for name in ("__init__.py", "__main__.py"):
+        (cwd / "nomyo_agent" / name).write_text(code)
+    return cwd, marker
+
+
+def _agent_pid(path: str) -> int:
+    with AgentConnection.open(path, timeout=10) as conn:
+        return conn.call(p.Hello(), p.HelloReply).pid
+
+
+def test_autostart_runs_no_code_from_the_working_directory(
+    session_env: dict[str, str], router: DevServer, planted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cwd, marker = planted
+    app = tmp_path / "app.py"
+    app.write_text(CLIENT)
+    (result,) = run_clients(session_env, router.url, 1, cwd=cwd, script=app)
+    assert not marker.exists(), marker.read_text()
+    assert result["outcome"] == "NoIdentityError"  # the real agent answered
+    assert result["autostarted"] is True
+    assert isinstance(result["pid"], int)
+    assert os.readlink(f"/proc/{result['pid']}/cwd") == "/"
+
+
+def test_cli_start_runs_no_code_from_the_working_directory(
+    session_env: dict[str, str], planted: tuple[Path, Path]
+) -> None:
+    cwd, marker = planted
+    script = Path(sys.executable).parent / "nomyo-agent"  # the installed entry point
+    done = subprocess.run(
+        [str(script), "start"], env=session_env, cwd=cwd, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), marker.read_text()
+    pid = _agent_pid(session_env["NOMYO_AGENT_SOCK"])
+    assert f"pid {pid}" in done.stdout
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_client_fakes import (
+
+import nomyo_client as nc
+from nomyo_agent import errors as ae
+from nomyo_client import SecureChatCompletion, SyncSecureChatCompletion
+from support.client_fakes import (
     OUR_PEM,
     ROUTER_PEM,
     ROUTER_PEM_2,
     FakeAgent,
     FakeRouter,
-    fake_agent_fixture,  # noqa: F401 - the fixture
 )
-
-import nomyo_client as nc
-from nomyo_agent import errors as ae
-from nomyo_client import SecureChatCompletion, SyncSecureChatCompletion
 
 BASE = "https://router.test"
 MESSAGES = [{"role": "user", "content": "hello there"}]

@@ -12,19 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
-from test_client_fakes import (
-    OUR_PEM,
-    ROUTER_PEM,
-    FakeAgent,
-    FakeRouter,
-    fake_agent_fixture,  # noqa: F401 - the fixture
-    fake_seal,
-)
 
 import nomyo_client as nc
 from nomyo_client import RetryPolicy, SecureChatCompletion
 from nomyo_client._retry import parse_retry_after
 from nomyo_client._wire import error_for_status
+from support.client_fakes import (
+    OUR_PEM,
+    ROUTER_PEM,
+    FakeAgent,
+    FakeRouter,
+    fake_seal,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 NOW = 1_800_000_000.0

@@ -24,16 +24,17 @@ from nomyo_agent._keys import load_router_key, public_pem
 from nomyo_agent.errors import DecryptFailedError
 from nomyo_devserver import UNDECRYPTABLE, DevServer, KeyFileError
 from support.devserver import TLSFiles
+from support.keys import rsa_key
 
 
 @pytest.fixture(scope="module")
 def router_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return rsa_key(2048, 0)
 
 
 @pytest.fixture(scope="module")
 def client_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return rsa_key(2048, 1)
 
 
 @pytest.fixture
@@ -422,7 +423,7 @@ def test_stop_closes_idle_kept_alive_connections(router_key: rsa.RSAPrivateKey) 
 def test_rotate_key(server: DevServer, http: httpx.Client, client_key: rsa.RSAPrivateKey) -> None:
     old = server.public_key_pem
     stale = seal(load_router_key(old), json.dumps(chat()).encode())
-    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new_key = rsa_key(2048, 2)
     assert server.rotate_key(new_key) == public_pem(new_key.public_key())
     assert http.get(f"{server.url}/pki/public_key").text == server.public_key_pem != old
     response = post(http, server, client_key, stale)

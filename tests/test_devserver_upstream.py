@@ -24,6 +24,7 @@ from nomyo_agent._envelope import open_package, seal
 from nomyo_agent._keys import load_router_key, public_pem
 from nomyo_devserver import DevServer
 from nomyo_devserver._upstream import endpoint_of
+from support.keys import rsa_key
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -92,7 +93,7 @@ def upstream() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
     return tuple(  # type: ignore[return-value]
-        rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2)
+        rsa_key(2048, i) for i in range(2)
     )
 
 

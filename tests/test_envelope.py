@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from nomyo_agent import _envelope, _secret
 from nomyo_agent._envelope import Opened, diagnose, open_package, seal
 from nomyo_agent.errors import DecryptFailedError
+from support.keys import rsa_key
 from support.peer import peer_key_dir, run_peer
 
 OAEP = padding.OAEP(
@@ -28,12 +29,12 @@ PLAINTEXT = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 
 @pytest.fixture(scope="module")
 def key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return rsa_key(2048, 0)
 
 
 @pytest.fixture(scope="module")
 def other_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return rsa_key(2048, 1)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +248,7 @@ def test_wrong_key_is_refused(other_key: rsa.RSAPrivateKey, package: bytes) -> N
 
 
 def test_wrong_key_size_is_refused_before_unwrapping(package: bytes) -> None:
-    bigger = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    bigger = rsa_key(3072)
     refused(bigger, package)
 
 

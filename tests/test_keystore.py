@@ -10,19 +10,18 @@ from __future__ import annotations
 import gc
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 
 import keyring
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _keystore
 from nomyo_agent._keystore import KeyringStore, KeyStore, MemoryStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import KeyringLockedError, KeyringUnavailableError
-from support.desktop import REQUIRED, Session, base_env, require_programs
+from support.desktop import Session
+from support.keys import rsa_key
 
 # keyring's SecretService backend leaks its D-Bus connection when get_preferred_collection()
 # raises (locked or missing collection), and jeepney leaks its socket when the bus is missing.
@@ -40,7 +39,7 @@ def collect_leaks() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pem_4096() -> bytes:
-    key = rsa.generate_private_key(65537, 4096)
+    key = rsa_key(4096)
     pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     assert 3200 <= len(pem) <= 3300
     return pem
@@ -217,44 +216,14 @@ def test_locked_collection(desktop: Session, monkeypatch: pytest.MonkeyPatch) ->
 
 @LEAKY_BACKEND
 @pytest.mark.usefixtures("collect_leaks")
-def test_no_collection_and_no_display(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_no_collection_and_no_display(desktop_without_login_keyring: Session) -> None:
     """gnome-keyring started without --unlock and without a login keyring: creating the
     default collection needs a prompt, which is dismissed for want of a display."""
-    require_programs(*REQUIRED)
-    env = base_env(tmp_path_factory.mktemp("nocollection"))
-    bus = subprocess.Popen(
-        ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    procs = [bus]
-    try:
-        assert bus.stdout is not None
-        env["DBUS_SESSION_BUS_ADDRESS"] = bus.stdout.readline().decode().strip()
-        bus.stdout.close()
-        procs.append(
-            subprocess.Popen(
-                ["gnome-keyring-daemon", "--foreground", "--components=secrets"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        session = Session(home=tmp_path_factory.getbasetemp(), env=env)
-        deadline = time.monotonic() + 10
-        while not session.name_has_owner("org.freedesktop.secrets"):
-            assert time.monotonic() < deadline, "gnome-keyring did not start"
-            time.sleep(0.02)
-        with pytest.MonkeyPatch.context() as mp:
-            use_env(mp, env)
-            with pytest.raises(KeyringUnavailableError, match="nobody answered") as info:
-                KeyringStore().load()
-        assert "create your login keyring" in info.value.hint
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=10)
+    with pytest.MonkeyPatch.context() as mp:
+        use_env(mp, desktop_without_login_keyring.env)
+        with pytest.raises(KeyringUnavailableError, match="nobody answered") as info:
+            KeyringStore().load()
+    assert "create your login keyring" in info.value.hint
 
 
 # --- which backend we pick ---------------------------------------------------------------------

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from nomyo_agent import _pkcs8
 from nomyo_agent._pkcs8 import Pkcs8Error, WrongPassphrase, decode_pem, encrypt_der
 from nomyo_agent._secret import SecretBuffer
+from support.keys import rsa_key
 
 FAST = 1000  # iterations for tests that are not about the iteration count
 
 
 @pytest.fixture(scope="module")
 def key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(65537, 2048)
+    return rsa_key(2048, 0)
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,10 @@ import pytest
 
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
+from nomyo_agent.errors import UnsafeSocketError
 from support.agent import RunningAgent
 from support.desktop import require_programs
+from support.intruder import AS_NOBODY
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="setpriv, /proc, gdb")
 
@@ -34,7 +36,6 @@ NO_IPC_LOCK = ("--bounding-set=-ipc_lock", "--inh-caps=-all")
 # dumpable and to root:root once it is not, so the kernel's view of "dumpable" can be read
 # from outside.
 NOGROUP = ("setpriv", "--regid=65534", "--clear-groups")
-AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 # Runs as uid 65534 under /usr/bin/python3: stdlib only. Sends one Hello frame and reports what
 # came back: "refused:<errno name>" (could not connect), "closed" (EOF, no reply), or "reply".
@@ -98,9 +99,12 @@ def test_other_uid_is_closed_without_reply(agent: RunningAgent, world_reachable:
     assert _as_nobody(world_reachable) == "closed"
     after = agent.status()
     assert after.counters.rejected_peers == before + 1
-    # The agent keeps serving its own user, through the same inode.
-    with AgentConnection.open(world_reachable, timeout=10) as conn:
+    # The agent keeps serving its own user; whose client, for its part, will not use a socket
+    # in a folder that others may enter (test_socket_trust.py has that side).
+    with AgentConnection.open(agent.path, timeout=10) as conn:
         assert conn.call(p.Status(), p.StatusReply).pid == agent.pid
+    with pytest.raises(UnsafeSocketError, match="mode 0755"):
+        AgentConnection.open(world_reachable, timeout=10)
 
 
 def _gdb(pid: int) -> str:

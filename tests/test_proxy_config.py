@@ -57,6 +57,30 @@ def test_unix_socket_listener_is_private(
             headers={"Authorization": f"Bearer {token}"}, timeout=30,
         )  # fmt: skip
     assert answer.status_code == 200
+    # A second proxy does not steal a live socket; a stale one (nothing answers) is replaced.
+    env = proxy_env(ready_agent)
+    args = ("serve", "--unix", str(path), "--router", devserver.url, "--allow-http")
+    second = proxy_cli(env, *args, check=False)
+    assert second.returncode == 1
+    assert "already answers" in second.stderr
+    proxy.stop()
+    assert path.is_socket()  # left behind by a killed proxy
+    assert make_proxy(ready_agent, devserver, "--unix", str(path)).url == f"unix:{path}"
+
+
+def test_unix_socket_folder_open_to_others_is_refused(
+    ready_agent: RunningAgent, devserver: RunningDevServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    done = proxy_cli(
+        proxy_env(ready_agent), "serve", "--unix", str(folder / "proxy.sock"),
+        "--router", devserver.url, "--allow-http", check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "mode 0755" in done.stderr
+    assert not (folder / "proxy.sock").exists()
 
 
 def test_api_key_from_the_environment_and_never_from_the_app(

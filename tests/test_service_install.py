@@ -108,10 +108,10 @@ def test_program_argv_prefers_the_console_script(tmp_path: Path) -> None:
     bare.parent.mkdir()
     bare.symlink_to(sys.executable)
     # No script beside this interpreter: fall back to `python -m`, keeping the venv path as is.
-    assert _service.program_argv(str(bare)) == [str(bare), "-m", "nomyo_agent"]
+    assert _service.program_argv(str(bare)) == [str(bare), "-P", "-m", "nomyo_agent"]
     plan = _service.plan("linux", {"HOME": str(tmp_path)}, _service.program_argv(str(bare)))
-    assert f"ExecStart={bare} -m nomyo_agent serve\n" in plan.files[1].content.decode()
-    assert plan.undo == f"{bare} -m nomyo_agent uninstall-service"
+    assert f"ExecStart={bare} -P -m nomyo_agent serve\n" in plan.files[1].content.decode()
+    assert plan.undo == f"{bare} -P -m nomyo_agent uninstall-service"
 
 
 def test_plan_follows_the_xdg_variables(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ import signal
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError
 from support.desktop import Session, require_programs
+from support.intruder import AS_NOBODY, NOBODY, python_for_nobody
 from support.x11 import XDisplay
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -438,8 +438,6 @@ def test_graphical_pinentry_from_the_sandbox(
 
 # --- an ordinary user's manager: the sandbox without root's privileges ---------------------------
 
-NOBODY = 65534
-AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 # What PID 1 has made on any systemd machine before a user logs in; namespaced user services
 # mount onto /run/systemd/unit-root and mask paths with /run/systemd/inaccessible/*.
 PID1_RUN = (
@@ -449,29 +447,6 @@ PID1_RUN = (
     " && mkfifo -m 0 /run/systemd/inaccessible/fifo"
     " && touch /run/systemd/inaccessible/reg && chmod 0 /run/systemd/inaccessible/*"
 )
-
-
-def _python_for_nobody(env: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """An interpreter that user 65534 can run with this project importable.
-
-    The venv's own may sit under a home folder others cannot enter (pyenv under /root); the
-    system Python of the same minor version then runs the venv's packages from PYTHONPATH
-    (their wheels are built for that minor version).
-    """
-    candidates = [(sys.executable, {})]
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    site = sysconfig.get_paths()["purelib"]
-    root = Path(__file__).resolve().parents[1]
-    candidates.append((system, {"PYTHONPATH": f"{site}:{root / 'agent'}"}))
-    for python, extra in candidates:
-        # Inside a user namespace, as the service will run: stricter than outside here.
-        probe = subprocess.run(
-            [*AS_NOBODY, "unshare", "--user", python, "-c", "import nomyo_agent._daemon, keyring"],
-            env={**env, **extra}, capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        if probe.returncode == 0:
-            return python, extra
-    pytest.fail(f"no Python that user {NOBODY} can run imports nomyo_agent (tried {candidates})")
 
 
 def _cgroup_roots() -> list[Path]:
@@ -508,7 +483,7 @@ def unprivileged_manager() -> Iterator[UserManager]:
         (home / ".config/systemd/user" / unit).symlink_to(os.devnull)
     for path in [top, *top.rglob("*")]:
         os.lchown(path, NOBODY, NOBODY)
-    python, extra = _python_for_nobody(env)
+    python, extra = python_for_nobody(env)
     env.update(extra)
     procs: list[subprocess.Popen[bytes]] = []
     cgroups = [root / f"nomyo-test-{os.getpid()}" for root in _cgroup_roots()]

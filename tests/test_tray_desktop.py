@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from PIL import Image
 
 from nomyo_agent import protocol as p
@@ -29,6 +28,7 @@ from nomyo_tray._icons import COLORS, SLASH
 from nomyo_tray._view import IconKind
 from support.agent import RunningAgent
 from support.desktop import Session, require_programs, stop_group
+from support.keys import rsa_key
 from support.x11 import TrayHost, XDisplay, find_color, start_trayer, wait_until
 
 PASSPHRASE = "pw"
@@ -303,12 +303,31 @@ def dunst_history(display: dict[str, str], desktop: Session) -> list[tuple[str, 
     return [(n["summary"]["data"], n["body"]["data"]) for n in data]
 
 
+def wait_for_notice(display: dict[str, str], desktop: Session, summary: str) -> str:
+    """Poll dunst's history until a notification with ``summary`` shows; return its body."""
+    seen: dict[str, str] = {}
+
+    def shown() -> bool:
+        seen.update(dunst_history(display, desktop))
+        return summary in seen
+
+    wait_until(f"dunst to show {summary!r}", shown)
+    return seen[summary]
+
+
 def test_gtk_notifications_reach_a_real_notification_daemon(
     tray_host: TrayHost, desktop: Session, make_agent: Callable[..., RunningAgent]
 ) -> None:
     require_programs("dunst", "dunstctl")
     require_gtk()
     env = {**desktop.env, **tray_host.display.env}
+    keys = [rsa_key(2048, i) for i in range(2)]
+    pems = [
+        k.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+        for k in keys
+    ]
     dunst = subprocess.Popen(
         ["dunst"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -316,42 +335,35 @@ def test_gtk_notifications_reach_a_real_notification_daemon(
     try:
         wait_until("dunst on the session bus",
                    lambda: desktop.name_has_owner("org.freedesktop.Notifications"))  # fmt: skip
-        agent = make_agent(args=["--pinentry", PINENTRY, "--idle-timeout", "2"])
+        agent = make_agent(args=["--pinentry", PINENTRY, "--idle-timeout", "3"])
         agent.cli("keygen", "--bits", "2048", "--passphrase-stdin", input=b"pw\n")
+        # The idle timer must not race the tray's start-up: the tray starts on a locked agent
+        # (locked by hand, which holds), and the idle period starts only with the unlock below.
+        agent.cli("lock")
         with start_tray(tray_host, desktop, agent.path, "gtk") as tray:
-            tray.wait_state(IconKind.UNLOCKED)
+            tray.wait_state(IconKind.LOCKED)
+            agent.cli("unlock", "--passphrase-stdin", input=b"pw\n")
             # a router whose key changed: the seal is refused and the user is told how to accept
-            keys = [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in "ab"]
-            pems = [
-                k.public_key()
-                .public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-                .decode()
-                for k in keys
-            ]
             with agent.connect() as conn:
                 conn.call(p.Seal("https://r.example", pems[0], b"{}"), p.SealReply)
                 assert isinstance(
                     conn.request(p.Seal("https://r.example", pems[1], b"{}")), p.Error
                 )
-            tray.wait_log("router key changed")
-            time.sleep(0.3)  # the log line comes just before the D-Bus call
-            pin_shown = dunst_history(tray_host.display.env, desktop)
-            # ... and the idle timeout locks it, with a notice. pystray shows one notification
-            # at a time, replacing the last: hence one look at the daemon's history per notice.
-            tray.wait_log("because it was idle")
-            tray.wait_state(IconKind.LOCKED, timeout=2)
-            time.sleep(0.3)
+            # pystray shows one notification at a time, replacing the last: each notice is read
+            # from the daemon's history before the next one can replace it.
+            pin_body = wait_for_notice(
+                tray_host.display.env, desktop, "nomyo-agent: router key changed"
+            )
+            # ... and the idle timeout locks it, with a notice.
+            lock_body = wait_for_notice(tray_host.display.env, desktop, "nomyo-agent locked")
+            tray.wait_state(IconKind.LOCKED)
             tray.host.display.screenshot("screen-gtk-notification.png")
-            lock_shown = dunst_history(tray_host.display.env, desktop)
     finally:
         os.killpg(dunst.pid, signal.SIGTERM)
         dunst.wait(timeout=10)
-    body = dict(pin_shown)["nomyo-agent: router key changed"]
-    assert "https://r.example" in body
-    assert "nomyo-agent pins accept https://r.example" in body
-    assert "because it was idle" in dict(lock_shown)["nomyo-agent locked"]
+    assert "https://r.example" in pin_body
+    assert "nomyo-agent pins accept https://r.example" in pin_body
+    assert "because it was idle" in lock_body
 
 
 def test_xorg_icon_docks_when_the_panel_starts_after_the_tray(

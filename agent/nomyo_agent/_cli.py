@@ -90,7 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from nomyo_agent import _daemon  # noqa: PLC0415 - imports cryptography; only the daemon needs it
     from nomyo_agent._config import load_config  # noqa: PLC0415
 
+    path = socket_path(args.socket)
     if args.daemon:
+        path = os.path.abspath(path)  # the daemon runs in /
         _daemon.daemonize()
     import logging  # noqa: PLC0415
 
@@ -104,9 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pin_policy=args.pin_policy,
         pinentry=args.pinentry,
     )
-    return _daemon.serve(
-        config, socket_path(args.socket), ready_fd=args.ready_fd, autostarted=args.autostarted
-    )
+    return _daemon.serve(config, path, ready_fd=args.ready_fd, autostarted=args.autostarted)
 
 
 def cmd_start(args: argparse.Namespace) -> int:

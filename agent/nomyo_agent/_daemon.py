@@ -30,12 +30,14 @@ log = logging.getLogger("nomyo_agent")
 
 
 def daemonize() -> None:
-    """Fork once; the parent exits at once, the child leads a new session."""
+    """Fork once; the parent exits at once, the child leads a new session in ``/`` (it keeps no
+    caller's folder busy, and nothing it resolves later is relative to one)."""
     if sys.platform == "win32":
         raise SystemExit("nomyo-agent: --daemon is for POSIX systems; on Windows use `start`")
     if os.fork() != 0:
         os._exit(0)
     os.setsid()
+    os.chdir("/")
 
 
 def _ready(ready_fd: int | None) -> None:

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from nomyo_agent import __version__, _envelope, _identity, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._custody import Custody
-from nomyo_agent._pins import normalize_origin
 from nomyo_agent._secret import wipe
 from nomyo_agent._services import AskPassphrase, Services
 from nomyo_agent.errors import (
@@ -31,6 +30,7 @@ from nomyo_agent.errors import (
     NoIdentityError,
     PinMismatchError,
 )
+from nomyo_agent.origins import canonical_origin
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -145,14 +145,14 @@ class Dispatcher:
                     pins=self.services.pins.list(), policy=self.services.config.pin_policy
                 )
             case p.PinAccept():
-                origin = normalize_origin(request.origin)
+                origin = canonical_origin(request.origin)
                 fp = None
                 if request.router_key_pem is not None:
                     fp = self._router_key(request.router_key_pem)[1]
                 pinned = self.services.pins.accept(origin, fp, state.clock.wall())
                 return p.Accepted(origin=origin, fingerprint=pinned)
             case p.PinForget():
-                self.services.pins.forget(normalize_origin(request.origin))
+                self.services.pins.forget(canonical_origin(request.origin))
                 return p.Ok()
             case p.Stop():
                 return p.Ok()  # the server stops after sending this
@@ -184,7 +184,7 @@ class Dispatcher:
         self._key()
         info = self.state.info
         assert info is not None  # an unlocked agent always has one
-        origin = normalize_origin(request.origin)
+        origin = canonical_origin(request.origin)
         router_key, fp = self._router_key(request.router_key_pem)
         pinned = "off"
         if self.services.config.pin_policy == "tofu":

@@ -1,24 +1,88 @@
-"""Private files written whole: the one home of "temporary file, fsync, rename, mode 0600".
+"""Small files the agent and its starters write: lock files and atomically replaced state.
 
-Standard library only, so that clients (nomyo-proxy's token store) can use it without loading
-``cryptography``. A reader sees the old file or the new one, never half of either, and the file
-is 0600 from its creation (never chmod-ed after the bytes are on disk).
+Standard library only (clients start agents through ``_launch``, which takes a lock file).
+
+Rules:
+
+- A lock file is opened with ``O_NOFOLLOW`` and must then be a regular file of ours with one
+  link: a symlink or hard link planted in its place cannot make us create or lock a file
+  elsewhere.
+- State is written whole to a temporary file in the same folder (mode 0600 from creation),
+  flushed to disk, then renamed over the old one: a reader sees the old or the new file, never
+  half of one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["write_private"]
+from nomyo_agent.errors import UnsafeSocketError
+
+__all__ = ["atomic_write", "exclusive_lock", "lock_exclusive", "open_lock_file"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically; its folder is created 0700 if missing."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # 0600 by mkstemp
+def open_lock_file(path: str | os.PathLike[str]) -> int:
+    """Open (creating, 0600) the lock file at ``path``; refuse anything but our own plain file."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeSocketError(
+                f"the lock file {path} is a symbolic link",
+                hint=f"remove {path} (and check who put it there)",
+            ) from exc
+        raise
+    if sys.platform == "win32":  # no symlink or owner games in a per-user temp folder to guard
+        return fd
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise UnsafeSocketError(
+            f"the lock file {path} is not a plain file of yours (owner uid {st.st_uid}, "
+            f"{st.st_nlink} links)",
+            hint=f"remove {path} (and check who put it there)",
+        )
+    return fd
+
+
+def lock_exclusive(fd: int) -> None:
+    """Block until this process holds the lock on ``fd`` (released when ``fd`` is closed)."""
+    if sys.platform == "win32":
+        import msvcrt  # noqa: PLC0415
+
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises OSError
+    else:
+        import fcntl  # noqa: PLC0415
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the lock file at ``path`` exclusively (blocking) for the ``with`` body."""
+    fd = open_lock_file(path)
+    try:
+        lock_exclusive(fd)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600), atomically; creates the folder (0700)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -26,6 +90,5 @@ def write_private(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 
 from nomyo_agent import _keys, _keyworker, _pkcs8
-from nomyo_agent._files import write_private
+from nomyo_agent._files import atomic_write
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import (
     BadKeyError,
@@ -68,7 +68,7 @@ class IdentityInfo:
 
     def save(self, path: Path) -> None:
         """Write as JSON, atomically (temporary file, then rename), mode 0600."""
-        write_private(path, json.dumps(asdict(self), indent=2).encode())
+        atomic_write(path, json.dumps(asdict(self), indent=2).encode())
 
     @classmethod
     def load(cls, path: Path) -> IdentityInfo | None:

@@ -124,9 +124,12 @@ _WINDOWS_BACKEND = "keyring.backends.Windows"
 class KeyringStore:
     """The identity in the OS keyring (Secret Service, macOS Keychain, Windows Credential Locker).
 
-    >>> store = KeyringStore()
-    >>> store.save(pem_buffer.view)
-    >>> with store.load() as stored: ...
+    Usage (a literal block: it needs a keyring and a PEM in a ``SecretBuffer``)::
+
+        store = KeyringStore()
+        store.save(pem_buffer.view)
+        with store.load() as stored:
+            ...
     """
 
     def __init__(

@@ -6,6 +6,11 @@ Rules: starters serialise on an flock beside the socket, so two clients that fin
 same moment start exactly one; the child reports readiness itself by writing ``ready`` on a pipe
 once it accepts connections (no polling of the socket); a child that dies first leaves the tail of
 its log in the error.
+
+Nothing from the caller's working directory runs: the child is ``python -P -m nomyo_agent`` (no
+script or current folder on ``sys.path``), started in ``/`` with an absolute socket path, and
+the daemon stays in ``/``. The starters' lock file and its folder follow ``_files`` and
+``_sockdir``: opened without following symlinks, in a folder of the user's own.
 """
 
 from __future__ import annotations
@@ -19,13 +24,21 @@ import time
 from pathlib import Path
 
 from nomyo_agent import protocol as p
+from nomyo_agent._files import lock_exclusive, open_lock_file
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, AgentUnavailableError
 from nomyo_agent.paths import socket_path
 
-__all__ = ["log_path", "running_agent", "start_background"]
+__all__ = ["agent_command", "log_path", "running_agent", "start_background"]
 
 READY = b"ready"  # the child writes "ready <pid>\n"
+
+
+def agent_command() -> list[str]:
+    """``nomyo-agent`` as this interpreter runs it, with no caller-controlled folder on
+    ``sys.path``: ``-m`` alone would put the working directory first, where anyone who can
+    write there could plant a ``nomyo_agent`` package. Run it with ``cwd="/"``."""
+    return [sys.executable, "-P", "-m", "nomyo_agent"]
 
 
 def log_path() -> Path:
@@ -52,34 +65,16 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
 def _lock_path(path: str) -> str:
     """The starters' lock file: beside the socket, or for a Windows pipe in the temp folder."""
     if sys.platform == "win32":
         import tempfile  # noqa: PLC0415
 
         return os.path.join(tempfile.gettempdir(), os.path.basename(path) + ".start")
-    folder = Path(path).parent
-    old = os.umask(0o077)
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    finally:
-        os.umask(old)
+    from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
+
+    _sockdir.private_folder(os.path.dirname(path))
     return path + ".start"
-
-
-def _lock_exclusive(fd: int) -> None:
-    """Block until this process holds the starters' lock (released when ``fd`` is closed)."""
-    if sys.platform == "win32":
-        import msvcrt  # noqa: PLC0415
-
-        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises OSError
-    else:
-        import fcntl  # noqa: PLC0415
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def start_background(
@@ -91,9 +86,11 @@ def start_background(
 ) -> tuple[int, bool]:
     """Make sure an agent serves ``path``; returns (its pid, whether this call started it)."""
     path = socket_path(path)
-    lock_fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
+    if sys.platform != "win32":
+        path = os.path.abspath(path)  # the agent runs in /
+    lock_fd = open_lock_file(_lock_path(path))
     try:
-        _lock_exclusive(lock_fd)
+        lock_exclusive(lock_fd)
         hello = running_agent(path)
         if hello is not None:
             return hello.pid, False
@@ -107,7 +104,7 @@ def _spawn_windows(path: str, autostarted: bool, timeout: float, extra_args: lis
     pipe answers (not tested here: see docs/running.md)."""
     log = log_path()
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "nomyo_agent", "serve", "--socket", path, *extra_args]
+    argv = [*agent_command(), "serve", "--socket", path, *extra_args]
     if autostarted:
         argv.append("--autostarted")
     flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(
@@ -115,7 +112,12 @@ def _spawn_windows(path: str, autostarted: bool, timeout: float, extra_args: lis
     )
     with log.open("ab") as log_fh:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, creationflags=flags
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=log_fh,
+            creationflags=flags,
+            cwd=os.path.abspath(os.sep),
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,7 +137,7 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
     log = log_path()
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "nomyo_agent", "serve", "--socket", path]
+    argv = [*agent_command(), "serve", "--socket", path]
     # --daemon: the child forks once more and exits, so the agent is reparented to init (or the
     # session's subreaper) and never lingers as our zombie; its pid comes back on the pipe.
     argv += ["--daemon", "--ready-fd", str(write_fd), *extra_args]
@@ -151,6 +153,7 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
                 pass_fds=(write_fd,),
                 start_new_session=True,  # no controlling terminal, no SIGHUP when it closes
                 close_fds=True,
+                cwd="/",
             )
     finally:
         os.close(write_fd)

@@ -1,49 +1,34 @@
 """Router key pins: trust on first use per origin, as ``known_hosts`` does for ssh.
 
-Rules: an origin is ``scheme://host:port`` (lower-case, default port dropped, no path); the pin
-is the key's fingerprint. A different key for a pinned origin is refused and remembered as
+Rules: an origin is ``origins.canonical_origin``'s form (callers canonicalise); the pin is the
+key's fingerprint. A different key for a pinned origin is refused and remembered as
 *pending*, so that ``pins accept ORIGIN`` can accept exactly the key the user was shown. The file
 is JSON, written atomically with mode 0600; a corrupt file is an error, never an empty trust list.
+
+Several agents may share one state folder (two sessions, a service and a manual ``serve``): every
+change takes an flock on ``pins.json.lock``, re-reads the file and changes that, so no agent's
+pin is lost; every check first notices (by a stat) a file another agent replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import msgspec
 
-from nomyo_agent._files import write_private
+from nomyo_agent._files import atomic_write, exclusive_lock
 from nomyo_agent.errors import (
-    BadRequestError,
     CorruptIdentityError,
     NotPinnedError,
     PinMismatchError,
 )
 from nomyo_agent.protocol import PinInfo
 
-__all__ = ["PinStore", "normalize_origin"]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def normalize_origin(url: str) -> str:
-    """``HTTPS://Router.Example:443/v1`` -> ``https://router.example``."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise BadRequestError(f"not a router URL: {url!r}") from exc
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if scheme not in _DEFAULT_PORTS or not host:
-        raise BadRequestError(f"not an http(s) router URL: {url!r}")
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS[scheme]:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+__all__ = ["PinStore"]
 
 
 class _Record(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,9 +38,28 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PinStore:
+    """The pins file, shared safely by every agent that uses the same state folder."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pins = self._read()
+        self._lock = path.with_name(path.name + ".lock")
+        self._pins: dict[str, _Record] = {}
+        self._seen: tuple[int, int, int] | None = None
+        self._refresh()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _refresh(self) -> None:
+        """Re-read the file if another agent replaced it since we last read or wrote it."""
+        stamp = self._stamp()
+        if stamp is None or stamp != self._seen:
+            self._pins = self._read()
+            self._seen = stamp
 
     def _read(self) -> dict[str, _Record]:
         try:
@@ -70,22 +74,35 @@ class PinStore:
                 hint=f"fix or remove {self.path} (all routers are then trusted anew on first use)",
             ) from exc
 
-    def _write(self) -> None:
-        data = json.dumps(msgspec.to_builtins(self._pins), indent=1, sort_keys=True).encode()
-        write_private(self.path, data)
+    @contextlib.contextmanager
+    def _update(self) -> Iterator[dict[str, _Record]]:
+        """Lock the file against other agents, re-read it, let the caller change it, write it:
+        a change made by another agent since our last read is kept, never overwritten."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with exclusive_lock(self._lock):
+            self._seen = self._stamp()
+            self._pins = self._read()
+            before = msgspec.to_builtins(self._pins)
+            yield self._pins
+            after = msgspec.to_builtins(self._pins)
+            if after != before:
+                atomic_write(self.path, json.dumps(after, indent=1, sort_keys=True).encode())
+                self._seen = self._stamp()
 
     def check(self, origin: str, fingerprint: str, now: float) -> str:
         """``"new"`` (pinned now) or ``"known"``; raises ``PinMismatchError`` for another key."""
+        self._refresh()
         record = self._pins.get(origin)
-        if record is None:
-            self._pins[origin] = _Record(fingerprint=fingerprint, first_seen=now)
-            self._write()
-            return "new"
-        if record.fingerprint == fingerprint:
-            return "known"
-        if record.pending_fingerprint != fingerprint:
+        if record is not None and record.fingerprint == fingerprint:
+            return "known"  # the hot path: one stat, no lock
+        with self._update() as pins:
+            record = pins.get(origin)
+            if record is None:
+                pins[origin] = _Record(fingerprint=fingerprint, first_seen=now)
+                return "new"
+            if record.fingerprint == fingerprint:
+                return "known"
             record.pending_fingerprint = fingerprint
-            self._write()
         raise PinMismatchError(
             f"the router key of {origin} changed: pinned {record.fingerprint[:16]}, "
             f"offered {fingerprint[:16]}",
@@ -96,23 +113,24 @@ class PinStore:
 
     def accept(self, origin: str, fingerprint: str | None, now: float) -> str:
         """Pin ``fingerprint`` (else the pending one) for ``origin``; returns what is pinned."""
-        record = self._pins.get(origin)
-        chosen = fingerprint or (record.pending_fingerprint if record else None)
-        if chosen is None:
-            raise NotPinnedError(
-                f"no changed key is waiting for {origin}",
-                hint="a key is pinned on first use; `nomyo-agent pins list` shows the pins",
-            )
-        self._pins[origin] = _Record(fingerprint=chosen, first_seen=now)
-        self._write()
+        with self._update() as pins:
+            record = pins.get(origin)
+            chosen = fingerprint or (record.pending_fingerprint if record else None)
+            if chosen is None:
+                raise NotPinnedError(
+                    f"no changed key is waiting for {origin}",
+                    hint="a key is pinned on first use; `nomyo-agent pins list` shows the pins",
+                )
+            pins[origin] = _Record(fingerprint=chosen, first_seen=now)
         return chosen
 
     def forget(self, origin: str) -> None:
-        if self._pins.pop(origin, None) is None:
-            raise NotPinnedError(f"{origin} is not pinned")
-        self._write()
+        with self._update() as pins:
+            if pins.pop(origin, None) is None:
+                raise NotPinnedError(f"{origin} is not pinned")
 
     def list(self) -> list[PinInfo]:
+        self._refresh()
         return [
             PinInfo(
                 origin=origin,

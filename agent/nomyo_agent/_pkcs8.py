@@ -265,10 +265,10 @@ def decode_pem(
     """The PKCS#8 PrivateKeyInfo DER of a ``PRIVATE KEY`` or ``ENCRYPTED PRIVATE KEY`` PEM.
 
     The result is the caller's to close. An encrypted PEM with ``passphrase`` None raises
-    ``WrongPassphrase`` too; callers that care ask ``is_encrypted`` first.
+    ``WrongPassphrase`` too; callers that care ask ``is_encrypted`` first. Usage::
 
-        >>> with decode_pem(stored.view, b"passphrase") as der:
-        ...     key = load_der_private_key(der.view, None)
+        with decode_pem(stored.view, b"passphrase") as der:
+            key = load_der_private_key(der.view, None)
     """
     m = _find(pem)
     label = m.group(1)

@@ -2,9 +2,8 @@
 
 Rules:
 
-- The socket's folder is 0700 and the socket 0600 from the moment it exists (bound under umask
-  0177, never chmod()ed after bind). An flock on ``<socket>.lock`` held for the agent's life marks
-  it live: a live agent's socket is never stolen, a dead one's is replaced.
+- The socket is bound in ``_bind`` (folder rules, 0600 from creation, a live agent's socket is
+  never replaced), or inherited from systemd/launchd.
 - Every connection's peer uid must equal ours (SO_PEERCRED/getpeereid), else it is closed unread.
 - A frame longer than ``MAX_FRAME_BYTES``, or one that stalls half-read for ``FRAME_TIMEOUT``,
   closes that connection. A frame that is not a valid request gets a ``bad_request`` reply and the
@@ -22,16 +21,15 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
 from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
+from nomyo_agent._bind import AgentAlreadyRunning, Bound, bind_socket
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
@@ -47,79 +45,6 @@ DRAIN_TIMEOUT = 10.0  # seconds that requests in flight get at shutdown
 MAX_CONNECTIONS = 512
 WATCH_BACKLOG = 1024 * 1024  # bytes of unsent events before a watcher counts as stuck
 _SECRET_CARRYING = (p.Unlock, p.Generate, p.Import)
-
-
-class AgentAlreadyRunning(AgentError):
-    default_hint = "use that agent (`nomyo-agent status`), or stop it first: `nomyo-agent stop`"
-
-
-class _Bound:
-    """A socket this process bound itself, with the lock that proves it is live."""
-
-    def __init__(self, sock: socket.socket, path: str, lock_fd: int) -> None:
-        self.sock = sock
-        self.path = path
-        self.lock_fd = lock_fd
-        self.inode = os.stat(path).st_ino
-
-    def remove(self) -> None:
-        """Unlink the socket, unless another agent has replaced it since."""
-        with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == self.inode:
-                os.unlink(self.path)
-        os.close(self.lock_fd)
-
-
-def _private_dir(folder: Path) -> None:
-    if sys.platform == "win32":
-        raise AgentError("socket folders are a POSIX thing")
-    old = os.umask(0o077)
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    finally:
-        os.umask(old)
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise AgentError(
-            f"{folder} is not a folder owned by you",
-            hint="remove it, or choose another socket with --socket / NOMYO_AGENT_SOCK",
-        )
-    if st.st_mode & 0o077:
-        os.chmod(folder, 0o700)
-
-
-def bind_socket(path: str) -> _Bound:
-    """Create the listening socket at ``path`` per this module's rules."""
-    if sys.platform == "win32":
-        raise AgentError("Windows serves a named pipe (_winpipe), not a Unix socket")
-    import fcntl  # noqa: PLC0415 - POSIX only
-
-    _private_dir(Path(path).parent)
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise AgentAlreadyRunning(f"an agent is already running at {path}") from None
-    try:
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise AgentError(
-                    f"{path} exists and is not a socket", hint="remove it or choose another path"
-                )
-            os.unlink(path)  # we hold the lock, so whoever made it is gone
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        sock.listen(128)
-        sock.setblocking(False)
-        return _Bound(sock, path, lock_fd)
-    except BaseException:
-        os.close(lock_fd)
-        raise
 
 
 class _Closable(Protocol):
@@ -150,7 +75,7 @@ class AgentServer:
         self.state = state
         self.path = path
         self._inherited = sock
-        self._bound: _Bound | None = None
+        self._bound: Bound | None = None
         self._on_ready = on_ready
         self._stop = asyncio.Event()
         self.connections: set[_Connection] = set()

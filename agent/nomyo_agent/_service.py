@@ -163,14 +163,15 @@ def program_argv(executable: str | None = None) -> list[str]:
     """The absolute command that runs this installation's ``nomyo-agent``.
 
     The console script next to the interpreter when there is one (a venv, pipx, uv tool), else
-    ``python -m nomyo_agent``. Paths are made absolute but not resolved: resolving a venv's
-    ``python`` symlink would escape the venv.
+    ``python -P -m nomyo_agent`` (``-P``: the unit's working folder stays off ``sys.path``).
+    Paths are made absolute but not resolved: resolving a venv's ``python`` symlink would escape
+    the venv.
     """
     python = os.path.abspath(executable or sys.executable)
     script = Path(python).parent / ("nomyo-agent.exe" if sys.platform == "win32" else "nomyo-agent")
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [python, "-m", "nomyo_agent"]
+    return [python, "-P", "-m", "nomyo_agent"]
 
 
 def exec_quote(arg: str) -> str:

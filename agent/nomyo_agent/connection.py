@@ -8,6 +8,10 @@ lock around that exchange, so that many tasks may share it; the blocking one is 
 An ``Error`` reply is raised as the matching ``nomyo_agent.errors`` class; a transport failure as
 ``AgentUnavailableError`` (nothing listens) or ``AgentConnectionError`` (it broke mid-way).
 
+Trust runs both ways: before connecting, the socket's folder must be the user's own (not a
+symlink, not open to others), and right after connecting, before the first byte is sent, the
+listener's uid must be the user's; else ``UnsafeSocketError`` (``_sockdir`` has the rules).
+
 Example::
 
     with AgentConnection.open() as agent:
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +34,12 @@ from typing import Protocol, TypeVar, cast
 import msgspec
 
 from nomyo_agent import protocol as p
-from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError, from_reply
+from nomyo_agent.errors import (
+    AgentConnectionError,
+    AgentUnavailableError,
+    UnsafeSocketError,
+    from_reply,
+)
 from nomyo_agent.paths import socket_path
 
 __all__ = ["AgentConnection", "AsyncAgentConnection"]
@@ -42,6 +52,10 @@ _UNAVAILABLE = {errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.EACCES}
 
 def _unavailable(path: str, exc: OSError) -> AgentUnavailableError:
     return AgentUnavailableError(f"no agent is listening at {path} ({exc.strerror or exc})")
+
+
+def _folder(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path))
 
 
 def _check(reply: p.Response, expect: type[R]) -> R:
@@ -94,10 +108,17 @@ class AgentConnection:
             from nomyo_agent._winpipe import connect_pipe  # noqa: PLC0415 - Windows only
 
             return cls(cast(_Stream, connect_pipe(path, timeout)), path)
+        from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
+
+        _sockdir.check_folder(_folder(path))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(path)
+            _sockdir.check_peer(sock, path)
+        except UnsafeSocketError:
+            sock.close()
+            raise
         except OSError as exc:
             sock.close()
             if exc.errno in _UNAVAILABLE or isinstance(exc, (FileNotFoundError, ConnectionError)):
@@ -189,9 +210,17 @@ class AsyncAgentConnection:
 
                 reader, writer = await open_pipe_connection(path)
             else:
+                from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
+
+                _sockdir.check_folder(_folder(path))
                 reader, writer = await asyncio.open_unix_connection(
                     path, limit=p.MAX_FRAME_BYTES + p.HEADER.size
                 )
+                try:
+                    _sockdir.check_peer(writer.get_extra_info("socket"), path)
+                except UnsafeSocketError:
+                    writer.close()
+                    raise
         except OSError as exc:
             if exc.errno in _UNAVAILABLE or isinstance(exc, (FileNotFoundError, ConnectionError)):
                 raise _unavailable(path, exc) from exc

@@ -24,6 +24,7 @@
      ├── ShuttingDownError          shutting_down
      ├── InternalError              internal
      ├── AgentUnavailableError      no agent answers at the socket (client side only)
+     ├── UnsafeSocketError          the socket, its folder or its peer is not the user's own
      └── AgentConnectionError       the connection broke or spoke garbage (client side only)
 
 The agent raises these inside ``dispatch``, which turns them into ``protocol.Error`` replies;
@@ -61,6 +62,7 @@ __all__ = [
     "ProtocolMismatchError",
     "ShuttingDownError",
     "TooManyAttemptsError",
+    "UnsafeSocketError",
     "from_reply",
 ]
 
@@ -206,6 +208,18 @@ class AgentUnavailableError(AgentError):
 
     code = ErrorCode.INTERNAL
     default_hint = "start it with `nomyo-agent start` (or `eval $(nomyo-agent start)`)"
+
+
+class UnsafeSocketError(AgentError):
+    """The socket's folder is a symlink, another user's or open to others, or the process at
+    the socket runs as another uid: nothing is sent there (client side), nothing is served there
+    (agent side)."""
+
+    code = ErrorCode.INTERNAL
+    default_hint = (
+        "another user may be impersonating your agent: do not use it; set XDG_RUNTIME_DIR or "
+        "NOMYO_AGENT_SOCK to a folder of your own (mode 0700)"
+    )
 
 
 class AgentConnectionError(AgentError):

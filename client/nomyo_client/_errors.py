@@ -13,7 +13,8 @@
      ├── SecurityError               bad package, failed tag, wrong recipient, plain HTTP
      │    └── RouterKeyChangedError  the agent refused a router key that differs from its pin
      └── AgentError                  the local agent could not help
-          ├── AgentUnavailableError  nothing answers at the socket (and auto-start is off/failed)
+          ├── AgentUnavailableError  nothing answers at the socket (and auto-start is off/failed),
+          │                          or what is there is not the user's own (nothing was sent)
           ├── AgentLockedError       the identity is locked
           ├── NoIdentityError        the agent has no identity yet
           └── AgentProtocolError     the agent speaks another protocol version
@@ -187,6 +188,9 @@ def from_agent_error(exc: agent_errors.AgentError) -> APIError:
         return SecurityError(f"the router's public key is unusable: {exc.message}", hint=hint)
     if isinstance(exc, agent_errors.AgentUnavailableError):
         return AgentUnavailableError(exc.message)
+    if isinstance(exc, agent_errors.UnsafeSocketError):
+        # No agent of ours is there: what listens (or the folder) is not the user's own.
+        return AgentUnavailableError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.AgentConnectionError):
         return AgentError(f"lost the agent connection: {exc.message}", hint=hint)
     if isinstance(exc, agent_errors.LockedError):

@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import msgspec
 
+from nomyo_agent import errors as agent_errors
+from nomyo_agent.origins import DEFAULT_PORTS, canonical_origin
 from nomyo_client._errors import (
     APIError,
     AuthenticationError,
@@ -49,7 +51,6 @@ ALGORITHM: Final = "hybrid-aes256-rsa4096"
 TIERS: Final = ("standard", "high", "maximum")
 MAX_PAYLOAD_BYTES: Final = 10 * 1024 * 1024
 NON_PAYLOAD_KEYS: Final = frozenset({"security_tier", "api_key", "base_url"})
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 def check_base_url(base_url: str, allow_http: bool) -> str:
@@ -61,22 +62,19 @@ def check_base_url(base_url: str, allow_http: bool) -> str:
             f"refusing plain http to {url}: the router key could be swapped in transit",
             hint="use https, or pass allow_http=True for a router on your own machine",
         )
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in DEFAULT_PORTS:
         raise InvalidRequestError(f"not an http(s) router URL: {base_url!r}", status_code=None)
+    origin_of(url)  # a host that has no one canonical origin is refused before anything is sent
     return url
 
 
 def origin_of(base_url: str) -> str:
-    """``HTTPS://Router.Example:443/v1`` -> ``https://router.example``: what the agent pins."""
-    parts = urllib.parse.urlsplit(base_url)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = parts.scheme.lower()
-    port = parts.port
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
+    """``HTTPS://Router.Example:443/v1`` -> ``https://router.example``: what the agent pins, in
+    the one canonical form that ``nomyo_agent.origins`` defines for both sides."""
+    try:
+        return canonical_origin(base_url)
+    except agent_errors.BadRequestError as exc:
+        raise InvalidRequestError(exc.message, status_code=None, hint=exc.hint) from exc
 
 
 def check_tier(tier: object) -> str | None:

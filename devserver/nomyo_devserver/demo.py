@@ -162,7 +162,7 @@ def throwaway_agent(env: dict[str, str], bits: int = 4096) -> Iterator[Throwaway
     read_fd, write_fd = os.pipe()
     with log.open("wb") as log_fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nomyo_agent", "serve", "--ready-fd", str(write_fd)],
+            [sys.executable, "-P", "-m", "nomyo_agent", "serve", "--ready-fd", str(write_fd)],
             env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
             pass_fds=(write_fd,), start_new_session=True,
         )  # fmt: skip

@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import os
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -280,16 +279,22 @@ def _url_host(host: str) -> str:
 
 
 def _bind_unix(path: Path) -> socket.socket:
-    folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = folder.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise ConfigError(
-            f"{folder} must be a folder of yours that others cannot open",
-            hint=f"chmod 700 {folder}",
-        )
-    if path.is_socket():
-        path.unlink()  # a stale socket of an earlier run
+    """A Unix socket, 0600 from its creation, in a folder that follows the agent's socket-folder
+    rules (``nomyo_agent._sockdir``); a stale socket is replaced, a live one is not."""
+    from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
+    from nomyo_agent.errors import AgentError  # noqa: PLC0415
+
+    try:
+        _sockdir.private_folder(str(path.parent))
+        if path.is_socket():
+            if _sockdir.socket_answers(str(path)):
+                raise ConfigError(
+                    f"something already answers at {path}",
+                    hint="another nomyo-proxy may be running; pick another --unix path",
+                )
+            path.unlink()  # refused: whoever bound it is gone
+    except AgentError as exc:
+        raise ConfigError(f"cannot listen on {path}: {exc.message}", hint=exc.hint) from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # 0600 from its creation, not chmod-ed after bind
     try:

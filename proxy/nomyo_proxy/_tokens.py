@@ -5,7 +5,7 @@ Rules of this module:
 - A token is ``nmyp_`` plus 32 random bytes (URL-safe base64): guessing one is hopeless, so a
   plain SHA-256 is the right hash (a slow password hash would only slow every request down).
 - The file (``proxy-tokens.json`` in the agent's state folder, 0600) holds names, hashes and
-  dates, never a token; it is rewritten whole through ``nomyo_agent._files.write_private``.
+  dates, never a token; it is rewritten whole through ``nomyo_agent._files.atomic_write``.
 - ``check`` compares digests in constant time and re-reads the file when it changed on disk, so
   ``nomyo-proxy token revoke`` takes effect on a running proxy at its next request.
 - "last used" is kept to the minute: the file is rewritten at most once a minute per token,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import msgspec
 
-from nomyo_agent._files import write_private
+from nomyo_agent._files import atomic_write
 from nomyo_proxy._errors import TokenError
 
 __all__ = ["NAME_PATTERN", "TOKEN_PREFIX", "TokenInfo", "TokenStore", "default_token_path"]
@@ -88,7 +88,7 @@ class TokenStore:
         return self._tokens
 
     def _save(self) -> None:
-        write_private(self.path, msgspec.json.format(msgspec.json.encode(self._tokens)))
+        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(self._tokens)))
         self._stamp = _stamp(self.path.stat())
 
     def create(self, name: str) -> str:

@@ -112,41 +112,60 @@ def base_env(root: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """A fresh session bus with an unlocked gnome-keyring; about 0.1 s to start."""
+@contextlib.contextmanager
+def open_session(root: Path, *, unlocked: bool = True) -> Iterator[Session]:
+    """A fresh session bus with gnome-keyring on it; about 0.1 s to start.
+
+    ``unlocked``: the login keyring is created and unlocked with ``KEYRING_PASSWORD``; without
+    it gnome-keyring has no collection at all (creating one needs a prompt).
+    """
     require_programs(*REQUIRED)
-    root = tmp_path_factory.mktemp("desktop")
     env = base_env(root)
     bus = subprocess.Popen(
         ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
         env=env, stdout=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    assert bus.stdout is not None
-    address = bus.stdout.readline().decode().strip()
-    bus.stdout.close()
-    assert address, "dbus-daemon printed no address"
-    env["DBUS_SESSION_BUS_ADDRESS"] = address
     session = Session(home=Path(env["HOME"]), env=env, _procs=[bus])
-    keyring = subprocess.Popen(
-        ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    assert keyring.stdin is not None
-    keyring.stdin.write(KEYRING_PASSWORD.encode())
-    keyring.stdin.close()
-    session._procs.append(keyring)
-    deadline = time.monotonic() + 10
-    while not session.name_has_owner("org.freedesktop.secrets"):
-        if time.monotonic() > deadline:
-            pytest.fail("gnome-keyring did not claim org.freedesktop.secrets in 10 s")
-        time.sleep(0.02)
     try:
+        assert bus.stdout is not None
+        address = bus.stdout.readline().decode().strip()
+        bus.stdout.close()
+        assert address, "dbus-daemon printed no address"
+        env["DBUS_SESSION_BUS_ADDRESS"] = address
+        keyring = subprocess.Popen(
+            ["gnome-keyring-daemon", "--foreground", *(["--unlock"] if unlocked else []),
+             "--components=secrets"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        assert keyring.stdin is not None
+        if unlocked:
+            keyring.stdin.write(KEYRING_PASSWORD.encode())
+        keyring.stdin.close()
+        session._procs.append(keyring)
+        deadline = time.monotonic() + 10
+        while not session.name_has_owner("org.freedesktop.secrets"):
+            if time.monotonic() > deadline:
+                pytest.fail("gnome-keyring did not claim org.freedesktop.secrets in 10 s")
+            time.sleep(0.02)
         yield session
     finally:
         for proc in reversed(session._procs):
             stop_group(proc)
+
+
+@pytest.fixture
+def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """A fresh session bus with an unlocked gnome-keyring."""
+    with open_session(tmp_path_factory.mktemp("desktop")) as session:
+        yield session
+
+
+@pytest.fixture
+def desktop_without_login_keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """A session bus whose gnome-keyring has no collection (no login keyring was ever made)."""
+    with open_session(tmp_path_factory.mktemp("nocollection"), unlocked=False) as session:
+        yield session
 
 
 @pytest.fixture

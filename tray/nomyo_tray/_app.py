@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,9 +27,15 @@ from types import ModuleType
 from typing import Any
 
 from nomyo_agent import protocol as p
+from nomyo_agent._launch import agent_command
 from nomyo_agent._pinentry import pinentry_env_from
 from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import AgentError, PinentryCancelledError, from_reply
+from nomyo_agent.errors import (
+    AgentError,
+    PinentryCancelledError,
+    UnsafeSocketError,
+    from_reply,
+)
 from nomyo_agent.paths import socket_path
 from nomyo_tray import _icons, _view
 from nomyo_tray._backends import (
@@ -201,6 +206,9 @@ class TrayApp:
                     delay = 0.1
                     for event in conn.watch():
                         self._on_event(event)
+            except UnsafeSocketError as exc:
+                # Not a missing agent but someone else's socket (or a loose folder): say so.
+                log.warning("%s (hint: %s)", exc, exc.hint)
             except AgentError as exc:
                 log.debug("watch: %s", exc)
             if self._stop.is_set():
@@ -272,14 +280,19 @@ class TrayApp:
         self._call(p.Lock(), 30)
 
     def _start_agent(self) -> None:
-        argv = [sys.executable, "-m", "nomyo_agent"]
+        argv = agent_command()  # nothing from the tray's working directory on sys.path
         if self.explicit_socket:
-            argv += ["--socket", self.path]
+            argv += ["--socket", os.path.abspath(self.path)]
         done = subprocess.run(
             [*argv, "start"], capture_output=True, text=True, timeout=60, check=False,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, cwd="/",
         )  # fmt: skip
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise AgentError(f"nomyo-agent start failed: {last}")
+            # The CLI prints "nomyo-agent: <error>" then "hint: ..."; a crash ends in the error.
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            hint = None
+            if len(lines) > 1 and lines[-1].startswith("hint: "):
+                hint = lines.pop().removeprefix("hint: ")
+            error = lines[-1].removeprefix("nomyo-agent: ")
+            raise AgentError(f"nomyo-agent start failed: {error}", hint=hint)
         self._wake.set()
