@@ -161,6 +161,31 @@ def test_router_429_passes_through_with_retry_after(
         oa.chat.completions.create(model="devserver/status-429-after-7", messages=PROMPT)  # type: ignore[arg-type]
     assert info.value.response.headers["retry-after"] == "7"
     assert devserver.stats()["status_429"] == 1  # the proxy itself did not retry
+    # A streaming request gets the same error answer, not an event stream: routers answer whole,
+    # so the proxy knows the outcome before it starts a stream.
+    with client(proxy, proxy.token("s")) as oa, pytest.raises(openai.RateLimitError):
+        oa.chat.completions.create(
+            model="devserver/status-429-after-7",
+            messages=PROMPT,
+            stream=True,  # type: ignore[arg-type]
+        )
+
+
+def test_security_tier_reaches_the_router_as_its_header(proxy: RunningProxy) -> None:
+    with client(proxy, proxy.token("t")) as oa:
+        answer = oa.chat.completions.create(
+            model="devserver/echo",
+            messages=PROMPT,
+            extra_body={"security_tier": "high"},  # type: ignore[arg-type]
+        )
+        assert answer.model_extra is not None
+        assert answer.model_extra["_metadata"]["security_tier"] == "high"
+        with pytest.raises(openai.BadRequestError):
+            oa.chat.completions.create(
+                model="devserver/echo",
+                messages=PROMPT,
+                extra_body={"security_tier": "ultra"},  # type: ignore[arg-type]
+            )
 
 
 def test_sdk_retries_off_and_on(proxy: RunningProxy, devserver: RunningDevServer) -> None:
