@@ -194,7 +194,11 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
     # Only an explicit --socket: a NOMYO_AGENT_SOCK left in the shell must not be baked in.
     return _service.install(
-        print_only=args.print, start=not args.no_start, socket=args.socket, out=sys.stdout
+        print_only=args.print,
+        start=not args.no_start,
+        socket=args.socket,
+        proxy=args.proxy,
+        out=sys.stdout,
     )
 
 
@@ -521,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--print", action="store_true", help="show the files; write nothing")
     sp.add_argument("--no-start", action="store_true", help="write the files; start nothing")
+    sp.add_argument(
+        "--proxy",
+        action="store_true",
+        help="also nomyo-proxy, started on the first connection to 127.0.0.1:12480",
+    )
     add("uninstall-service", cmd_uninstall_service, "undo install-service")
     sp = add("status", cmd_status, "show the state, identity, timers, hardening and counters")
     sp.add_argument("--json", action="store_true")

@@ -120,7 +120,7 @@ class Dispatcher:
                 key = self._key()
                 opened = _envelope.open_package(key.private_key, request.package)
                 state.counters.opens += 1
-                state.touch(peer)
+                state.touch(peer, request.app)
                 return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
             case p.Hello():
                 # Always answer with our own version, even to another one: the client decides,
@@ -195,7 +195,7 @@ class Dispatcher:
                 raise
         package = _envelope.seal(router_key, request.plaintext)
         self.state.counters.seals += 1
-        self.state.touch(peer)
+        self.state.touch(peer, request.app)
         return p.SealReply(
             package=package,
             public_key_pem=info.public_key_pem,

@@ -99,6 +99,7 @@ CAPABILITIES: Final = (
     "pinentry",
     "generate",
     "import",
+    "app",  # Seal and Open carry the name of the app they serve (a nomyo-proxy token)
 )
 """What this agent implements; ``Hello`` exchanges them so clients can feature-test."""
 
@@ -199,18 +200,29 @@ class PublicKey(_Msg, frozen=True, tag="public_key"):
     pass
 
 
-class Seal(_Msg, frozen=True, tag="seal"):
-    """Encrypt ``plaintext`` to ``router_key_pem`` after checking it against the origin's pin."""
+# Seal and Open omit ``app`` when it is empty, so that a client that names no app sends exactly
+# the bytes an agent older than the "app" capability decodes; a client names one only after
+# seeing that capability in ``HelloReply``.
+
+
+class Seal(_Msg, frozen=True, tag="seal", omit_defaults=True):
+    """Encrypt ``plaintext`` to ``router_key_pem`` after checking it against the origin's pin.
+
+    ``app`` names the app the connection serves, for status and the audit log, when one process
+    speaks for several (nomyo-proxy sends the token's name); display only, never trusted.
+    """
 
     origin: str
     router_key_pem: str
     plaintext: bytes
+    app: str = ""
 
 
-class Open(_Msg, frozen=True, tag="open"):
+class Open(_Msg, frozen=True, tag="open", omit_defaults=True):
     """Decrypt a package (the JSON bytes of PROTOCOL.md) sealed to our public key."""
 
     package: bytes
+    app: str = ""
 
 
 class Lock(_Msg, frozen=True, tag="lock"):
