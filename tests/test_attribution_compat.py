@@ -99,6 +99,7 @@ def test_a_client_naming_its_app_works_with_an_older_agent(
 ) -> None:
     agent.keygen(bits=2048)
     if not gated:  # the negative control: the relay must really refuse a named app
+
         async def named(self: AgentLink, app: str) -> str:
             return app
 
