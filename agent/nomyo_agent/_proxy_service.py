@@ -14,6 +14,8 @@ import plistlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from nomyo_agent._unit_sandbox import SANDBOX
+
 __all__ = [
     "PROXY_LABEL",
     "PROXY_PORT",
@@ -47,7 +49,8 @@ NoDelay=yes
 WantedBy=sockets.target
 """
 
-_SERVICE_TEMPLATE = """\
+_SERVICE_TEMPLATE = (
+    """\
 [Unit]
 Description=nomyo-proxy (local OpenAI-compatible endpoint, encrypted through nomyo-agent)
 Requires={socket_unit}
@@ -68,34 +71,13 @@ LimitCORE=0
 
 # The network for the router; the token file's "last used" is the only thing it writes.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-ProtectSystem=strict
-ProtectHome=read-only
-ReadWritePaths={state_dir}
-PrivateUsers=yes
-PrivateDevices=yes
-PrivateMounts=yes
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-ProtectProc=invisible
-ProcSubset=pid
-KeyringMode=private
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged
-SystemCallErrorNumber=EPERM
-
+"""
+    + SANDBOX
+    + """
 [Install]
 Also={socket_unit}
 """
+)
 
 
 def proxy_argv(agent_argv: Sequence[str]) -> list[str]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nomyo_agent import _proxy_service as _ps
+from nomyo_agent._unit_sandbox import SANDBOX
 from nomyo_agent.errors import AgentError
 from nomyo_agent.paths import darwin_socket_path
 
@@ -84,7 +85,8 @@ WantedBy=sockets.target
 
 # Every sandbox option below was checked against a running agent (tests/test_systemd_*.py);
 # docs/running.md lists the ones left out and why.
-_SERVICE_TEMPLATE = """\
+_SERVICE_TEMPLATE = (
+    """\
 [Unit]
 Description=nomyo-agent (end-to-end encrypted LLM inference identity)
 Requires={socket_unit}
@@ -109,35 +111,13 @@ LimitMEMLOCK=infinity
 RestrictAddressFamilies=AF_UNIX
 IPAddressDeny=any
 # Writable: the state folder only (router pins, public key, audit log).
-ProtectSystem=strict
-ProtectHome=read-only
-ReadWritePaths={state_dir}
-# Needed for the namespaces below in an unprivileged user manager.
-PrivateUsers=yes
-PrivateDevices=yes
-PrivateMounts=yes
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-ProtectProc=invisible
-ProcSubset=pid
-KeyringMode=private
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged
-SystemCallErrorNumber=EPERM
-
+"""
+    + SANDBOX
+    + """
 [Install]
 Also={socket_unit}
 """
+)
 
 
 @dataclass(frozen=True)
