@@ -18,7 +18,7 @@ import pytest
 from nomyo_agent import protocol as p
 from support.agent import RunningAgent
 from support.desktop import Session, require_programs
-from support.x11 import wait_until
+from support.waiting import wait_until
 
 PASSPHRASE = "correct horse"
 

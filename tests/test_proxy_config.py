@@ -24,12 +24,6 @@ ROUTER_KEY = "router-secret-1234"
 
 
 @pytest.fixture
-def ready_agent(agent: RunningAgent) -> RunningAgent:
-    agent.keygen(bits=2048)
-    return agent
-
-
-@pytest.fixture
 def keyed_router(make_devserver: Callable[..., RunningDevServer]) -> RunningDevServer:
     return make_devserver(api_key=ROUTER_KEY)
 

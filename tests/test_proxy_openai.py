@@ -32,12 +32,6 @@ TOOLS = [
 
 
 @pytest.fixture
-def ready_agent(agent: RunningAgent) -> RunningAgent:
-    agent.keygen(bits=2048)
-    return agent
-
-
-@pytest.fixture
 def proxy(
     ready_agent: RunningAgent,
     devserver: RunningDevServer,

@@ -23,12 +23,6 @@ BODY = {"model": "devserver/echo", "messages": [{"role": "user", "content": "hi"
 
 
 @pytest.fixture
-def ready_agent(agent: RunningAgent) -> RunningAgent:
-    agent.keygen(bits=2048)
-    return agent
-
-
-@pytest.fixture
 def proxy(
     ready_agent: RunningAgent,
     devserver: RunningDevServer,
