@@ -243,7 +243,7 @@ def _recent_apps(clients: Sequence[p.ClientInfo]) -> str:
 
 
 def _status_text(st: p.StatusReply) -> str:
-    short = ":".join(st.fingerprint[i : i + 4] for i in range(0, 16, 4)) if st.fingerprint else ""
+    short = p.short_fingerprint(st.fingerprint) if st.fingerprint else ""
     state = st.state.value
     if st.state is p.State.UNLOCKED:
         state += (

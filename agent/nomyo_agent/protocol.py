@@ -86,6 +86,7 @@ __all__ = [
     "encode",
     "encode_frame",
     "request_cap",
+    "short_fingerprint",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -624,3 +625,9 @@ class FrameReader:
                 return
             body, self._body, self._fill = self._body, None, 0
             yield body
+
+
+def short_fingerprint(fp: str) -> str:
+    """The first 16 hex digits of a SHA-256 fingerprint in groups of four, for a tooltip or a
+    status line, e.g. ``3f2a:91c0:0d4e:77b1``; the one short form every part shows."""
+    return ":".join(fp[i : i + 4] for i in range(0, 16, 4))
