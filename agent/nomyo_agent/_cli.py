@@ -31,6 +31,7 @@ from nomyo_agent.errors import (
     AgentError,
     AgentUnavailableError,
     PinentryCancelledError,
+    UsageError,
 )
 from nomyo_agent.paths import socket_path, socket_path_problem
 
@@ -48,10 +49,6 @@ The socket is $NOMYO_AGENT_SOCK, else $XDG_RUNTIME_DIR/nomyo-agent/agent.sock.
 MIN_BITS = (
     2048  # the agent's own floor (_keys.MIN_BITS), checked here to exit 2 without a round trip
 )
-
-
-class UsageError(AgentError):
-    """The command line (or NOMYO_AGENT_SOCK) cannot work; nothing was sent: exit 2."""
 
 
 # Slow operations (key generation, a person typing a passphrase) must not hit a short timeout.
@@ -331,7 +328,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         pem = Path(args.path).read_bytes()
     except OSError as exc:
-        raise AgentError(f"cannot read {args.path}: {exc.strerror}", hint="check the path") from exc
+        raise UsageError(f"cannot read {args.path}: {exc.strerror}", hint="check the path") from exc
     file_password = _read_passphrase() if args.passphrase_stdin else None
     request = p.Import(
         pem=pem,

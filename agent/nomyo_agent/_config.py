@@ -36,7 +36,7 @@ from typing import Any
 
 import platformdirs
 
-from nomyo_agent.errors import BadRequestError
+from nomyo_agent.errors import ConfigError
 
 __all__ = [
     "KEYSTORES",
@@ -54,10 +54,6 @@ APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
 MAX_SECONDS = 366 * 24 * 3600  # a year: longer is "off" in all but name, and 0 already says off
 KEYSTORES = ("keyring", "file")  # the same as _keystore.KEYSTORES, without importing keyring
-
-
-class ConfigError(BadRequestError):
-    """config.toml or a setting is invalid."""
 
 
 def config_path() -> Path:

@@ -36,7 +36,7 @@ from typing import TextIO
 
 from nomyo_agent import _proxy_service as _ps
 from nomyo_agent._unit_sandbox import SANDBOX
-from nomyo_agent.errors import AgentError
+from nomyo_agent.errors import AgentAlreadyRunning, ServiceError, UsageError
 from nomyo_agent.paths import darwin_socket_path
 
 __all__ = [
@@ -229,7 +229,7 @@ def plan(
         uid = env.get("UID") or str(os.getuid())
         the_plan = _launchd_plan(home, argv, socket, uid)
         return _with_launchd_proxy(the_plan, home, argv, uid) if proxy else the_plan
-    raise AgentError(
+    raise ServiceError(
         f"install-service does not support {platform} yet",
         hint="start the agent at login with `nomyo-agent start`, or let clients auto-start it",
     )
@@ -313,7 +313,7 @@ def launchd_socket_path(home: Path) -> str:
 def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
     path = socket or launchd_socket_path(home)
     if len(os.fsencode(path)) >= MACOS_SUN_PATH:
-        raise AgentError(
+        raise UsageError(
             f"the socket path {path} is longer than macOS allows ({MACOS_SUN_PATH - 1} bytes)",
             hint="pass a shorter one with --socket",
         )
@@ -382,7 +382,7 @@ def _refuse_a_running_agent(the_plan: Plan) -> None:
     path = _resolve(the_plan.socket_path)
     hello = running_agent(path, timeout=5.0)
     if hello is not None:
-        raise AgentError(
+        raise AgentAlreadyRunning(
             f"an agent started outside the service manager (pid {hello.pid}) serves {path}",
             hint="stop it first (`nomyo-agent stop`), then run install-service again",
         )
@@ -399,7 +399,7 @@ def install(
     """Write the service files, then enable and start the socket if the manager is reachable.
 
     Refuses, before writing anything, while an agent started by hand serves the same socket.
-    Raises ``AgentError`` (exit 1) after writing when no service manager answers: the files are
+    Raises ``ServiceError`` (exit 1) after writing when no service manager answers: the files are
     there, but nothing was started.
     """
     the_plan = plan(socket=socket, proxy=proxy)
@@ -428,7 +428,7 @@ def install(
     elif not reachable:
         out.write(f"to undo: {the_plan.undo}\n")
         # Not a success: nothing will start the agent until someone runs these commands.
-        raise AgentError(
+        raise ServiceError(
             "the service manager of this session does not answer, so nothing was started "
             "(the files are written)",
             hint=f"in your desktop session, run: {_commands(the_plan.start)}",
@@ -437,7 +437,7 @@ def install(
         for cmd in the_plan.start:
             result = _run(cmd)
             if result.returncode != 0:
-                raise AgentError(
+                raise ServiceError(
                     f"`{shlex.join(cmd)}` failed: {result.stderr.strip() or result.returncode}",
                     hint=f"the files are written; undo with `{the_plan.undo}`",
                 )

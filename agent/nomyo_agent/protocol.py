@@ -165,6 +165,16 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
+    # Never sent by the agent: raised where they happen (a client, the CLI, the agent at start),
+    # so that every class of the error tree has a code of its own to log and to compare.
+    BAD_CONFIG = "bad_config"  # config.toml or a setting
+    USAGE = "usage"  # the command line (or NOMYO_AGENT_SOCK) cannot work
+    ALREADY_RUNNING = "already_running"  # an agent serves the socket or pipe already
+    START_FAILED = "start_failed"  # a background agent did not start
+    SERVICE_FAILED = "service_failed"  # install-service: the service manager said no
+    UNAVAILABLE = "unavailable"  # nothing answers at the socket
+    UNSAFE_SOCKET = "unsafe_socket"  # the socket's folder or its peer is not the user's own
+    CONNECTION_LOST = "connection_lost"  # the connection broke or spoke garbage
 
 
 class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
