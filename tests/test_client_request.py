@@ -41,7 +41,8 @@ def run(coro: Any) -> Any:
 def test_exported_names_are_pinned() -> None:
     assert sorted(nc.__all__) == sorted([
         "APIConnectionError", "APIError", "AgentError", "AgentLockedError", "AgentProtocolError",
-        "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "InvalidRequestError",
+        "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "IdentityExistsError",
+        "InvalidRequestError",
         "NoIdentityError", "RateLimitError", "ResponseTooLargeError", "RetryPolicy",
         "RouterKeyChangedError",
         "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",
