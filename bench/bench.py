@@ -9,6 +9,8 @@ model and an RSA-4096 key, in one run:
 - a new process's time from start to its first answer (ours: the agent already unlocked; the
   public client: its default, a fresh RSA-4096 key per process, and with a saved ``key_dir``);
 - ``import`` time of each package alone;
+- nomyo-proxy: the same sequential and concurrent runs with the official ``openai`` SDK through
+  the proxy, against ``SecureChatCompletion`` on the same router in the same run;
 - every failed request is counted; any failure makes the exit status 1.
 
 The bench sets up its own agent (temp socket, temp XDG folders, its own private D-Bus and
@@ -18,6 +20,7 @@ gnome-keyring, as ``nomyo_devserver.demo`` does) and devserver, so it runs on a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,10 @@ cfg = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if cfg["side"] == "ours":
     from nomyo_client import SecureChatCompletion
+elif cfg["side"] == "proxy":
+    from openai import AsyncOpenAI
+elif cfg["side"] == "raw":
+    import http.client
 else:
     from nomyo import SecureChatCompletion
 import_s = time.perf_counter() - t0
@@ -49,16 +57,36 @@ if cfg["mode"] == "import":
     sys.exit(0)
 
 async def main():
-    extra = {"key_dir": cfg["key_dir"]} if cfg.get("key_dir") else {}
-    client = SecureChatCompletion(base_url=cfg["url"], allow_http=True, **extra)
     messages = [{"role": "user", "content": cfg["prompt"]}]
+    if cfg["side"] == "proxy":  # the official openai SDK, through nomyo-proxy
+        client = AsyncOpenAI(base_url=cfg["proxy_url"], api_key=cfg["token"], max_retries=0)
+
+        async def create():
+            answer = await client.chat.completions.create(model=cfg["model"], messages=messages)
+            return answer.choices[0].message.content
+        client.aclose = client.close
+    elif cfg["side"] == "raw":  # one keep-alive connection, no SDK: the proxy's own share
+        host, port = cfg["proxy_url"].removeprefix("http://").removesuffix("/v1").rsplit(":", 1)
+        client = http.client.HTTPConnection(host, int(port))
+        body = json.dumps({"model": cfg["model"], "messages": messages})
+        headers = {"Authorization": "Bearer " + cfg["token"], "Content-Type": "application/json"}
+
+        async def create():
+            client.request("POST", "/v1/chat/completions", body, headers)
+            return json.loads(client.getresponse().read())["choices"][0]["message"]["content"]
+    else:
+        extra = {"key_dir": cfg["key_dir"]} if cfg.get("key_dir") else {}
+        client = SecureChatCompletion(base_url=cfg["url"], allow_http=True, **extra)
+
+        async def create():
+            answer = await client.create(model=cfg["model"], messages=messages)
+            return answer["choices"][0]["message"]["content"]
     out = {"latencies": [], "failures": 0, "errors": [], "rounds": []}
 
     async def one():
         started = time.perf_counter()
         try:
-            answer = await client.create(model=cfg["model"], messages=messages)
-            ok = answer["choices"][0]["message"]["content"].startswith("echo")
+            ok = (await create()).startswith("echo")
         except Exception as exc:
             ok = False
             out["errors"].append(repr(exc)[:300])
@@ -107,10 +135,17 @@ class Side:
         self.failures = 0
         self.requests = 0
         self.errors: list[str] = []
+        self.extra: dict[str, str] = {}
+
+    def bind(self, proxy_url: str, token: str) -> Side:
+        """The proxy side: every run talks to ``proxy_url`` with ``token``."""
+        self.extra = {"proxy_url": proxy_url, "token": token}
+        return self
 
     def run(self, timeout: float = 120.0, **cfg: Any) -> tuple[dict[str, Any], float]:
         """Run PROGRAM once; returns its JSON and the seconds from spawn to its first line."""
-        cfg["side"] = "ours" if self.name == "ours" else "public"
+        cfg.update(self.extra)
+        cfg["side"] = self.name if self.name in ("ours", "proxy", "raw") else "public"
         started = time.perf_counter()
         proc = subprocess.Popen(
             [self.python, "-c", PROGRAM, json.dumps(cfg)],
@@ -142,40 +177,64 @@ def _p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10, method="inclusive")[-1]
 
 
-def measure(url: str, ours: Side, public: Side, key_dir: str, args: argparse.Namespace) -> None:
+def _row(
+    rows: list[tuple[str, str, str, str]], what: str, theirs: float, mine: float, unit: str,
+    *, lower_is_better: bool = True,
+) -> None:  # fmt: skip
+    ratio = mine / theirs if theirs else float("nan")
+    fmt = _ms if unit == "ms" else (lambda v: f"{v:.0f} req/s")
+    better = f"{ratio:.2f}x" if lower_is_better else f"{ratio:.1f}x"
+    rows.append((what, fmt(theirs), fmt(mine), better))
+
+
+def measure(
+    url: str,
+    ours: Side,
+    public: Side,
+    key_dir: str,
+    args: argparse.Namespace,
+    *,
+    proxy: Side,
+    raw: Side,
+) -> None:
     prompt = ("The quick brown fox jumps over the lazy dog. " * 100)[:4096]
     common = {"url": url, "model": MODEL, "prompt": prompt}
     rows: list[tuple[str, str, str, str]] = []
+    proxy_rows: list[tuple[str, str, str, str]] = []
 
     def row(what: str, theirs: float, mine: float, unit: str, lower_is_better: bool = True) -> None:
-        ratio = mine / theirs if theirs else float("nan")
-        fmt = _ms if unit == "ms" else (lambda v: f"{v:.0f} req/s")
-        better = f"{ratio:.2f}x" if lower_is_better else f"{ratio:.1f}x"
-        rows.append((what, fmt(theirs), fmt(mine), better))
+        _row(rows, what, theirs, mine, unit, lower_is_better=lower_is_better)
 
-    # Each side runs in turns (public, ours, public, ours, ...), so that load from anything else
-    # on the machine falls on both alike.
+    # Each side runs in turns (public, ours, proxy, public, ...), so that load from anything else
+    # on the machine falls on all alike; the proxy's rows compare it with ours, same router.
     print("measuring: sequential ...", file=sys.stderr, flush=True)
-    seq: dict[str, list[float]] = {"public": [], "ours": []}
-    rounds: dict[str, list[float]] = {"public": [], "ours": []}
+    seq: dict[str, list[float]] = {"public": [], "ours": [], "proxy": [], "raw": []}
+    rounds: dict[str, list[float]] = {"public": [], "ours": [], "proxy": []}
     for _ in range(args.turns):
-        for side in (public, ours):
+        for side in (public, ours, proxy, raw):
             extra = {"key_dir": key_dir} if side is public else {}
             out, _ = side.run(mode="seq", n=args.n // args.turns, warmup=3, **common, **extra)
             seq[side.name] += out["latencies"]
     row("sequential 4 KiB, median", statistics.median(seq["public"]),
         statistics.median(seq["ours"]), "ms")  # fmt: skip
     row("sequential 4 KiB, p90", _p90(seq["public"]), _p90(seq["ours"]), "ms")
+    _row(proxy_rows, "sequential 4 KiB, median", statistics.median(seq["ours"]),
+         statistics.median(seq["proxy"]), "ms")  # fmt: skip
+    _row(proxy_rows, "sequential 4 KiB, p90", _p90(seq["ours"]), _p90(seq["proxy"]), "ms")
+    _row(proxy_rows, "  (no SDK: http.client, median)", statistics.median(seq["ours"]),
+         statistics.median(seq["raw"]), "ms")  # fmt: skip
 
     print("measuring: concurrent ...", file=sys.stderr, flush=True)
     for _ in range(args.turns):
-        for side in (public, ours):
+        for side in (public, ours, proxy):
             extra = {"key_dir": key_dir} if side is public else {}
             out, _ = side.run(mode="conc", concurrency=16, rounds=args.rounds // args.turns,
                               warmup=1, **common, **extra)  # fmt: skip
             rounds[side.name] += out["rounds"]
     tput = {name: 16 * len(times) / sum(times) for name, times in rounds.items()}
     row("16 concurrent, throughput", tput["public"], tput["ours"], "rps", lower_is_better=False)
+    _row(proxy_rows, "16 concurrent, throughput", tput["ours"], tput["proxy"], "rps",
+         lower_is_better=False)  # fmt: skip
 
     print("measuring: new process to first answer ...", file=sys.stderr, flush=True)
     first: dict[str, list[float]] = {"ours": [], "public": [], "public-keydir": []}
@@ -196,11 +255,28 @@ def measure(url: str, ours: Side, public: Side, key_dir: str, args: argparse.Nam
 
     failed = f"{public.failures} of {public.requests}", f"{ours.failures} of {ours.requests}"
     rows.append(("failed requests", *failed, ""))
+    proxied = f"{proxy.failures + raw.failures} of {proxy.requests + raw.requests}"
+    proxy_rows.append(("failed requests", "", proxied, ""))
 
-    widths = [max(len(r[i]) for r in [*rows, _HEAD]) for i in range(4)]
+    _table(_HEAD, rows)
+    print(
+        f"devserver echo model, RSA-4096 router and client keys, {os.cpu_count()} CPUs; "
+        f"sequential n={args.n}, concurrent {args.rounds}x16, {args.processes} new processes, "
+        f"in {args.turns} alternating turns; "
+        "ratio = ours / public (throughput: higher is better)"
+    )
+    _table(_PROXY_HEAD, proxy_rows)
+    print("targets: sequential median at most 1.15x, throughput at least 0.9x (docs/proxy.md)")
+    for side in (public, ours, proxy, raw):
+        for error in side.errors[:3]:
+            print(f"{side.name} failure: {error}", file=sys.stderr)
+
+
+def _table(head: tuple[str, str, str, str], rows: list[tuple[str, str, str, str]]) -> None:
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     print(line)
-    for i, r in enumerate([_HEAD, *rows]):
+    for i, r in enumerate([head, *rows]):
         cells = [
             c.ljust(w) if j == 0 else c.rjust(w)
             for j, (c, w) in enumerate(zip(r, widths, strict=False))
@@ -209,18 +285,34 @@ def measure(url: str, ours: Side, public: Side, key_dir: str, args: argparse.Nam
         if i == 0:
             print(line)
     print(line)
-    print(
-        f"devserver echo model, RSA-4096 router and client keys, {os.cpu_count()} CPUs; "
-        f"sequential n={args.n}, concurrent {args.rounds}x16, {args.processes} new processes, "
-        f"in {args.turns} alternating turns; "
-        "ratio = ours / public (throughput: higher is better)"
-    )
-    for side in (public, ours):
-        for error in side.errors[:3]:
-            print(f"{side.name} failure: {error}", file=sys.stderr)
 
 
 _HEAD = ("measurement", "public nomyo 0.2.9", "nomyo_client (agent)", "ratio")
+_PROXY_HEAD = ("nomyo-proxy", "SecureChatCompletion", "openai SDK via proxy", "ratio")
+
+
+@contextlib.contextmanager
+def running_proxy(url: str, env: dict[str, str], folder: Path) -> Iterator[tuple[str, str]]:
+    """``nomyo-proxy serve`` in front of the devserver; yields its base URL and a fresh token."""
+    script = str(Path(sys.executable).parent / "nomyo-proxy")
+    token = subprocess.run(
+        [script, "token", "create", "bench"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    log = folder / "proxy.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [script, "serve", "--listen", "127.0.0.1:0", "--router", url, "--allow-http"],
+            env=env, stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith(b"NOMYO_PROXY_URL="):
+            raise DemoError(f"nomyo-proxy did not start:\n{log.read_text()}", "see its log")
+        yield line.decode().strip().split("=", 1)[1], token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 def main() -> int:
@@ -244,13 +336,18 @@ def main() -> int:
                            model=MODEL, prompt="x")  # fmt: skip
                 public.failures = public.requests = 0
                 public.errors.clear()
-                with DevServer(key_bits=4096) as server:
-                    measure(server.url, ours, public, str(key_dir), args)
+                with (
+                    DevServer(key_bits=4096) as server,
+                    running_proxy(server.url, env, Path(tmp)) as (proxy_url, token),
+                ):
+                    proxy = Side("proxy", sys.executable, env).bind(proxy_url, token)
+                    raw = Side("raw", sys.executable, env).bind(proxy_url, token)
+                    measure(server.url, ours, public, str(key_dir), args, proxy=proxy, raw=raw)
     except DemoError as exc:
         print(f"bench: error: {exc}\nhint: {exc.hint}", file=sys.stderr)
         return 2
     print(f"(took {time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    return 1 if ours.failures or public.failures else 0
+    return 1 if ours.failures or public.failures or proxy.failures or raw.failures else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ pytest_plugins = [
     "support.desktop",
     "support.devserver",
     "support.agent",
+    "support.proxy",
     "support.x11",
     "support.client_fakes",
     "support.session",

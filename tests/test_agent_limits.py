@@ -24,6 +24,7 @@ from nomyo_agent import _keys
 from nomyo_agent import protocol as p
 from support.agent import RunningAgent
 from support.desktop import Session
+from support.waiting import wait_until
 
 ROUTER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ROUTER_PEM = _keys.public_pem(ROUTER.public_key())
@@ -65,14 +66,6 @@ def memory_mib(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0]) / 1024
     return out
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def write_config(desktop: Session, text: str) -> Path:
@@ -125,7 +118,7 @@ def test_lock_gets_through_520_connections_that_each_dribble_a_request(
             sock = stack.enter_context(raw(agent))
             sock.sendall(struct.pack(">I", 100) + b"\x81")
         # The last 8 made room for themselves; then the agent holds 512, all mid-request.
-        wait_for("8 evictions", lambda: agent.log_text().count("to let pid") >= 8)
+        wait_until("8 evictions", lambda: agent.log_text().count("to let pid") >= 8)
         started = time.monotonic()
         agent.cli("lock", timeout=30)
         took = time.monotonic() - started
@@ -303,7 +296,7 @@ def test_200_connections_that_never_read_their_1_mib_seal_replies(agent: Running
             c = agent.status().counters
             return c.seals - seals_before + c.waiting_for_memory == 200
 
-        wait_for("every connection to be sealed or held", settled, timeout=60)
+        wait_until("every connection to be sealed or held", settled, timeout=60)
         counters = agent.status().counters
         grown = memory_mib(agent.pid)["VmHWM"] - base
         print(

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
+from nomyo_agent._peer import _exe_name
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import (
     AgentUnavailableError,
@@ -495,9 +496,11 @@ def test_the_audit_log_records_state_changes_without_secrets(agent: RunningAgent
     text = path.read_text()
     events = [json.loads(line) for line in text.splitlines()]
     names = [e["event"] for e in events]
-    # keygen's unlock, the CLI's lock and unlock, the refused key, then one line for the stop
-    # (it tells watchers first, then drops the key: the second event, with its state, is logged)
-    assert names == ["generate", "lock", "unlock", "pin_mismatch", "stopping"]
+    # keygen's unlock, the CLI's lock and unlock, this test's first seal (its app's first use
+    # since the unlock), the refused key, then one line for the stop (it tells watchers first,
+    # then drops the key: the second event, with its state, is logged)
+    assert names == ["generate", "lock", "unlock", "app", "pin_mismatch", "stopping"]
+    assert next(e for e in events if e["event"] == "app")["app"] == _exe_name(os.getpid())
     assert [e["state"] for e in events][-1] == "locked"
     assert next(e for e in events if e["event"] == "pin_mismatch")["origin"] == ORIGIN
     assert "audit secret" not in text

@@ -278,3 +278,30 @@ def test_an_app_on_a_display_is_asked_through_pinentry_gtk2(
         assert out.startswith(expected), out
         wait_until("the window to close", lambda: not xdisplay.windows_named("^nomyo-agent$"))
         agent.cli("apps", "forget", str(apps(agent)[0]["app"]))  # ask again next time
+
+
+@pytest.mark.slow
+def test_each_proxy_token_is_an_app_of_its_own(
+    make_agent: Callable[..., RunningAgent], desktop: Session
+) -> None:
+    """nomyo-proxy names the token each request serves (Seal.app): under ``confirm`` every
+    token is asked about on its own, appended to the proxy's own app name."""
+    from nomyo_agent.errors import AppDeniedError
+    from support.apps import router_pem
+
+    agent = confirming_agent(make_agent, desktop)
+    with agent.connect(timeout=20) as conn:
+        conn.call(p.Hello(client="a proxy"), p.HelloReply)  # names no terminal: cannot be asked
+        for token in ("alpha", "beta"):
+            seal = p.Seal(
+                origin="https://router.example",
+                router_key_pem=router_pem(),
+                plaintext=b"{}",
+                app=token,
+            )
+            with pytest.raises(AppDeniedError, match=f": {token} was not allowed"):
+                conn.call(seal, p.SealReply)
+    names = sorted(str(a["app"]) for a in apps(agent))
+    assert [n.rsplit(": ", 1)[1] for n in names] == ["alpha", "beta"]
+    assert names[0].rsplit(": ", 1)[0] == names[1].rsplit(": ", 1)[0]  # the same process
+    assert agent.status().counters.seals == 0

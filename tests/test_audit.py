@@ -51,7 +51,7 @@ def test_12000_refusals_of_one_key_are_a_line_or_two_and_state_changes_stay(
     assert refusals[1]["since"] == refusals[0]["time"]
     assert len({e["refused_fingerprint"] for e in refusals}) == 1
     names = [e["event"] for e in events if e["event"] != "pin_mismatch"]
-    assert names == ["generate", "lock", "unlock", "lock", "stopping"]
+    assert names == ["generate", "lock", "unlock", "app", "lock", "stopping"]
     assert not path.with_name("audit.log.1").exists()
 
 

@@ -47,12 +47,6 @@ asyncio.run(main())
 
 
 @pytest.fixture
-def router() -> Iterator[DevServer]:
-    with DevServer(key_bits=2048) as server:
-        yield server
-
-
-@pytest.fixture
 def session_env(desktop: Session) -> Iterator[dict[str, str]]:
     """The desktop's environment with a socket nobody listens on yet; kills what got started."""
     path = str(desktop.runtime_dir / "nomyo-agent" / "auto.sock")

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +29,6 @@ PROMPT = [{"role": "user", "content": "hello through the agent"}]
 class Sleeps(list[float]):
     async def __call__(self, seconds: float) -> None:
         self.append(seconds)
-
-
-@pytest.fixture
-def router() -> Iterator[DevServer]:
-    with DevServer(key_bits=2048) as server:
-        yield server
-
-
-@pytest.fixture
-def ready_agent(agent: RunningAgent) -> RunningAgent:
-    agent.keygen(bits=2048)
-    return agent
 
 
 def make(agent: RunningAgent, server: DevServer, sleeps: Sleeps | None = None, **kw: Any) -> Any:

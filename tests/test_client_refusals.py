@@ -9,7 +9,6 @@ import decimal
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -39,18 +38,6 @@ def circular() -> dict[str, Any]:
     loop: dict[str, Any] = {}
     loop["self"] = loop
     return loop
-
-
-@pytest.fixture
-def router() -> Iterator[DevServer]:
-    with DevServer(key_bits=2048) as server:
-        yield server
-
-
-@pytest.fixture
-def ready_agent(agent: RunningAgent) -> RunningAgent:
-    agent.keygen(bits=2048)
-    return agent
 
 
 # (what create() gets, the start of the message): every one is refused before any I/O. The

@@ -42,7 +42,8 @@ def test_exported_names_are_pinned() -> None:
     assert sorted(nc.__all__) == sorted([
         "APIConnectionError", "APIError", "AgentDeniedError", "AgentError", "AgentLockedError",
         "AgentProtocolError",
-        "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "InvalidRequestError",
+        "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "IdentityExistsError",
+        "InvalidRequestError",
         "NoIdentityError", "RateLimitError", "ResponseTooLargeError", "RetryPolicy",
         "RouterKeyChangedError",
         "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",

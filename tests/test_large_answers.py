@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,12 +17,6 @@ from nomyo_devserver import DevServer
 from support.agent import RunningAgent
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def router() -> Iterator[DevServer]:
-    with DevServer(key_bits=2048) as server:
-        yield server
 
 
 def ask(

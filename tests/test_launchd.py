@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nomyo_agent import _launchd, _service
+from nomyo_agent import _proxy_service as _ps
 from nomyo_agent.errors import AgentError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,3 +178,29 @@ def test_clients_default_to_the_launchagents_socket_on_macos(
     expected = _service.launchd_socket_path(home)
     assert paths.default_socket_path({"HOME": str(home)}) == expected
     assert expected == "/Users/someone/Library/Application Support/nomyo-agent/agent.sock"
+
+
+def test_shipped_proxy_plist_is_the_installer_rendering() -> None:
+    home = Path("/Users/USERNAME")
+    plan = _service.plan(
+        "darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"], proxy=True
+    )
+    assert (ROOT / "launchd" / f"{_ps.PROXY_LABEL}.plist").read_bytes() == plan.files[2].content
+
+
+def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes() -> None:
+    home = Path("/Users/ada")
+    plan = _service.plan(
+        "darwin", {"HOME": str(home), "UID": "501"}, ["/opt/nomyo/bin/nomyo-agent"], proxy=True
+    )
+    file = plan.files[2]
+    assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.proxy.plist"
+    doc = plistlib.loads(file.content)
+    assert doc["ProgramArguments"] == ["/opt/nomyo/bin/nomyo-proxy", "serve"]
+    assert doc["Sockets"] == {
+        "proxy": {"SockNodeName": "127.0.0.1", "SockServiceName": "12480", "SockFamily": "IPv4"}
+    }
+    assert doc["EnvironmentVariables"]["NOMYO_AGENT_SOCK"] == plan.socket_path
+    assert ("launchctl", "bootstrap", "gui/501", str(file.path)) in plan.start
+    assert ("launchctl", "bootout", "gui/501/ai.nomyo.proxy") in plan.stop
+    assert _ps.proxy_argv(["/py", "-m", "nomyo_agent"]) == ["/py", "-m", "nomyo_proxy"]

@@ -25,7 +25,8 @@ from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import PinentryCancelledError, PinentryError
 from nomyo_agent.protocol import PinEntry
 from support.desktop import require_programs
-from support.x11 import XDisplay, wait_until
+from support.waiting import wait_until
+from support.x11 import XDisplay
 
 FPR = "3f2a:91c0:0d4e:77b1"
 UNICODE_PIN = "pä%sswört €"

@@ -193,3 +193,45 @@ def test_the_budget_grants_in_order_and_never_over_the_limit_but_for_one() -> No
     budget.cancel("c")
     budget.release(1000)
     assert granted == ["a", "b"]
+
+
+# --- the "app" field of Seal and Open: compatible both ways ---------------------------------
+
+
+class _OldSeal(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="seal"):
+    """Seal exactly as agents before the "app" capability declare it."""
+
+    origin: str
+    router_key_pem: str
+    plaintext: bytes
+
+
+class _OldOpen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="open"):
+    package: bytes
+
+
+_OLD_AGENT = msgspec.msgpack.Decoder(_OldSeal | _OldOpen)
+
+
+def test_a_seal_or_open_naming_no_app_is_byte_for_byte_what_older_agents_decode() -> None:
+    seal = p.Seal(origin="https://r", router_key_pem="PEM", plaintext=b"x")
+    assert _OLD_AGENT.decode(p.encode(seal)) == _OldSeal("https://r", "PEM", b"x")
+    assert p.encode(seal) == msgspec.msgpack.encode(_OldSeal("https://r", "PEM", b"x"))
+    assert _OLD_AGENT.decode(p.encode(p.Open(package=b"{}"))) == _OldOpen(b"{}")
+
+
+def test_an_older_agent_refuses_a_named_app_so_clients_send_it_only_with_the_capability() -> None:
+    assert "app" in p.CAPABILITIES
+    with pytest.raises(msgspec.ValidationError, match="app"):
+        _OLD_AGENT.decode(p.encode(p.Open(package=b"{}", app="editor")))
+
+
+def test_an_older_clients_seal_and_open_decode_with_no_app() -> None:
+    old = msgspec.msgpack.encode(_OldSeal("https://r", "PEM", b"x"))
+    assert p.decode_request(old) == p.Seal(origin="https://r", router_key_pem="PEM", plaintext=b"x")
+    assert p.decode_request(msgspec.msgpack.encode(_OldOpen(b"{}"))) == p.Open(package=b"{}")
+    named = p.decode_request(
+        p.encode(p.Seal(origin="o", router_key_pem="k", plaintext=b"", app="a"))
+    )
+    assert isinstance(named, p.Seal)
+    assert named.app == "a"

@@ -18,6 +18,10 @@ PUBLIC = {
     "nomyo_devserver": [
         "DEFAULT_MAX_BODY", "DevServer", "HOOK_PREFIX", "KeyFileError", "TIERS", "UNDECRYPTABLE",
     ],
+    "nomyo_proxy": [
+        "ConfigError", "HTTPError", "ProxyApp", "ProxyError", "Settings", "TokenError",
+        "TokenInfo", "TokenStore",
+    ],
 }  # fmt: skip
 
 
@@ -34,6 +38,19 @@ def test_the_agent_package_and_its_protocol_import_without_cryptography() -> Non
     code = (
         "import sys, nomyo_agent, nomyo_agent.protocol, nomyo_agent.connection, nomyo_agent.errors;"
         "print(sorted(m for m in sys.modules if m.startswith('cryptography')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_proxy_imports_without_cryptography() -> None:
+    """nomyo-proxy is a client: its whole package, CLI and server included, loads no key library
+    (tests/test_proxy_refusals.py checks the running process too)."""
+    code = (
+        "import sys, nomyo_proxy, nomyo_proxy._cli, uvicorn;"
+        "print(sorted(m for m in sys.modules if m.startswith(('cryptography', '_cffi'))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30

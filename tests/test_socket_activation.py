@@ -17,12 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
-from support.desktop import Session, require_programs
+from support.agent import RunningAgent
+from support.desktop import Session, require_programs, stop_group
+from support.devserver import RunningDevServer
+from support.proxy import PROXY, proxy_cli, proxy_env
 
 PASSED_VARS = (
     "PATH", "HOME", "DBUS_SESSION_BUS_ADDRESS", "PYTHON_KEYRING_BACKEND", "XDG_RUNTIME_DIR",
@@ -154,3 +158,48 @@ def test_inherited_socket_picks_the_fd_named_agent(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert out.split() == ["4", mine, "True", "False"], err
+
+
+# --- nomyo-proxy behind the same activation (its units name the socket "proxy") ----------------
+
+
+def test_proxy_takes_the_socket_named_proxy_on_first_connection(
+    agent: RunningAgent, devserver: RunningDevServer, tmp_path: Path
+) -> None:
+    require_programs("systemd-socket-activate")
+    agent.keygen(bits=2048)
+    env = proxy_env(agent)
+    token = proxy_cli(env, "token", "create", "activated").stdout.strip()
+    with socket.socket() as probe:  # a free port for systemd-socket-activate to bind
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    setenv = [f"--setenv={k}" for k in (*PASSED_VARS, "NOMYO_AGENT_SOCK") if k in env]
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=proxy",
+             *setenv, PROXY, "serve", "--router", devserver.url, "--allow-http"],
+            env=env, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # bound by systemd-socket-activate; the proxy starts on the first connection
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"systemd-socket-activate did not listen:\n{log.read_text()}")
+                time.sleep(0.02)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "devserver/echo", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, log.read_text()
+        assert f"NOMYO_PROXY_URL=http://127.0.0.1:{port}/v1" in log.read_text()
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"LISTEN_FDNAMES=proxy" in environ  # exec'd in place, no fork
+    finally:
+        stop_group(proc)

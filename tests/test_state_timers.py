@@ -111,3 +111,28 @@ def test_recent_clients_are_tracked_since_unlock() -> None:
     assert len(event.recent_clients) == 16
     state.set_unlocked(Key())  # type: ignore[arg-type]
     assert state.served_since_unlock == 0
+
+
+def test_apps_named_by_one_process_are_told_apart_and_reported_once_per_unlock() -> None:
+    clock = FakeClock()
+    state, _ = unlocked(clock, idle=0, life=0)
+    proxy = Peer(pid=7, uid=0, gid=0, exe="nomyo-proxy")
+    first_uses: list[str] = []
+    state.on_first_use.append(first_uses.append)
+    state.touch(proxy, "editor")
+    state.touch(proxy, "chat-ui")
+    state.touch(proxy, "editor")
+    state.touch(PEER)
+    state.touch(proxy, "bad\x1b[2Jname\n" + "x" * 100)  # a peer-given name is display-safe
+    names = [c.exe for c in state.event("x").recent_clients]
+    assert names[:4] == [
+        "nomyo-proxy: bad?[2Jname?" + "x" * 52,
+        "app.py (python3)",
+        "nomyo-proxy: editor",
+        "nomyo-proxy: chat-ui",
+    ]
+    assert first_uses == ["nomyo-proxy: editor", "nomyo-proxy: chat-ui", "app.py (python3)",
+                          names[0]]  # fmt: skip
+    state.set_unlocked(Key())  # type: ignore[arg-type]
+    state.touch(proxy, "editor")
+    assert first_uses[-1] == "nomyo-proxy: editor"  # a new unlock reports it again

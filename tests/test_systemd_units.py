@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from nomyo_agent import _proxy_service as _ps
 from nomyo_agent import _service
+from nomyo_proxy._cli import DEFAULT_PORT
 from support.desktop import require_programs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +147,57 @@ def test_exec_quote_survives_systemd(user_env: dict[str, str], tmp_path: Path) -
         file.path.write_bytes(file.content)
     result = analyze(env, "verify", "--user", *(str(f.path) for f in missing.files))
     assert "my tools/nope" in result.stderr  # systemd looked for exactly that path
+
+
+# --- nomyo-proxy's units (install-service --proxy) -------------------------------------------
+
+PROXY_UNITS = (_ps.PROXY_SOCKET_UNIT, _ps.PROXY_SERVICE_UNIT)
+
+
+def test_shipped_proxy_units_are_the_installer_rendering() -> None:
+    assert (SHIPPED / _ps.PROXY_SOCKET_UNIT).read_text() == _ps.render_proxy_socket_unit()
+    assert (SHIPPED / _ps.PROXY_SERVICE_UNIT).read_text() == _ps.render_proxy_service_unit(
+        ["%h/.local/bin/nomyo-proxy"],
+        "%h/.local/state/nomyo-agent",
+        "%h/.config/nomyo-agent/proxy.env",
+        _service.SYSTEMD_LISTEN,
+        quote=lambda a: a,
+        agent_socket_unit=_service.SOCKET_UNIT,
+    )
+    assert _ps.PROXY_PORT == DEFAULT_PORT
+
+
+def test_shipped_proxy_units_verify_clean(user_env: dict[str, str]) -> None:
+    (Path(user_env["HOME"]) / ".local" / "bin" / "nomyo-proxy").symlink_to(
+        VENV_SCRIPT.with_name("nomyo-proxy")
+    )
+    units = [str(SHIPPED / u) for u in (_service.SOCKET_UNIT, _service.SERVICE_UNIT, *PROXY_UNITS)]
+    result = analyze(user_env, "verify", "--user", *units)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", f"systemd-analyze verify warned:\n{result.stderr}"
+    text = (SHIPPED / _ps.PROXY_SOCKET_UNIT).read_text()
+    assert "\nListenStream=127.0.0.1:12480\n" in text
+    assert "\nFileDescriptorName=proxy\n" in text
+
+
+def test_install_service_proxy_writes_units_that_verify(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    plan = _service.plan("linux", env, _service.program_argv(), proxy=True)
+    names = [f.path.name for f in plan.files]
+    assert names == [_service.SOCKET_UNIT, _service.SERVICE_UNIT, *PROXY_UNITS]
+    for file in plan.files:
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+        file.path.write_bytes(file.content)
+    result = analyze(env, "verify", "--user", *(str(f.path) for f in plan.files))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    service = plan.files[3].content.decode()
+    assert f"ExecStart={VENV_SCRIPT.with_name('nomyo-proxy')} serve\n" in service
+    assert f"EnvironmentFile=-{tmp_path}/cfg/nomyo-agent/proxy.env\n" in service
+    assert ("systemctl", "--user", "enable", "--now", _ps.PROXY_SOCKET_UNIT) in plan.start
+    # The proxy's units are stopped by a command of their own: if they were never installed,
+    # that one fails and the agent's is still disabled.
+    assert ("systemctl", "--user", "disable", "--now", *PROXY_UNITS) in plan.stop
+    assert len(plan.stop) == 2

@@ -17,6 +17,7 @@ import random
 import resource
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -648,3 +649,61 @@ def test_chat_through_the_client_with_the_service_agent(user_manager: UserManage
     assert "hello from systemd" in answer["choices"][0]["message"]["content"]  # type: ignore[index]
     assert answer["_metadata"]["is_encrypted"] is True  # type: ignore[index]
     user_manager.systemctl("stop", "nomyo-agent.socket")
+
+
+def test_socket_activated_proxy_serves_an_openai_request_from_its_sandbox(
+    user_manager: UserManager,
+) -> None:
+    import httpx
+
+    from nomyo_devserver import DevServer
+
+    out = install(user_manager, "--proxy")
+    assert "ran systemctl --user enable --now nomyo-proxy.socket" in out
+    keygen = user_manager.agent("keygen", "--bits", "2048", "--passphrase-stdin", input=b"\n")
+    assert keygen.returncode == 0, keygen.stderr + user_manager.logs()
+    with socket.socket() as probe:  # a free port instead of 12480, which may be taken here
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sockets = user_manager.units / "nomyo-proxy.socket.d"
+    sockets.mkdir()
+    (sockets / "port.conf").write_text(f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
+    proxy = shutil.which("nomyo-proxy", path=user_manager.env["PATH"])
+    assert proxy is not None
+    log = Path(user_manager.env["HOME"]) / "proxy-service.log"
+    service = user_manager.units / "nomyo-proxy.service.d"
+    service.mkdir()
+    with DevServer(key_bits=2048) as router:
+        # The router comes from the environment file, as users set it; only --allow-http (for
+        # the local devserver) needs the command line.
+        env_file = Path(user_manager.env["XDG_CONFIG_HOME"]) / "nomyo-agent" / "proxy.env"
+        env_file.parent.mkdir(mode=0o700, exist_ok=True)
+        env_file.write_text(f"NOMYO_BASE_URL={router.url}\n")
+        (service / "test.conf").write_text(
+            f"[Service]\nExecStart=\nExecStart={proxy} serve --allow-http\n"
+            f"StandardOutput=append:{log}\nStandardError=inherit\n"
+        )
+        user_manager.systemctl("daemon-reload")
+        user_manager.systemctl("restart", "nomyo-proxy.socket")
+        token = subprocess.run(
+            [proxy, "token", "create", "sandboxed-app"], env=user_manager.env,
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+        assert user_manager.show("nomyo-proxy.service", "ActiveState")["ActiveState"] == "inactive"
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "devserver/echo",
+                  "messages": [{"role": "user", "content": "hello from the proxy's sandbox"}]},
+            headers={"Authorization": f"Bearer {token}"}, timeout=60,
+        )  # fmt: skip
+    logs = log.read_text(errors="replace") if log.exists() else ""
+    assert answer.status_code == 200, f"{answer.text}\n{logs}\n{user_manager.logs()}"
+    assert "hello from the proxy's sandbox" in answer.json()["choices"][0]["message"]["content"]
+    props = user_manager.wait_for("nomyo-proxy.service", "active")
+    st = proc_status(int(props["MainPID"]))
+    assert st["NoNewPrivs"] == "1"
+    assert st["Seccomp"] == "2"
+    status = user_manager.agent("status")
+    assert "nomyo-proxy: sandboxed-app" in status.stdout, status.stdout
+    for unit in ("nomyo-proxy.socket", "nomyo-agent.socket"):
+        user_manager.systemctl("stop", unit)

@@ -29,7 +29,8 @@ from nomyo_tray._view import IconKind
 from support.agent import RunningAgent
 from support.desktop import Session, require_programs, stop_group
 from support.keys import rsa_key
-from support.x11 import TrayHost, XDisplay, find_color, start_trayer, wait_until
+from support.waiting import wait_until
+from support.x11 import TrayHost, XDisplay, find_color, start_trayer
 
 PASSPHRASE = "pw"
 PINENTRY = "/usr/bin/pinentry-gtk-2"

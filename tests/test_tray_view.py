@@ -36,10 +36,10 @@ def info(view: v.View, now: float = 0.0) -> list[str]:
     return [r.text for r in v.menu(view, now) if r.action is Action.NONE]
 
 
-def test_short_fingerprint_matches_the_agents_formatter() -> None:
-    from nomyo_agent._keys import short_fingerprint
+def test_short_fingerprint_is_the_protocols() -> None:
+    from nomyo_agent.protocol import short_fingerprint
 
-    assert v.short_fingerprint(FP) == short_fingerprint(FP) == "3f2a:91c0:0d4e:77b1"
+    assert short_fingerprint(FP) == "3f2a:91c0:0d4e:77b1"
 
 
 def test_view_module_does_not_import_cryptography() -> None:

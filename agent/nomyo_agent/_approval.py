@@ -14,9 +14,10 @@ Rules:
   that was open across a lock is not kept.
 - A denied request gets ``AppDeniedError`` and nothing is sealed or opened.
 
-Proxy tokens (not wired yet: the proxy's attribution field lands with it): the dispatcher is
-meant to pass ``dataclasses.replace(peer, app=f"{peer.app} token {name}")`` for a request that
-names its token, so that each token is an app of its own here, listed and forgotten alike.
+- Proxy tokens count as apps: a seal or open that names the app it serves (``Seal.app``, what
+  nomyo-proxy sends for a token) is the app ``"<peer's app>: <name>"``. The name is the peer's
+  word, but it is only ever appended to the peer's own app, so a process can split itself into
+  more apps to be asked about, never pass for another one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Literal
 
 from nomyo_agent import protocol as p
+from nomyo_agent._state import app_label
 from nomyo_agent.errors import AppDeniedError, PinentryCancelledError, PinentryError
 
 if TYPE_CHECKING:
@@ -61,16 +63,16 @@ class Approvals:
     def policy(self) -> str:
         return self.services.config.confirm
 
-    def settled(self, peer: Peer) -> bool:
-        """Whether a request of ``peer`` can be served without asking (the hot path)."""
+    def settled(self, peer: Peer, app: str = "") -> bool:
+        """Whether a request of ``peer`` (for ``app``) can be served without asking (hot path)."""
         if self.policy == "off":
             return True
-        record = self.apps.get(_name(peer))
+        record = self.apps.get(_name(peer, app))
         return self.policy == "first-use" and record is not None and record.decision == "allowed"
 
-    def seen(self, peer: Peer, *, served: bool) -> None:
+    def seen(self, peer: Peer, app: str = "", *, served: bool) -> None:
         """Remember that ``peer``'s app used (``served``) or tried to use the identity."""
-        name = _name(peer)
+        name = _name(peer, app)
         record = self.apps.pop(name, None) or _App()
         self.apps[name] = record  # most recent last
         record.last_seen = self.state.clock.wall()
@@ -78,12 +80,12 @@ class Approvals:
         while len(self.apps) > MAX_APPS:
             self.apps.popitem(last=False)
 
-    async def check(self, peer: Peer) -> None:
+    async def check(self, peer: Peer, app: str = "") -> None:
         """Return when ``peer``'s app may use the identity now; else raise ``AppDeniedError``."""
-        if self.settled(peer):
+        if self.settled(peer, app):
             return
-        name = _name(peer)
-        self.seen(peer, served=False)
+        name = _name(peer, app)
+        self.seen(peer, app, served=False)
         record = self.apps[name]
         if self.policy == "first-use" and record.decision == "denied":
             raise AppDeniedError(f"{name} was denied the identity until the next lock")
@@ -150,5 +152,7 @@ class Approvals:
         )
 
 
-def _name(peer: Peer) -> str:
-    return peer.app or peer.exe
+def _name(peer: Peer, app: str = "") -> str:
+    base = peer.app or peer.exe
+    label = app_label(app)
+    return f"{base}: {label}" if label else base

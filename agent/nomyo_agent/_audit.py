@@ -1,8 +1,9 @@
 """The audit log: one JSON line per state change, in the state folder (ARCHITECTURE.md, Files).
 
 ``$XDG_STATE_HOME/nomyo-agent/audit.log``, mode 0600: unlocks, locks (and why: on request, idle
-timeout, maximum lifetime), identities generated or imported, router keys refused. Never a
-secret, never a plaintext.
+timeout, maximum lifetime), identities generated or imported, router keys refused, and the first
+use of the identity by each app after an unlock (``"event": "app"``; a nomyo-proxy token shows
+as ``nomyo-proxy: NAME``). Never a secret, never a plaintext.
 
 Rules of this module:
 
@@ -44,6 +45,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     refused_fingerprint: str | None = None
     count: int = 1  # for pin_mismatch: refusals this line stands for
     since: float | None = None  # ... counted from this time on
+    app: str | None = None
 
 
 class _Window:
@@ -115,6 +117,10 @@ class AuditLog:
             since=round(window.opened, 3),
         )
         return [summary]
+
+    def record_app(self, app: str, when: float) -> None:
+        """An app (an executable, or a nomyo-proxy token) used the identity first since unlock."""
+        self._write([_Line(time=round(when, 3), event="app", state="unlocked", app=app)])
 
     def _write(self, lines: list[_Line]) -> None:
         data = b"".join(self._encoder.encode(line) + b"\n" for line in lines)

@@ -21,13 +21,9 @@ import stat
 import sys
 
 from nomyo_agent._files import open_lock_file
-from nomyo_agent.errors import AgentError
+from nomyo_agent.errors import AgentAlreadyRunning, InternalError, UsageError
 
-__all__ = ["AgentAlreadyRunning", "Bound", "bind_socket"]
-
-
-class AgentAlreadyRunning(AgentError):
-    default_hint = "use that agent (`nomyo-agent status`), or stop it first: `nomyo-agent stop`"
+__all__ = ["Bound", "bind_socket"]
 
 
 class Bound:
@@ -50,7 +46,7 @@ class Bound:
 def bind_socket(path: str) -> Bound:
     """Create the listening socket at ``path`` per this module's rules."""
     if sys.platform == "win32":
-        raise AgentError("Windows serves a named pipe (_winpipe), not a Unix socket")
+        raise InternalError("Windows serves a named pipe (_winpipe), not a Unix socket")
     import fcntl  # noqa: PLC0415 - POSIX only
 
     from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
@@ -65,7 +61,7 @@ def bind_socket(path: str) -> Bound:
     try:
         if os.path.lexists(path):
             if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise AgentError(
+                raise UsageError(
                     f"{path} exists and is not a socket", hint="remove it or choose another path"
                 )
             if _sockdir.socket_answers(path):

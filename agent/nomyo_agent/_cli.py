@@ -31,6 +31,7 @@ from nomyo_agent.errors import (
     AgentError,
     AgentUnavailableError,
     PinentryCancelledError,
+    UsageError,
 )
 from nomyo_agent.paths import socket_path, socket_path_problem
 
@@ -48,10 +49,6 @@ The socket is $NOMYO_AGENT_SOCK, else $XDG_RUNTIME_DIR/nomyo-agent/agent.sock.
 MIN_BITS = (
     2048  # the agent's own floor (_keys.MIN_BITS), checked here to exit 2 without a round trip
 )
-
-
-class UsageError(AgentError):
-    """The command line (or NOMYO_AGENT_SOCK) cannot work; nothing was sent: exit 2."""
 
 
 # Slow operations (key generation, a person typing a passphrase) must not hit a short timeout.
@@ -186,7 +183,11 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
     # Only an explicit --socket: a NOMYO_AGENT_SOCK left in the shell must not be baked in.
     return _service.install(
-        print_only=args.print, start=not args.no_start, socket=args.socket, out=sys.stdout
+        print_only=args.print,
+        start=not args.no_start,
+        socket=args.socket,
+        proxy=args.proxy,
+        out=sys.stdout,
     )
 
 
@@ -231,7 +232,7 @@ def _recent_apps(clients: Sequence[p.ClientInfo]) -> str:
 
 
 def _status_text(st: p.StatusReply) -> str:
-    short = ":".join(st.fingerprint[i : i + 4] for i in range(0, 16, 4)) if st.fingerprint else ""
+    short = p.short_fingerprint(st.fingerprint) if st.fingerprint else ""
     state = st.state.value
     if st.state is p.State.UNLOCKED:
         state += (
@@ -322,7 +323,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         pem = Path(args.path).read_bytes()
     except OSError as exc:
-        raise AgentError(f"cannot read {args.path}: {exc.strerror}", hint="check the path") from exc
+        raise UsageError(f"cannot read {args.path}: {exc.strerror}", hint="check the path") from exc
     file_password = _read_passphrase() if args.passphrase_stdin else None
     request = p.Import(
         pem=pem,
@@ -533,6 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--print", action="store_true", help="show the files; write nothing")
     sp.add_argument("--no-start", action="store_true", help="write the files; start nothing")
+    sp.add_argument(
+        "--proxy",
+        action="store_true",
+        help="also nomyo-proxy, started on the first connection to 127.0.0.1:12480",
+    )
     add("uninstall-service", cmd_uninstall_service, "undo install-service")
     sp = add("status", cmd_status, "show the state, identity, timers, hardening and counters")
     sp.add_argument("--json", action="store_true")

@@ -43,7 +43,7 @@ from typing import Any
 
 import platformdirs
 
-from nomyo_agent.errors import BadRequestError
+from nomyo_agent.errors import ConfigError
 
 __all__ = [
     "KEYSTORES",
@@ -63,10 +63,6 @@ MAX_SECONDS = 366 * 24 * 3600  # a year: longer is "off" in all but name, and 0 
 KEYSTORES = ("keyring", "file")  # the same as _keystore.KEYSTORES, without importing keyring
 LOCK_ON = ("screen", "suspend")
 CONFIRM = ("off", "first-use", "every-use")
-
-
-class ConfigError(BadRequestError):
-    """config.toml or a setting is invalid."""
 
 
 def config_path() -> Path:

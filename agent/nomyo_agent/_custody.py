@@ -18,7 +18,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from nomyo_agent import _identity, _keys
+from nomyo_agent import _identity
 from nomyo_agent import protocol as p
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent._sessionbus import keyring_call
@@ -167,7 +167,7 @@ class Custody:
                 title="nomyo-agent",
                 description=(
                     "Unlock the nomyo-agent identity for end-to-end encrypted inference\n"
-                    f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}\n{why}"
+                    f"RSA-{info.bits} key {p.short_fingerprint(info.fingerprint)}\n{why}"
                 ).strip(),
                 prompt="Passphrase:",
                 **timeout,
@@ -234,7 +234,7 @@ class Custody:
         info = self.state.info
         if info is not None and not force:
             raise IdentityExistsError(
-                f"an identity exists already ({_keys.short_fingerprint(info.fingerprint)})"
+                f"an identity exists already ({p.short_fingerprint(info.fingerprint)})"
             )
 
     async def _install(

@@ -131,6 +131,7 @@ def serve(
         socket_path = inherited.getsockname()  # activated: report where clients really reach us
     audit = AuditLog(config.state_dir / "audit.log")
     state.watchers.add(lambda event: audit.record(event, state.clock.wall()))
+    state.on_first_use.append(lambda app: audit.record_app(app, state.clock.wall()))
     session = SessionWatch(state, config.lock_on)
     services = Services(
         config=config,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from nomyo_agent import _keys
 from nomyo_agent import protocol as p
 from nomyo_agent.errors import (
     BadPassphraseError,
@@ -80,7 +79,7 @@ class OnDemand:
             title="nomyo-agent",
             description=(
                 f"{peer.exe} asks to use the nomyo-agent identity, and it is locked.\n"
-                f"RSA-{info.bits} key {_keys.short_fingerprint(info.fingerprint)}\n"
+                f"RSA-{info.bits} key {p.short_fingerprint(info.fingerprint)}\n"
                 "Unlock it?"
             ),
             ok="_Unlock",

@@ -70,7 +70,7 @@ class Dispatcher:
             return False
         if peer is None:
             return self.approvals.policy == "off"
-        return self.approvals.settled(peer)
+        return self.approvals.settled(peer, request.app)
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
         """Answer a request that needs no waiting, synchronously: the server's hot path."""
@@ -92,7 +92,7 @@ class Dispatcher:
                 await self.custody.auto_unlock(peer.where)
                 await self.on_demand.unlock_for(peer)
                 if self.state.key is not None:  # locked: _now says so, no question asked
-                    await self.approvals.check(peer)
+                    await self.approvals.check(peer, request.app)
                 return self._now(request, peer)
             return await self._slow(request)
         except AgentError as exc:
@@ -136,8 +136,8 @@ class Dispatcher:
                 key = self._key()
                 opened = _envelope.open_package(key.private_key, request.package)
                 state.counters.opens += 1
-                state.touch(peer)
-                self.approvals.seen(peer, served=True)
+                state.touch(peer, request.app)
+                self.approvals.seen(peer, request.app, served=True)
                 return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
             case p.Hello():
                 # Always answer with our own version, even to another one: the client decides,
@@ -221,8 +221,8 @@ class Dispatcher:
                 raise
         package = _envelope.seal(router_key, request.plaintext)
         self.state.counters.seals += 1
-        self.state.touch(peer)
-        self.approvals.seen(peer, served=True)
+        self.state.touch(peer, request.app)
+        self.approvals.seen(peer, request.app, served=True)
         return p.SealReply(
             package=package,
             public_key_pem=info.public_key_pem,

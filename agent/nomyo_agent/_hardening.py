@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nomyo_agent import protocol as p
+from nomyo_agent._libc import libc
 from nomyo_agent._secret import SecretBuffer
 
 __all__ = ["MLOCKALL_HEADROOM", "harden_child", "harden_process", "report"]
@@ -46,13 +47,7 @@ LOCKED_THREAD_STACK = 2 << 20  # a locked 8 MiB default stack per worker thread 
 _state = {"deny_attach": False}
 
 
-def _libc() -> ctypes.CDLL | None:
-    if sys.platform == "win32":
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover
-        return None
+_libc = libc
 
 
 def _status() -> dict[str, str]:

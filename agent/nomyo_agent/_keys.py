@@ -1,7 +1,7 @@
 """Public-key helpers shared by the agent and the development router.
 
 Fingerprints are the SHA-256 of the DER SubjectPublicKeyInfo in lower-case hex, the form
-``nomyo-agent status`` prints and pins store. ``short_fingerprint`` is what fits in a tooltip.
+``nomyo-agent status`` prints and pins store (``protocol.short_fingerprint`` is its short form).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent.errors import BadRouterKeyError
 
-__all__ = ["MIN_BITS", "fingerprint", "load_router_key", "public_pem", "short_fingerprint"]
+__all__ = ["MIN_BITS", "fingerprint", "load_router_key", "public_pem"]
 
 MIN_BITS = 2048  # routers reject smaller keys (PROTOCOL.md); so do we, both ways
 
@@ -24,11 +24,6 @@ def fingerprint(key: rsa.RSAPublicKey) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).hexdigest()
-
-
-def short_fingerprint(fp: str) -> str:
-    """The first 16 hex digits in groups of four, e.g. ``3f2a:91c0:0d4e:77b1``."""
-    return ":".join(fp[i : i + 4] for i in range(0, 16, 4))
 
 
 def public_pem(key: rsa.RSAPublicKey) -> str:

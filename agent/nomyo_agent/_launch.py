@@ -27,7 +27,7 @@ from pathlib import Path
 from nomyo_agent import protocol as p
 from nomyo_agent._files import lock_exclusive, open_lock_file
 from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import AgentError, AgentUnavailableError
+from nomyo_agent.errors import AgentError, AgentUnavailableError, StartFailedError
 from nomyo_agent.paths import socket_path
 
 __all__ = ["agent_command", "log_path", "running_agent", "start_background", "start_error"]
@@ -205,7 +205,7 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([read_fd], [], [], left)[0]:
                 proc.kill()
-                raise AgentError(
+                raise StartFailedError(
                     f"the agent did not become ready within {timeout:g} s",
                     hint=f"see {log}",
                 )

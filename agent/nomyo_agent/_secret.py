@@ -33,19 +33,12 @@ import sys
 from types import TracebackType
 from typing import Any, NoReturn
 
+from nomyo_agent._libc import libc
+
 __all__ = ["SecretBuffer", "wipe"]
 
 
-def _load_libc() -> Any:
-    if sys.platform == "win32":
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover - exotic platforms without a loadable libc
-        return None
-
-
-_libc = _load_libc()
+_libc: Any = libc()
 
 
 def _lock(addr: int, size: int) -> bool:

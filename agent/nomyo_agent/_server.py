@@ -38,15 +38,15 @@ import msgspec
 
 from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
-from nomyo_agent._bind import AgentAlreadyRunning, Bound, bind_socket
+from nomyo_agent._bind import Bound, bind_socket
 from nomyo_agent._budget import ByteBudget
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
 from nomyo_agent._state import AgentState, Peer
-from nomyo_agent.errors import AgentError, BadRequestError, InternalError
+from nomyo_agent.errors import BadRequestError, InternalError
 
-__all__ = ["AgentAlreadyRunning", "AgentServer", "bind_socket"]
+__all__ = ["AgentServer", "bind_socket"]
 
 log = logging.getLogger("nomyo_agent")
 
@@ -299,7 +299,7 @@ class _Connection(asyncio.Protocol):
         server, state = self.server, self.server.state
         if self.peer is None:  # a Unix socket: the kernel tells who is there
             if sys.platform == "win32":
-                raise AgentError("a pipe connection must come with its peer")
+                raise InternalError("a pipe connection must come with its peer")
             try:
                 self.peer = peer_of(transport.get_extra_info("socket"))
             except OSError:

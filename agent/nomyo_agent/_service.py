@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import plistlib
 import shlex
@@ -33,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from nomyo_agent.errors import AgentError
+from nomyo_agent import _proxy_service as _ps
+from nomyo_agent._unit_sandbox import SANDBOX
+from nomyo_agent.errors import AgentAlreadyRunning, ServiceError, UsageError
 from nomyo_agent.paths import darwin_socket_path
 
 __all__ = [
@@ -82,7 +85,8 @@ WantedBy=sockets.target
 
 # Every sandbox option below was checked against a running agent (tests/test_systemd_*.py);
 # docs/running.md lists the ones left out and why.
-_SERVICE_TEMPLATE = """\
+_SERVICE_TEMPLATE = (
+    """\
 [Unit]
 Description=nomyo-agent (end-to-end encrypted LLM inference identity)
 Requires={socket_unit}
@@ -107,35 +111,13 @@ LimitMEMLOCK=infinity
 RestrictAddressFamilies=AF_UNIX
 IPAddressDeny=any
 # Writable: the state folder only (router pins, public key, audit log).
-ProtectSystem=strict
-ProtectHome=read-only
-ReadWritePaths={state_dir}
-# Needed for the namespaces below in an unprivileged user manager.
-PrivateUsers=yes
-PrivateDevices=yes
-PrivateMounts=yes
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-ProtectProc=invisible
-ProcSubset=pid
-KeyringMode=private
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged
-SystemCallErrorNumber=EPERM
-
+"""
+    + SANDBOX
+    + """
 [Install]
 Also={socket_unit}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -232,16 +214,22 @@ def plan(
     env: Mapping[str, str] | None = None,
     argv: Sequence[str] | None = None,
     socket: str | None = None,
+    *,
+    proxy: bool = False,
 ) -> Plan:
-    """Compute the files and commands for ``platform`` (``linux`` or ``darwin``)."""
+    """Compute the files and commands for ``platform`` (``linux`` or ``darwin``); with
+    ``proxy``, nomyo-proxy's socket-activated unit or LaunchAgent too (``_proxy_service``)."""
     env = os.environ if env is None else env
     argv = list(argv) if argv is not None else program_argv()
     home = Path(env.get("HOME") or Path.home())
     if platform.startswith("linux"):
-        return _systemd_plan(env, home, argv, socket)
+        the_plan = _systemd_plan(env, home, argv, socket)
+        return _with_systemd_proxy(the_plan, env, home, argv) if proxy else the_plan
     if platform == "darwin":
-        return _launchd_plan(home, argv, socket, env.get("UID") or str(os.getuid()))
-    raise AgentError(
+        uid = env.get("UID") or str(os.getuid())
+        the_plan = _launchd_plan(home, argv, socket, uid)
+        return _with_launchd_proxy(the_plan, home, argv, uid) if proxy else the_plan
+    raise ServiceError(
         f"install-service does not support {platform} yet",
         hint="start the agent at login with `nomyo-agent start`, or let clients auto-start it",
     )
@@ -272,6 +260,50 @@ def _systemd_plan(
     )
 
 
+def _with_systemd_proxy(
+    the_plan: Plan, env: Mapping[str, str], home: Path, argv: Sequence[str]
+) -> Plan:
+    units = the_plan.files[0].path.parent
+    state_dir = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state") / "nomyo-agent"
+    env_file = _ps.env_file_path(_xdg(env, "XDG_CONFIG_HOME", home / ".config"))
+    service = _ps.render_proxy_service_unit(
+        _ps.proxy_argv(argv),
+        str(state_dir),
+        str(env_file),
+        the_plan.socket_path,
+        quote=lambda a: a if a.startswith("%t/") else exec_quote(a),
+        agent_socket_unit=SOCKET_UNIT,
+    )
+    ctl = ("systemctl", "--user")
+    return dataclasses.replace(
+        the_plan,
+        files=(
+            *the_plan.files,
+            ServiceFile(units / _ps.PROXY_SOCKET_UNIT, _ps.render_proxy_socket_unit().encode()),
+            ServiceFile(units / _ps.PROXY_SERVICE_UNIT, service.encode()),
+        ),
+        start=(*the_plan.start, (*ctl, "enable", "--now", _ps.PROXY_SOCKET_UNIT)),
+        # Apart from the agent's: a failure for units never installed must not keep it running.
+        stop=(
+            *the_plan.stop,
+            (*ctl, "disable", "--now", _ps.PROXY_SOCKET_UNIT, _ps.PROXY_SERVICE_UNIT),
+        ),
+    )
+
+
+def _with_launchd_proxy(the_plan: Plan, home: Path, argv: Sequence[str], uid: str) -> Plan:
+    agents = home / "Library" / "LaunchAgents"
+    plist = agents / f"{_ps.PROXY_LABEL}.plist"
+    log = str(home / "Library" / "Logs" / "nomyo-proxy.log")
+    content = _ps.render_proxy_plist(_ps.proxy_argv(argv), the_plan.socket_path, log)
+    return dataclasses.replace(
+        the_plan,
+        files=(*the_plan.files, ServiceFile(plist, content)),
+        start=(*the_plan.start, ("launchctl", "bootstrap", f"gui/{uid}", str(plist))),
+        stop=(*the_plan.stop, ("launchctl", "bootout", f"gui/{uid}/{_ps.PROXY_LABEL}")),
+    )
+
+
 def launchd_socket_path(home: Path) -> str:
     """Where the LaunchAgent listens: a folder of the user's that macOS never purges, and the
     path clients find by default on macOS (``paths.darwin_socket_path``)."""
@@ -281,7 +313,7 @@ def launchd_socket_path(home: Path) -> str:
 def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
     path = socket or launchd_socket_path(home)
     if len(os.fsencode(path)) >= MACOS_SUN_PATH:
-        raise AgentError(
+        raise UsageError(
             f"the socket path {path} is longer than macOS allows ({MACOS_SUN_PATH - 1} bytes)",
             hint="pass a shorter one with --socket",
         )
@@ -350,22 +382,27 @@ def _refuse_a_running_agent(the_plan: Plan) -> None:
     path = _resolve(the_plan.socket_path)
     hello = running_agent(path, timeout=5.0)
     if hello is not None:
-        raise AgentError(
+        raise AgentAlreadyRunning(
             f"an agent started outside the service manager (pid {hello.pid}) serves {path}",
             hint="stop it first (`nomyo-agent stop`), then run install-service again",
         )
 
 
 def install(
-    *, print_only: bool = False, start: bool = True, socket: str | None = None, out: TextIO
+    *,
+    print_only: bool = False,
+    start: bool = True,
+    socket: str | None = None,
+    proxy: bool = False,
+    out: TextIO,
 ) -> int:
     """Write the service files, then enable and start the socket if the manager is reachable.
 
     Refuses, before writing anything, while an agent started by hand serves the same socket.
-    Raises ``AgentError`` (exit 1) after writing when no service manager answers: the files are
+    Raises ``ServiceError`` (exit 1) after writing when no service manager answers: the files are
     there, but nothing was started.
     """
-    the_plan = plan(socket=socket)
+    the_plan = plan(socket=socket, proxy=proxy)
     if print_only:
         for file in the_plan.files:
             out.write(f"# {file.path}\n{file.content.decode()}\n")
@@ -391,7 +428,7 @@ def install(
     elif not reachable:
         out.write(f"to undo: {the_plan.undo}\n")
         # Not a success: nothing will start the agent until someone runs these commands.
-        raise AgentError(
+        raise ServiceError(
             "the service manager of this session does not answer, so nothing was started "
             "(the files are written)",
             hint=f"in your desktop session, run: {_commands(the_plan.start)}",
@@ -400,7 +437,7 @@ def install(
         for cmd in the_plan.start:
             result = _run(cmd)
             if result.returncode != 0:
-                raise AgentError(
+                raise ServiceError(
                     f"`{shlex.join(cmd)}` failed: {result.stderr.strip() or result.returncode}",
                     hint=f"the files are written; undo with `{the_plan.undo}`",
                 )
@@ -413,7 +450,7 @@ def install(
 
 def uninstall(*, out: TextIO) -> int:
     """Stop and disable the service if it runs, then remove the files ``install`` wrote."""
-    the_plan = plan()
+    the_plan = plan(proxy=True)  # removes the proxy's files too, when there are any
     if manager_reachable() and any(f.path.exists() for f in the_plan.files):
         for cmd in the_plan.stop:
             # Failing here is fine (the unit may not be loaded); the files go either way.

@@ -19,7 +19,6 @@ Rules (POSIX; a Windows pipe's owner is checked in ``_winpipe``):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -27,6 +26,7 @@ import stat
 import struct
 import sys
 
+from nomyo_agent._libc import libc
 from nomyo_agent.errors import UnsafeSocketError
 
 # POSIX only (a Windows pipe's owner is checked in _winpipe): import it behind a platform test.
@@ -105,9 +105,11 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
             "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
         )
         return pid, uid, gid
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    c = libc()
+    if c is None:  # pragma: no cover - Windows checks the pipe's owner instead
+        raise OSError(errno.ENOSYS, "no C library for getpeereid")
     cuid, cgid = ctypes.c_uint32(), ctypes.c_uint32()
-    if libc.getpeereid(sock.fileno(), ctypes.byref(cuid), ctypes.byref(cgid)) != 0:
+    if c.getpeereid(sock.fileno(), ctypes.byref(cuid), ctypes.byref(cgid)) != 0:
         raise OSError(ctypes.get_errno(), "getpeereid failed")
     try:
         pid = struct.unpack("i", sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERPID, 4))[0]

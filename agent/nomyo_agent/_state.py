@@ -20,9 +20,17 @@ from nomyo_agent import protocol as p
 if TYPE_CHECKING:
     from nomyo_agent._identity import IdentityInfo, UnlockedKey
 
-__all__ = ["AgentState", "Clock", "MutableCounters", "Peer", "SystemClock"]
+__all__ = ["AgentState", "Clock", "MutableCounters", "Peer", "SystemClock", "app_label"]
 
 RECENT_CLIENTS = 16
+APPS_REMEMBERED = 1024  # first uses reported per unlock; past this a flood is not worth a line each
+APP_NAME_MAX = 64
+
+
+def app_label(app: str) -> str:
+    """A peer-given app name made safe to show: printable, one line, at most 64 characters."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in app.strip())
+    return cleaned[:APP_NAME_MAX]
 
 
 class Clock(Protocol):
@@ -101,7 +109,12 @@ class AgentState:
         self.started = clock.now()
         self.counters = MutableCounters()
         self.served_since_unlock = 0
-        self.recent: collections.OrderedDict[int, p.ClientInfo] = collections.OrderedDict()
+        # Keyed by pid and app name: one nomyo-proxy process serves many apps, one per token.
+        self.recent: collections.OrderedDict[tuple[int, str], p.ClientInfo] = (
+            collections.OrderedDict()
+        )
+        self.apps_seen: set[str] = set()  # display names served since unlock
+        self.on_first_use: list[Callable[[str], None]] = []  # the audit log: one line per app
         self.failed_unlocks = 0  # consecutive, for the growing delay; reset on success
         self.user_locked = False  # locked on request: no auto-unlock until an explicit unlock
         self.watchers: set[Callable[[p.StateEvent], None]] = set()
@@ -167,6 +180,7 @@ class AgentState:
         self.unlocked_wall = self.clock.wall()
         self.served_since_unlock = 0
         self.recent.clear()
+        self.apps_seen.clear()
         self.failed_unlocks = 0
         self.user_locked = False
 
@@ -183,16 +197,24 @@ class AgentState:
         self.emit(reason)
         return True
 
-    def touch(self, peer: Peer) -> None:
-        """A seal or open was served for ``peer``: restart the idle timer, remember the app."""
+    def touch(self, peer: Peer, app: str = "") -> None:
+        """A seal or open was served for ``peer`` (on behalf of ``app``, a name the peer gave):
+        restart the idle timer, remember the app, tell ``on_first_use`` about a new one."""
         self.last_used = self.clock.now()
         self.served_since_unlock += 1
-        self.recent.pop(peer.pid, None)
-        self.recent[peer.pid] = p.ClientInfo(
-            pid=peer.pid, exe=peer.exe, last_seen=self.clock.wall()
-        )
+        app = app_label(app)
+        # The app name goes into ``exe`` rather than a new ClientInfo field: an older tray or CLI
+        # refuses unknown fields in a status reply, and ``exe`` is display-only already.
+        name = f"{peer.exe}: {app}" if app else peer.exe
+        key = (peer.pid, app)
+        self.recent.pop(key, None)
+        self.recent[key] = p.ClientInfo(pid=peer.pid, exe=name, last_seen=self.clock.wall())
         while len(self.recent) > RECENT_CLIENTS:
             self.recent.popitem(last=False)
+        if name not in self.apps_seen and len(self.apps_seen) < APPS_REMEMBERED:
+            self.apps_seen.add(name)
+            for hook in self.on_first_use:
+                hook(name)
 
     def check_timers(self) -> str | None:
         """Lock if a deadline has passed; returns the reason when it locked."""

@@ -14,11 +14,13 @@ __all__ = ["SD_LISTEN_FDS_START", "inherited_socket", "notify"]
 SD_LISTEN_FDS_START = 3
 
 
-def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
+def inherited_socket(
+    env: dict[str, str] | None = None, name: str = "agent"
+) -> socket.socket | None:
     """The listening socket passed by the service manager, if it passed one to this process.
 
     Follows sd_listen_fds(3): ``LISTEN_PID`` must be ours, ``LISTEN_FDS`` counts the fds from 3;
-    with several, the one named ``agent`` in ``LISTEN_FDNAMES`` wins, else the first. The
+    with several, the one named ``name`` in ``LISTEN_FDNAMES`` wins, else the first. The
     variables are removed so that children do not believe they were activated too.
     """
     environ = os.environ if env is None else env
@@ -32,7 +34,7 @@ def inherited_socket(env: dict[str, str] | None = None) -> socket.socket | None:
     names = environ.get("LISTEN_FDNAMES", "").split(":")
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         environ.pop(var, None)
-    index = names.index("agent") if "agent" in names else 0
+    index = names.index(name) if name in names else 0
     fd = SD_LISTEN_FDS_START + index
     for other in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         if other != fd:

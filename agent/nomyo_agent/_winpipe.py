@@ -21,7 +21,7 @@ import re
 import struct
 import sys
 
-from nomyo_agent.errors import AgentError
+from nomyo_agent.errors import AgentAlreadyRunning
 
 __all__ = [
     "FILE_ALL_ACCESS",
@@ -244,7 +244,7 @@ if sys.platform == "win32":
         if handle is None or handle == INVALID_HANDLE:
             code = ctypes.get_last_error()
             if first and code in (ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY):
-                raise AgentError(
+                raise AgentAlreadyRunning(
                     f"the pipe {name} exists already: another agent (or someone else) holds it",
                     hint="use that agent (`nomyo-agent status`), or stop it first",
                 )

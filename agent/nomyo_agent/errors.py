@@ -4,6 +4,7 @@
 
     AgentError                      code, message, hint
      ├── BadRequestError            bad_request
+     │    └── ConfigError           bad_config   config.toml or a setting (agent side, at start)
      ├── ProtocolMismatchError      unsupported_protocol
      ├── LockedError                locked
      ├── NoIdentityError            no_identity
@@ -22,13 +23,20 @@
      ├── DecryptFailedError         decrypt_failed
      ├── TooManyAttemptsError       too_many_attempts
      ├── ShuttingDownError          shutting_down
+     ├── AppDeniedError             app_denied       the user did not allow this app (confirm)
      ├── InternalError              internal
-     ├── AppDeniedError             app_denied
-     ├── AgentUnavailableError      no agent answers at the socket (client side only)
-     ├── UnsafeSocketError          the socket, its folder or its peer is not the user's own
-     └── AgentConnectionError       the connection broke or spoke garbage (client side only)
+     ├── UsageError                 usage            the command line cannot work (CLI, exit 2)
+     ├── AgentAlreadyRunning        already_running  an agent serves the socket already
+     ├── StartFailedError           start_failed     a background agent did not start
+     ├── ServiceError               service_failed   install-service: the manager refused
+     ├── AgentUnavailableError      unavailable      no agent answers at the socket (clients)
+     ├── UnsafeSocketError          unsafe_socket    the socket, its folder or its peer is not
+     │                                               the user's own (both sides)
+     └── AgentConnectionError       connection_lost  the connection broke or spoke garbage
 
-The agent raises these inside ``dispatch``, which turns them into ``protocol.Error`` replies;
+The codes after ``internal`` are never sent: those errors are raised where they happen. The base
+``AgentError`` is never raised itself (a test checks the whole tree against this drawing).
+The agent raises the others inside ``dispatch``, which turns them into ``protocol.Error`` replies;
 clients turn replies back into the same classes with ``from_reply``. Messages are lower-case with
 no final period; hints say what to do.
 """
@@ -40,6 +48,7 @@ from typing import ClassVar
 from nomyo_agent.protocol import Error, ErrorCode
 
 __all__ = [
+    "AgentAlreadyRunning",
     "AgentConnectionError",
     "AgentError",
     "AgentUnavailableError",
@@ -48,6 +57,7 @@ __all__ = [
     "BadPassphraseError",
     "BadRequestError",
     "BadRouterKeyError",
+    "ConfigError",
     "CorruptIdentityError",
     "DecryptFailedError",
     "IdentityExistsError",
@@ -62,9 +72,12 @@ __all__ = [
     "PinentryCancelledError",
     "PinentryError",
     "ProtocolMismatchError",
+    "ServiceError",
     "ShuttingDownError",
+    "StartFailedError",
     "TooManyAttemptsError",
     "UnsafeSocketError",
+    "UsageError",
     "from_reply",
 ]
 
@@ -207,10 +220,39 @@ class InternalError(AgentError):
     code = ErrorCode.INTERNAL
 
 
+class ConfigError(BadRequestError):
+    """config.toml or a setting is invalid."""
+
+    code = ErrorCode.BAD_CONFIG
+
+
+class UsageError(AgentError):
+    """The command line (or NOMYO_AGENT_SOCK) cannot work; nothing was sent: exit 2."""
+
+    code = ErrorCode.USAGE
+
+
+class AgentAlreadyRunning(AgentError):
+    code = ErrorCode.ALREADY_RUNNING
+    default_hint = "use that agent (`nomyo-agent status`), or stop it first: `nomyo-agent stop`"
+
+
+class StartFailedError(AgentError):
+    """A background agent (``nomyo-agent start``, auto-start, the tray) did not start."""
+
+    code = ErrorCode.START_FAILED
+
+
+class ServiceError(AgentError):
+    """``install-service``: the service manager could not be reached or refused the units."""
+
+    code = ErrorCode.SERVICE_FAILED
+
+
 class AgentUnavailableError(AgentError):
     """Nothing answers at the socket (client side)."""
 
-    code = ErrorCode.INTERNAL
+    code = ErrorCode.UNAVAILABLE
     default_hint = "start it with `nomyo-agent start` (or `eval $(nomyo-agent start)`)"
 
 
@@ -219,7 +261,7 @@ class UnsafeSocketError(AgentError):
     the socket runs as another uid: nothing is sent there (client side), nothing is served there
     (agent side)."""
 
-    code = ErrorCode.INTERNAL
+    code = ErrorCode.UNSAFE_SOCKET
     default_hint = (
         "another user may be impersonating your agent: do not use it; set XDG_RUNTIME_DIR or "
         "NOMYO_AGENT_SOCK to a folder of your own (mode 0700)"
@@ -229,7 +271,7 @@ class UnsafeSocketError(AgentError):
 class AgentConnectionError(AgentError):
     """The connection broke, timed out or carried something that is not our protocol."""
 
-    code = ErrorCode.INTERNAL
+    code = ErrorCode.CONNECTION_LOST
     default_hint = "check `nomyo-agent status`; restart the agent if it persists"
 
 

@@ -90,6 +90,7 @@ __all__ = [
     "encode",
     "encode_frame",
     "request_cap",
+    "short_fingerprint",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -103,6 +104,7 @@ CAPABILITIES: Final = (
     "pinentry",
     "generate",
     "import",
+    "app",  # Seal and Open carry the name of the app they serve (a nomyo-proxy token)
     "apps",
 )
 """What this agent implements; ``Hello`` exchanges them so clients can feature-test."""
@@ -167,8 +169,18 @@ class ErrorCode(enum.StrEnum):
     DECRYPT_FAILED = "decrypt_failed"  # one opaque code for every unwrap, tag or format failure
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     SHUTTING_DOWN = "shutting_down"
-    INTERNAL = "internal"
     APP_DENIED = "app_denied"  # the user did not allow this app to use the identity (confirm)
+    INTERNAL = "internal"
+    # Never sent by the agent: raised where they happen (a client, the CLI, the agent at start),
+    # so that every class of the error tree has a code of its own to log and to compare.
+    BAD_CONFIG = "bad_config"  # config.toml or a setting
+    USAGE = "usage"  # the command line (or NOMYO_AGENT_SOCK) cannot work
+    ALREADY_RUNNING = "already_running"  # an agent serves the socket or pipe already
+    START_FAILED = "start_failed"  # a background agent did not start
+    SERVICE_FAILED = "service_failed"  # install-service: the service manager said no
+    UNAVAILABLE = "unavailable"  # nothing answers at the socket
+    UNSAFE_SOCKET = "unsafe_socket"  # the socket's folder or its peer is not the user's own
+    CONNECTION_LOST = "connection_lost"  # the connection broke or spoke garbage
 
 
 class _Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
@@ -208,18 +220,29 @@ class PublicKey(_Msg, frozen=True, tag="public_key"):
     pass
 
 
-class Seal(_Msg, frozen=True, tag="seal"):
-    """Encrypt ``plaintext`` to ``router_key_pem`` after checking it against the origin's pin."""
+# Seal and Open omit ``app`` when it is empty, so that a client that names no app sends exactly
+# the bytes an agent older than the "app" capability decodes; a client names one only after
+# seeing that capability in ``HelloReply``.
+
+
+class Seal(_Msg, frozen=True, tag="seal", omit_defaults=True):
+    """Encrypt ``plaintext`` to ``router_key_pem`` after checking it against the origin's pin.
+
+    ``app`` names the app the connection serves, for status and the audit log, when one process
+    speaks for several (nomyo-proxy sends the token's name); display only, never trusted.
+    """
 
     origin: str
     router_key_pem: str
     plaintext: bytes
+    app: str = ""
 
 
-class Open(_Msg, frozen=True, tag="open"):
+class Open(_Msg, frozen=True, tag="open", omit_defaults=True):
     """Decrypt a package (the JSON bytes of PROTOCOL.md) sealed to our public key."""
 
     package: bytes
+    app: str = ""
 
 
 class Lock(_Msg, frozen=True, tag="lock"):
@@ -649,3 +672,9 @@ class FrameReader:
                 return
             body, self._body, self._fill = self._body, None, 0
             yield body
+
+
+def short_fingerprint(fp: str) -> str:
+    """The first 16 hex digits of a SHA-256 fingerprint in groups of four, for a tooltip or a
+    status line, e.g. ``3f2a:91c0:0d4e:77b1``; the one short form every part shows."""
+    return ":".join(fp[i : i + 4] for i in range(0, 16, 4))

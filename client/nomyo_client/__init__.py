@@ -29,11 +29,13 @@ Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``
      ├── ServerError                 500
      ├── ServiceUnavailableError     503
      ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     ├── ResponseTooLargeError       the router's answer is over the 64 MiB cap
      ├── SecurityError               bad package, failed tag, plain HTTP refused
      │    └── RouterKeyChangedError  the agent refused a changed router key; nothing was sent
      └── AgentError
-          ├── AgentUnavailableError, AgentLockedError, NoIdentityError, AgentProtocolError
-          └── AgentDeniedError       the user did not allow this app to use the identity
+          ├── AgentUnavailableError, AgentLockedError, NoIdentityError, IdentityExistsError,
+          └── AgentProtocolError, AgentDeniedError  (the whole tree, with what each means:
+                                                      nomyo_client._errors)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from nomyo_client._errors import (
     APIError,
     AuthenticationError,
     ForbiddenError,
+    IdentityExistsError,
     InvalidRequestError,
     NoIdentityError,
     RateLimitError,
@@ -72,6 +75,7 @@ __all__ = [
     "AgentUnavailableError",
     "AuthenticationError",
     "ForbiddenError",
+    "IdentityExistsError",
     "InvalidRequestError",
     "NoIdentityError",
     "RateLimitError",

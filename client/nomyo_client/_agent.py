@@ -26,6 +26,7 @@ import asyncio
 import os
 import threading
 import weakref
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -45,6 +46,7 @@ from nomyo_client._errors import (
 __all__ = ["DEFAULT_AGENT_TIMEOUT", "AgentLink"]
 
 R = TypeVar("R", bound=p.Response)
+T = TypeVar("T")
 
 # Long enough for an on-demand passphrase prompt (the agent asks through pinentry while a seal
 # waits), short enough that a hung agent is reported rather than waited on forever.
@@ -174,9 +176,13 @@ class AgentLink:
 
     async def call(self, request: p.Request, expect: type[R], *, translate: bool = True) -> R:
         """One exchange within the deadline; a broken connection is reopened once."""
+        return await self._within(self._call(request, expect, translate))
+
+    async def _within(self, work: Awaitable[T]) -> T:
+        """``work`` within the agent deadline, else ``AgentUnavailableError``."""
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._call(request, expect, translate)
+                return await work
         except TimeoutError as exc:
             raise AgentUnavailableError(
                 f"the agent at {self.path} did not answer within {self.timeout:g} s",
@@ -205,8 +211,25 @@ class AgentLink:
                 raise from_agent_error(exc) from exc
         raise AssertionError("unreachable")
 
-    async def seal(self, origin: str, router_key_pem: str, plaintext: bytes) -> p.SealReply:
-        request = p.Seal(origin=origin, router_key_pem=router_key_pem, plaintext=plaintext)
+    async def _named(self, app: str) -> str:
+        """``app`` for an agent that understands the field, else "": an agent without the "app"
+        capability refuses it (its structs forbid unknown fields)."""
+        if not app:
+            return ""
+        if self.hello is None:  # the capabilities come with the first Hello
+            await self._within(self._shared().connection(self.autostart))
+        hello = self.hello
+        return app if hello is not None and "app" in hello.capabilities else ""
+
+    async def seal(
+        self, origin: str, router_key_pem: str, plaintext: bytes, app: str = ""
+    ) -> p.SealReply:
+        request = p.Seal(
+            origin=origin,
+            router_key_pem=router_key_pem,
+            plaintext=plaintext,
+            app=await self._named(app),
+        )
         try:
             return await self.call(request, p.SealReply, translate=False)
         except agent_errors.NoIdentityError as exc:
@@ -217,9 +240,9 @@ class AgentLink:
             raise from_agent_error(exc) from exc
         return await self.call(request, p.SealReply)
 
-    async def open(self, package: bytes) -> p.OpenReply:
+    async def open(self, package: bytes, app: str = "") -> p.OpenReply:
         try:
-            return await self.call(p.Open(package=package), p.OpenReply)
+            return await self.call(p.Open(package=package, app=await self._named(app)), p.OpenReply)
         except p.FrameTooLarge as exc:
             # Only a package over the transport's answer cap can be (an httpx client of the
             # caller's that let it through): the same error as the transport's own refusal.

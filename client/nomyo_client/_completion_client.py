@@ -21,7 +21,9 @@ from nomyo_client._engine import Engine
 from nomyo_client._errors import (
     AgentProtocolError,
     APIError,
+    IdentityExistsError,
     InvalidRequestError,
+    NoIdentityError,
     from_agent_error,
 )
 from nomyo_client._options import check_agent_socket, env_default
@@ -114,18 +116,14 @@ class SecureCompletionClient:
         """
         try:
             reply = self._blocking_call(p.PublicKey(), p.IdentityReply)
-        except Exception as exc:
-            if not isinstance(exc.__cause__, agent_errors.NoIdentityError):
-                raise
+        except NoIdentityError:
             secret = b"" if password is None else password.encode()
             try:
                 reply = self._blocking_call(
                     p.Generate(bits=self.key_size, passphrase=secret), p.IdentityReply
                 )
-            except Exception as again:
+            except IdentityExistsError:
                 # Another process generated one meanwhile: keep it, as documented.
-                if not isinstance(again.__cause__, agent_errors.IdentityExistsError):
-                    raise
                 reply = self._blocking_call(p.PublicKey(), p.IdentityReply)
         self.public_key_pem = reply.public_key_pem
         if save_to_file:
@@ -149,9 +147,7 @@ class SecureCompletionClient:
         sibling = Path(public_key_path or Path(private_key_path).with_name("public_key.pem"))
         try:
             current = self._blocking_call(p.PublicKey(), p.IdentityReply)
-        except Exception as exc:
-            if not isinstance(exc.__cause__, agent_errors.NoIdentityError):
-                raise
+        except NoIdentityError:
             current = None
         same = sibling.is_file() and sibling.read_text().split() == (
             current.public_key_pem.split() if current else None
@@ -163,8 +159,8 @@ class SecureCompletionClient:
         secret = None if password is None else password.encode()
         try:
             reply = self._blocking_call(p.Import(pem=pem, file_password=secret), p.IdentityReply)
-        except APIError as exc:
-            if isinstance(exc.__cause__, agent_errors.IdentityExistsError) and current:
+        except IdentityExistsError as exc:
+            if current:
                 # The agent's hint names a CLI flag; a Python caller needs the Python choices.
                 exc.message = (
                     f"the agent already holds another identity ({current.fingerprint[:16]}...), "

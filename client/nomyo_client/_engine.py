@@ -209,6 +209,10 @@ class Engine:
         self._router_keys[_wire.origin_of(base_url)] = key
         return key
 
+    async def get(self, url: str, headers: dict[str, str]) -> Answer:
+        """One GET on the pooled HTTP client, with the retry policy (nomyo-proxy's model list)."""
+        return await self._send(await self._loop_state(), "GET", url, None, headers)
+
     # --- one request ---------------------------------------------------------------------
 
     async def send(
@@ -220,10 +224,13 @@ class Engine:
         tier: str | None,
         *,
         extra_headers: Mapping[str, str] | None = None,
+        app: str = "",
     ) -> dict[str, Any]:
         """Seal, POST, retry, open: the decrypted completion with its ``_metadata``.
 
         ``extra_headers`` (the OpenAI SDK's option, checked by the caller) go on the POST.
+        ``app`` names the app this request serves, for the agent's status and audit log (the
+        proxy passes a token's name); an agent too old to know the field is not sent it.
         """
         # Header values are checked before the agent or the router sees anything.
         _wire.check_header_value("payload_id", payload_id)
@@ -233,7 +240,7 @@ class Engine:
         origin = _wire.origin_of(base_url)
         url = f"{base_url}/v1/chat/secure_completion"
         router_key, fresh = await self.router_key(base_url)
-        sealed = await state.agent.seal(origin, router_key, plaintext)
+        sealed = await state.agent.seal(origin, router_key, plaintext, app)
         headers = {
             **(extra_headers or {}),
             **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
@@ -244,7 +251,7 @@ class Engine:
             # judge a new key against its pin before anything is resent.
             new_key = await self.fetch_router_key(base_url)
             if new_key != router_key:
-                sealed = await state.agent.seal(origin, new_key, plaintext)
+                sealed = await state.agent.seal(origin, new_key, plaintext, app)
                 headers = {
                     **(extra_headers or {}),
                     **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
@@ -253,11 +260,11 @@ class Engine:
         if response.status_code != 200:
             retry_after = parse_retry_after(response.headers, self.retry.clock())
             raise _wire.error_for_status(response.status_code, response.content, retry_after)
-        return await self.open(response.content, payload_id)
+        return await self.open(response.content, payload_id, app=app)
 
-    async def open(self, package: bytes, payload_id: str) -> dict[str, Any]:
+    async def open(self, package: bytes, payload_id: str, *, app: str = "") -> dict[str, Any]:
         algorithm, processed_at = _wire.parse_package(package)
-        opened = await (await self._loop_state()).agent.open(package)
+        opened = await (await self._loop_state()).agent.open(package, app)
         return _wire.finish_response(opened.plaintext, payload_id, algorithm, processed_at)
 
     async def _send(

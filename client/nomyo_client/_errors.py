@@ -19,6 +19,7 @@
           │                          user's own (nothing was sent)
           ├── AgentLockedError       the identity is locked
           ├── NoIdentityError        the agent has no identity yet
+          ├── IdentityExistsError    the agent holds another identity already
           ├── AgentProtocolError     the agent speaks another protocol version
           └── AgentDeniedError       the user did not allow this app to use the identity
 
@@ -45,6 +46,7 @@ __all__ = [
     "AgentUnavailableError",
     "AuthenticationError",
     "ForbiddenError",
+    "IdentityExistsError",
     "InvalidRequestError",
     "NoIdentityError",
     "RateLimitError",
@@ -177,6 +179,10 @@ class NoIdentityError(AgentError):
     default_hint = "run `nomyo-agent keygen`, or `nomyo-agent import client_keys/private_key.pem`"
 
 
+class IdentityExistsError(AgentError):
+    """The agent holds an identity already, and the request would replace it."""
+
+
 class AgentProtocolError(AgentError):
     """The agent and this client speak different protocol versions."""
 
@@ -226,6 +232,8 @@ def from_agent_error(exc: agent_errors.AgentError) -> APIError:
         return AgentLockedError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.NoIdentityError):
         return NoIdentityError(exc.message, hint=hint)
+    if isinstance(exc, agent_errors.IdentityExistsError):
+        return IdentityExistsError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.AppDeniedError):
         return AgentDeniedError(exc.message, hint=hint)
     if isinstance(exc, agent_errors.ProtocolMismatchError):

@@ -15,7 +15,7 @@ from typing import Any
 
 from nomyo_agent.paths import socket_path, socket_path_problem
 from nomyo_client import _wire
-from nomyo_client._errors import AgentError, InvalidRequestError
+from nomyo_client._errors import AgentUnavailableError, InvalidRequestError
 
 __all__ = ["DEFAULT_BASE_URL", "check_agent_socket", "env_default", "request_options"]
 
@@ -37,7 +37,9 @@ def check_agent_socket(agent_socket: str | os.PathLike[str] | None) -> None:
         message, hint = problem
         # The CLI's hint names its option; here the caller passed agent_socket= (or the env).
         hint = hint.replace("--socket / NOMYO_AGENT_SOCK", "agent_socket= (or NOMYO_AGENT_SOCK)")
-        raise AgentError(message, hint=hint.replace("use --socket ", "use agent_socket="))
+        raise AgentUnavailableError(
+            message, hint=hint.replace("use --socket ", "use agent_socket=")
+        )
 
 
 def env_default(value: str | None, name: str, default: str | None = None) -> str | None:

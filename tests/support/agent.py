@@ -155,3 +155,10 @@ def make_agent(desktop: Session) -> Iterator[Callable[..., RunningAgent]]:
 def agent(make_agent: Callable[..., RunningAgent]) -> RunningAgent:
     """A running agent with no identity, in the test's private desktop session."""
     return make_agent()
+
+
+@pytest.fixture
+def ready_agent(agent: RunningAgent) -> RunningAgent:
+    """A running agent with a fresh 2048-bit identity, unlocked."""
+    agent.keygen(bits=2048)
+    return agent

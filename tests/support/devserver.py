@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from nomyo_devserver import DevServer
+
 __all__ = ["KeyPool", "RunningDevServer", "TLSFiles", "write_private_key"]
 
 START_TIMEOUT = 30.0
@@ -282,3 +284,11 @@ def make_devserver(
 @pytest.fixture
 def devserver(make_devserver: Callable[..., RunningDevServer]) -> RunningDevServer:
     return make_devserver()
+
+
+@pytest.fixture
+def router() -> Iterator[DevServer]:
+    """An in-process devserver router with a 2048-bit key (modules that need another override
+    it)."""
+    with DevServer(key_bits=2048) as server:
+        yield server

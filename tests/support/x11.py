@@ -19,19 +19,11 @@ import pytest
 from PIL import Image, ImageGrab
 
 from support.desktop import require_programs, stop_group
+from support.waiting import wait_until
 
-__all__ = ["TrayHost", "XDisplay", "find_color", "start_trayer", "wait_until"]
+__all__ = ["TrayHost", "XDisplay", "find_color", "start_trayer"]
 
 TRAY_HEIGHT = 32
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``check`` every 50 ms until it is true; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

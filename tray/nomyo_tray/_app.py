@@ -33,6 +33,7 @@ from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import (
     AgentError,
     PinentryCancelledError,
+    StartFailedError,
     UnsafeSocketError,
     from_reply,
 )
@@ -295,5 +296,5 @@ class TrayApp:
             if len(lines) > 1 and lines[-1].startswith("hint: "):
                 hint = lines.pop().removeprefix("hint: ")
             error = lines[-1].removeprefix("nomyo-agent: ")
-            raise AgentError(f"nomyo-agent start failed: {error}", hint=hint)
+            raise StartFailedError(f"nomyo-agent start failed: {error}", hint=hint)
         self._wake.set()

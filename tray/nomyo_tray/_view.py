@@ -18,7 +18,7 @@ import enum
 import math
 from collections.abc import Sequence
 
-from nomyo_agent.protocol import ClientInfo, State, StateEvent, StatusReply
+from nomyo_agent.protocol import ClientInfo, State, StateEvent, StatusReply, short_fingerprint
 
 __all__ = [
     "Action",
@@ -33,7 +33,6 @@ __all__ = [
     "menu",
     "no_agent",
     "notice_for",
-    "short_fingerprint",
     "tooltip",
     "view_from_status",
 ]
@@ -84,11 +83,6 @@ class MenuEntry:
 class Notice:
     title: str
     message: str
-
-
-def short_fingerprint(fp: str) -> str:
-    """The first 16 hex digits in groups of four (as ``nomyo_agent._keys.short_fingerprint``)."""
-    return ":".join(fp[i : i + 4] for i in range(0, 16, 4))
 
 
 def no_agent() -> View:

@@ -1,0 +1,5 @@
+import sys
+
+from nomyo_proxy._cli import main
+
+sys.exit(main())
