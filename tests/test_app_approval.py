@@ -24,7 +24,8 @@ from nomyo_agent._peer import app_of
 from support.agent import RunningAgent
 from support.desktop import Session
 from support.terminal import Terminal
-from support.x11 import XDisplay, wait_until
+from support.waiting import wait_until
+from support.x11 import XDisplay
 
 
 def confirming_agent(

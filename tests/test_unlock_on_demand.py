@@ -21,7 +21,7 @@ from support.agent import RunningAgent
 from support.apps import router_pem
 from support.desktop import Session
 from support.terminal import Terminal
-from support.x11 import wait_until
+from support.waiting import wait_until
 
 PASSPHRASE = "on demand"
 

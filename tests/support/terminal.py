@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.desktop import Session, require_programs
-from support.x11 import wait_until
+from support.waiting import wait_until
 
 
 class Terminal:
