@@ -17,6 +17,7 @@ pytest_plugins = [
     "support.proxy",
     "support.x11",
     "support.client_fakes",
+    "support.core",
 ]
 
 # The fixtures that start something a test can only have on a real desktop or with a real
