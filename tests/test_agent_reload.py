@@ -7,11 +7,12 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from test_agent_limits import wait_for, write_config
+from test_agent_limits import write_config
 
 from nomyo_agent import protocol as p
 from support.agent import RunningAgent
 from support.desktop import Session
+from support.waiting import wait_until
 
 
 def test_sighup_reloads_the_settings_and_the_agent_keeps_serving(
@@ -23,7 +24,7 @@ def test_sighup_reloads_the_settings_and_the_agent_keeps_serving(
         assert kept.call(p.Status(), p.StatusReply).idle_timeout == 100
         write_config(desktop, '[agent]\nidle_timeout = 200\npin_policy = "off"\n')
         os.kill(agent.pid, signal.SIGHUP)
-        wait_for("the reload", lambda: "SIGHUP: reloaded" in agent.log_text())
+        wait_until("the reload", lambda: "SIGHUP: reloaded" in agent.log_text(), 20)
         status = kept.call(p.Status(), p.StatusReply)
         assert status.idle_timeout == 200
         assert kept.call(p.PinsList(), p.PinsReply).policy == "off"
@@ -41,9 +42,10 @@ def test_sighup_with_a_bad_file_keeps_the_old_settings_and_says_why(
         write_config(desktop, bad)
         before = agent.log_text().count("refused the new settings")
         os.kill(agent.pid, signal.SIGHUP)
-        wait_for(
+        wait_until(
             "the refusal",
             lambda n=before: agent.log_text().count("refused the new settings") > n,  # type: ignore[misc]
+            20,
         )
         assert agent.status().idle_timeout == 100
     log = agent.log_text()
