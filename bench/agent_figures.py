@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,59 +80,27 @@ def start_agent(env: dict[str, str], path: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-CODE_PATH = "open 4 KiB through the agent's code, no socket"
+CODE_PATH = "open 4 KiB through the agent's codec and dispatcher"
 
 
-class _Sink:
-    """Stands for the socket transport: keeps what the agent writes."""
+def agent_code_path(tmp: Path, plaintext: bytes) -> Callable[[], object]:
+    """The agent's own work for one open of ``plaintext`` (frame split, decode, dispatch, open,
+    encode), with the socket and the event loop taken away: the in-process core the tests use
+    (tests/support/core.py), holding an RSA-4096 identity."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.core import PEER, Core
 
-    last = b""
+    core = Core(tmp)
+    core.install_identity(bits=4096)
+    core.call(p.Unlock(passphrase=b""), p.Ok)
+    assert core.state.key is not None
+    frame = p.encode_frame(p.Open(package=_envelope.seal(core.state.key.public_key, plaintext)))
 
-    def is_closing(self) -> bool:
-        return False
+    def one() -> bytes:
+        (body,) = p.FrameReader(requests=True).feed(frame)
+        return p.encode_frame(core.dispatcher.call_now(p.decode_request(body), PEER))
 
-    def write(self, data: bytes) -> None:
-        self.last = data
-
-
-def agent_code_path(key: rsa.RSAPrivateKey, package: bytes) -> Callable[[], object]:
-    """The agent's own work for one open (frame split, decode, dispatch, open, encode), with the
-    socket taken away: what the RPC costs apart from the kernel's round trip."""
-    from nomyo_agent import _hardening, _server
-    from nomyo_agent._budget import ByteBudget
-    from nomyo_agent._config import Config
-    from nomyo_agent._dispatch import Dispatcher
-    from nomyo_agent._keystore import MemoryStore
-    from nomyo_agent._pins import PinStore
-    from nomyo_agent._services import Services
-    from nomyo_agent._state import AgentState, Peer, SystemClock
-
-    class Unlocked:
-        private_key = key
-
-        def close(self) -> None:
-            pass
-
-    folder = Path(tempfile.mkdtemp())
-    info = types.SimpleNamespace(fingerprint="", passphrase_protected=False)
-    state = AgentState(clock=SystemClock(), idle_timeout=0, max_lifetime=0, info=info)  # type: ignore[arg-type]
-    state.set_unlocked(Unlocked())  # type: ignore[arg-type]
-    services = Services(
-        config=Config(state_dir=folder),
-        keystore=MemoryStore(),
-        pins=PinStore(folder / "pins.json"),
-        socket_path="",
-        ask_passphrase=None,  # type: ignore[arg-type]
-        hardening=_hardening.report,
-    )
-    server = types.SimpleNamespace(
-        state=state, dispatcher=Dispatcher(state, services), connections=set(), stopping=False,
-        budget=ByteBudget(_server.MAX_BUFFERED_BYTES),
-    )  # fmt: skip
-    conn = _server._Connection(server, peer=Peer(pid=0, uid=0, gid=0, exe="bench"))  # type: ignore[arg-type]
-    conn.transport = _Sink()  # type: ignore[assignment]
-    frame = p.encode_frame(p.Open(package=package))
-    return lambda: conn.data_received(frame)
+    return one
 
 
 def main() -> None:
@@ -152,7 +119,8 @@ def main() -> None:
         ("open 4 KiB package, in-process", *median_ms(lambda: _envelope.open_package(key, package)))
     )
 
-    rows.append((CODE_PATH, *median_ms(agent_code_path(key, package))))
+    with tempfile.TemporaryDirectory() as core_dir:
+        rows.append((CODE_PATH, *median_ms(agent_code_path(Path(core_dir), response))))
 
     with tempfile.TemporaryDirectory() as tmp:
         env, procs = private_session(Path(tmp))

@@ -20,6 +20,7 @@ pytest_plugins = [
     "support.session",
     "support.terminal",
     "support.apps",
+    "support.core",
 ]
 
 # The fixtures that start something a test can only have on a real desktop or with a real

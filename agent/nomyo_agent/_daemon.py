@@ -15,9 +15,9 @@ import socket
 import sys
 from collections.abc import Callable
 
-from nomyo_agent import _hardening, _pinentry, _systemd
+from nomyo_agent import _hardening, _libc, _pinentry, _systemd
 from nomyo_agent._audit import AuditLog
-from nomyo_agent._config import Config, ConfigError, config_path
+from nomyo_agent._config import Config, config_path
 from nomyo_agent._dispatch import Dispatcher
 from nomyo_agent._identity import IdentityInfo
 from nomyo_agent._keystore import FILE_NAME, FileStore, KeyringStore, KeyStore
@@ -26,6 +26,7 @@ from nomyo_agent._server import AgentServer
 from nomyo_agent._services import Services
 from nomyo_agent._session import SessionWatch
 from nomyo_agent._state import AgentState, SystemClock
+from nomyo_agent.errors import ConfigError
 
 __all__ = ["daemonize", "serve"]
 
@@ -116,6 +117,8 @@ def serve(
     autostarted: bool = False,
     reload: Callable[[], Config] | None = None,
 ) -> int:
+    # Before any worker thread exists: seals and opens of large payloads run on workers.
+    _libc.return_large_buffers()
     for warning in _hardening.harden_process():
         log.warning("%s", warning)
     info = IdentityInfo.load(config.state_dir / "identity.json")

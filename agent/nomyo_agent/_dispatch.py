@@ -5,18 +5,23 @@ Rules (openssh's ``ssh-agent.c`` hygiene):
 - Every ``AgentError`` becomes an ``Error`` reply; anything unexpected becomes ``internal`` and
   is logged, never raised: one client's bad request never hurts the others.
 - The lock check comes first for every operation that needs the key.
-- Cheap requests are answered synchronously by ``call_now`` (the server's hot path: seal and
-  open run inline, about 2 ms at 4096 bits, cheaper than a thread hop). Unlock, keygen, import
-  and an auto-unlock wait on a person or the keyring: ``Custody`` (``_custody.py``) does them.
+- Cheap requests are answered synchronously by ``call_now`` (the server's hot path). Seal and
+  open come in two halves (``start_now``): the checks, which read and write agent state, and a
+  ``Work`` whose ``run`` is the cryptography alone and touches no state, so that the server may
+  run it on a worker thread (the RSA and AES code releases the GIL) and hand the outcome back to
+  ``record`` on the event loop. Unlock, keygen, import and an auto-unlock wait on a person or
+  the keyring: ``Custody`` (``_custody.py``) does them.
 - Passphrases and PEMs from the wire are wiped once the request is done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 from nomyo_agent import __version__, _envelope, _identity, _keys
 from nomyo_agent import protocol as p
@@ -40,12 +45,32 @@ if TYPE_CHECKING:
 
     from nomyo_agent._state import AgentState, Peer
 
-__all__ = ["AskPassphrase", "Dispatcher", "Services"]
+__all__ = ["AskPassphrase", "Dispatcher", "Services", "Work", "attempt"]
 
 log = logging.getLogger("nomyo_agent")
 
 _SLOW = (p.Unlock, p.Generate, p.Import)  # may wait on pinentry, the keyring or a child process
 ROUTER_KEY_CACHE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """The cryptography of one seal or open, after its checks passed: ``run`` reads no agent
+    state (it holds its own reference to the key), so it may run on any thread."""
+
+    run: Callable[[], p.Response]
+    kind: Literal["seal", "open"]
+    peer: Peer
+    app: str
+    size: int  # payload bytes: the server runs a large one off the event loop
+
+
+def attempt(run: Callable[[], p.Response]) -> p.Response | Exception:
+    """``run()``, or the exception it raised: what a worker thread hands back."""
+    try:
+        return run()
+    except Exception as exc:
+        return exc
 
 
 class Dispatcher:
@@ -74,14 +99,37 @@ class Dispatcher:
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
         """Answer a request that needs no waiting, synchronously: the server's hot path."""
+        started = self.start_now(request, peer)
+        if isinstance(started, Work):
+            return self.record(started, attempt(started.run))
+        return started
+
+    def start_now(self, request: p.Request, peer: Peer) -> p.Response | Work:
+        """``call_now``'s first half: the reply, or for a seal or open whose checks passed the
+        ``Work`` to run (here or on a worker thread), then to pass to ``record``."""
         self.state.counters.requests += 1
         try:
+            if isinstance(request, (p.Seal, p.Open)):
+                return self._begin(request, peer)
             return self._now(request, peer)
         except AgentError as exc:
             self.state.counters.errors += 1
             return exc.to_reply()
         except Exception:
             return self._internal(request)
+
+    def record(self, work: Work, outcome: p.Response | Exception) -> p.Response:
+        """``call_now``'s second half, on the event loop: count the use, or turn the failure
+        into its reply."""
+        if isinstance(outcome, AgentError):
+            self.state.counters.errors += 1
+            return outcome.to_reply()
+        if isinstance(outcome, Exception):
+            self.state.counters.errors += 1
+            log.error("internal error while serving %s", work.kind, exc_info=outcome)
+            return InternalError("the agent failed on this request; see its log").to_reply()
+        self._used(work)
+        return outcome
 
     async def __call__(self, request: p.Request, peer: Peer) -> p.Response:
         if self.immediate(request, peer):
@@ -91,9 +139,12 @@ class Dispatcher:
             if isinstance(request, (p.Seal, p.Open)):
                 await self.custody.auto_unlock(peer.where)
                 await self.on_demand.unlock_for(peer)
-                if self.state.key is not None:  # locked: _now says so, no question asked
+                if self.state.key is not None:  # locked: _begin says so, no question asked
                     await self.approvals.check(peer, request.app)
-                return self._now(request, peer)
+                work = self._begin(request, peer)
+                reply = work.run()
+                self._used(work)
+                return reply
             return await self._slow(request)
         except AgentError as exc:
             self.state.counters.errors += 1
@@ -130,15 +181,6 @@ class Dispatcher:
     def _now(self, request: p.Request, peer: Peer) -> p.Response:
         state = self.state
         match request:
-            case p.Seal():
-                return self._seal(request, peer)
-            case p.Open():
-                key = self._key()
-                opened = _envelope.open_package(key.private_key, request.package)
-                state.counters.opens += 1
-                state.touch(peer, request.app)
-                self.approvals.seen(peer, request.app, served=True)
-                return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
             case p.Hello():
                 # Always answer with our own version, even to another one: the client decides,
                 # and only the reply tells it whether it may restart an agent it auto-started.
@@ -206,7 +248,28 @@ class Dispatcher:
                 self._router_keys.popitem(last=False)
         return cached
 
-    def _seal(self, request: p.Seal, peer: Peer) -> p.SealReply:
+    def _begin(self, request: p.Seal | p.Open, peer: Peer) -> Work:
+        """The checks of a seal or open (the lock check first), and the work they allow."""
+        if isinstance(request, p.Seal):
+            return self._begin_seal(request, peer)
+        private_key = self._key().private_key  # a lock meanwhile drops the agent's reference
+        package = request.package
+
+        def open_it() -> p.Response:
+            opened = _envelope.open_package(private_key, package)
+            return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
+
+        return Work(open_it, "open", peer, request.app, len(package))
+
+    def _used(self, work: Work) -> None:
+        if work.kind == "seal":
+            self.state.counters.seals += 1
+        else:
+            self.state.counters.opens += 1
+        self.state.touch(work.peer, work.app)
+        self.approvals.seen(work.peer, work.app, served=True)
+
+    def _begin_seal(self, request: p.Seal, peer: Peer) -> Work:
         self._key()
         info = self.state.info
         assert info is not None  # an unlocked agent always has one
@@ -219,16 +282,17 @@ class Dispatcher:
             except PinMismatchError as exc:
                 self.state.emit("pin_mismatch", origin, exc.fingerprint)
                 raise
-        package = _envelope.seal(router_key, request.plaintext)
-        self.state.counters.seals += 1
-        self.state.touch(peer, request.app)
-        self.approvals.seen(peer, request.app, served=True)
-        return p.SealReply(
-            package=package,
-            public_key_pem=info.public_key_pem,
-            fingerprint=info.fingerprint,
-            pinned=pinned,  # type: ignore[arg-type]
-        )
+        plaintext = request.plaintext
+
+        def seal_it() -> p.Response:
+            return p.SealReply(
+                package=_envelope.seal(router_key, plaintext),
+                public_key_pem=info.public_key_pem,
+                fingerprint=info.fingerprint,
+                pinned=pinned,  # type: ignore[arg-type]
+            )
+
+        return Work(seal_it, "seal", peer, request.app, len(plaintext))
 
     # --- status ----------------------------------------------------------------------------------
 

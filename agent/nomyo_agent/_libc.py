@@ -11,7 +11,7 @@ import ctypes
 import functools
 import sys
 
-__all__ = ["libc"]
+__all__ = ["libc", "return_large_buffers"]
 
 
 @functools.cache
@@ -22,3 +22,28 @@ def libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:  # pragma: no cover - exotic platforms without a loadable libc
         return None
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_SMALL = 128 * 1024
+
+
+def return_large_buffers() -> bool:
+    """Make glibc give large buffers back to the kernel when they are freed.
+
+    glibc raises its mmap threshold each time a large mapped buffer is freed, after which
+    buffers of that size come from the heaps of whichever threads made them, and stay there:
+    an agent sealing 1 MiB payloads on worker threads kept about 90 MiB more at its peak than
+    it used. Fixing both thresholds at 128 KiB keeps each large buffer in its own mapping,
+    unmapped (and so gone from the process) when freed. False where there is no glibc.
+    """
+    c = libc()
+    try:
+        mallopt = c.mallopt if c is not None else None
+    except AttributeError:  # musl, macOS: their allocators return large blocks on their own
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _SMALL) and mallopt(_M_TRIM_THRESHOLD, _SMALL))

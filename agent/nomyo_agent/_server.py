@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -40,10 +41,11 @@ from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
 from nomyo_agent._bind import Bound, bind_socket
 from nomyo_agent._budget import ByteBudget
-from nomyo_agent._dispatch import Dispatcher
+from nomyo_agent._dispatch import Dispatcher, Work
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
 from nomyo_agent._state import AgentState, Peer
+from nomyo_agent._workers import CryptoPool, reply_estimate
 from nomyo_agent.errors import BadRequestError, InternalError
 
 __all__ = ["AgentServer", "bind_socket"]
@@ -59,6 +61,9 @@ WRITE_HIGH = 256 * 1024  # a write buffer above this stops reading from that pee
 # Frames being received plus replies not taken, across all connections. It must hold the largest
 # frame (an Open of a maximal answer); twice that lets one such answer open while others arrive.
 MAX_BUFFERED_BYTES = 2 * p.MAX_FRAME_BYTES
+
+
+_CRYPTO_OPS = frozenset({"seal", "open"})
 
 
 class _Closable(Protocol):
@@ -103,6 +108,7 @@ class AgentServer:
         self.connection_timeout = connection_timeout  # 0 = keep idle connections forever
         self.max_connections = max_connections
         self.budget = ByteBudget(budget)
+        self.crypto = CryptoPool()
         state.counters.gauges = self._gauges
         self._tasks: set[asyncio.Future[None]] = set()
         self._inflight = 0
@@ -147,6 +153,7 @@ class AgentServer:
             self.state.emit("stopping")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
+            self.crypto.shutdown()
             self.state.lock("stopping")
             for task in companions:  # only now: a sleep inhibitor outlives the key, never less
                 task.cancel()
@@ -322,6 +329,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self.server.crypto.cancel(self)
         self.server.state.watchers.discard(self._push)
         self._disarm()
         budget = self.server.budget
@@ -462,6 +470,9 @@ class _Connection(asyncio.Protocol):
         while self.pending and not self.busy and not self.reply_charge:
             if transport.is_closing():
                 return
+            if server.crypto.full and p.op_of(self.pending[0][0][:64]) in _CRYPTO_OPS:
+                server.crypto.wait(self, self._pump)
+                return
             body, share = self.pending.popleft()
             try:
                 request = p.decode_request(body)
@@ -478,13 +489,32 @@ class _Connection(asyncio.Protocol):
                 self.peer = dataclasses.replace(self.peer, where=request.pinentry)
             if server.dispatcher.immediate(request, self.peer):
                 # The request holds its own copy of every field: the frame can go first.
+                wipe(body)
+                started = server.dispatcher.start_now(request, self.peer)
+                if isinstance(started, Work):  # a seal or open: inline or on a worker
+                    # Work in flight holds its request and will make a reply: both count
+                    # against the budget until it is done, so that reading cannot run ahead
+                    # of the workers (the reply, if left unread, is charged as any other).
+                    held = share + reply_estimate(started.size)
+                    server.budget.charge(held - share)
+                    self.busy = True  # replies go out in request order
+                    server.begin_request()
+                    server.crypto.submit(started, functools.partial(self._worked, started, held))
+                    continue
                 self._done(body, share)
-                self._send(server.dispatcher.call_now(request, self.peer))
+                self._send(started)
                 if isinstance(request, p.Stop):
                     server.request_stop()
                 continue
             self.busy = True
             server.track(asyncio.ensure_future(self._slow(request, body, share)))
+
+    def _worked(self, work: Work, held: int, outcome: p.Response | Exception) -> None:
+        self.server.end_request()
+        self.server.budget.release(held)
+        self.busy = False
+        self._send(self.server.dispatcher.record(work, outcome))
+        self._pump()
 
     def _done(self, body: bytearray, share: int) -> None:
         wipe(body)  # it may hold a passphrase or a PEM

@@ -89,6 +89,7 @@ __all__ = [
     "decode_response",
     "encode",
     "encode_frame",
+    "op_of",
     "request_cap",
     "short_fingerprint",
 ]
@@ -565,7 +566,7 @@ class FrameTooLarge(FrameError):
 _PEEK = 48
 
 
-def _op_of(prefix: bytes | bytearray) -> str | None:
+def op_of(prefix: bytes | bytearray) -> str | None:
     """The ``op`` a msgpack body starts with, or None if it does not start with one."""
     first = prefix[0] if prefix else -1
     pos = 1 if 0x80 <= first <= 0x8F else 3 if first == 0xDE else 5 if first == 0xDF else None
@@ -635,7 +636,7 @@ class FrameReader:
             head = self._buf[HEADER.size : HEADER.size + _PEEK]
             if len(head) < min(_PEEK, length):
                 return None
-            op = _op_of(head)
+            op = op_of(head)
             cap = min(cap, SMALL_FRAME_BYTES if op is None else request_cap(op))
             if length > cap:
                 raise FrameTooLarge(length, cap, op)

@@ -1,0 +1,102 @@
+"""Seal and open on every core, without making a lone request pay for a thread hop.
+
+Rules of this module:
+
+- The work handed in is ``_dispatch.Work``: cryptography only (RSA-OAEP, AES-GCM, the package's
+  JSON and base64), touching no agent state, so it may run on any thread. What it produced, or
+  raised, is handed back to ``done`` on the event loop, where the dispatcher records it.
+- At most ``2 * workers`` seals and opens are decoded and in flight at once: a connection
+  whose next frame is one more waits (``wait``), its frame still undecoded and counted in the
+  memory budget, and is woken when a worker frees up. Decoded work would otherwise pile up in
+  memory faster than the workers turn it into replies.
+- The work that becomes ready in one turn of the event loop is decided together, at the end of
+  that turn: a lone small request with nothing else in flight runs right there, inline (an idle
+  agent answers as fast as before); anything else (requests that queue, a payload over
+  ``INLINE_MAX_BYTES``) goes to a pool of worker threads, one per core. RSA and AES release the
+  GIL, so two cores open about twice as many packages a second, and a small open never waits
+  behind a large one on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from nomyo_agent import protocol as p
+from nomyo_agent._dispatch import Work, attempt
+
+__all__ = ["INLINE_MAX_BYTES", "CryptoPool", "reply_estimate"]
+
+INLINE_MAX_BYTES = 256 * 1024  # above this a seal or open always leaves the event loop
+
+Done = Callable[[p.Response | Exception], None]
+
+
+def reply_estimate(size: int) -> int:
+    """Bytes a seal's or open's reply may take for a payload of ``size``: a sealed package is
+    its payload in base64 (4/3) inside a little JSON; an opened one is smaller than its package."""
+    return size * 3 // 2 + 4096
+
+
+class CryptoPool:
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 2
+        self._executor: ThreadPoolExecutor | None = None
+        self._batch: list[tuple[Work, Done]] = []
+        self.in_flight = 0  # on worker threads now
+        self._waiting: dict[object, Callable[[], None]] = {}  # connections, in arrival order
+        self.offloaded = 0  # ever, for status and the tests
+        self.inline = 0
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight + len(self._batch) >= 2 * self.workers
+
+    def wait(self, owner: object, resume: Callable[[], None]) -> None:
+        """Call ``resume()`` once the pool has room again (once per ``owner``)."""
+        self._waiting[owner] = resume
+
+    def cancel(self, owner: object) -> None:
+        self._waiting.pop(owner, None)
+
+    def _wake(self) -> None:
+        while self._waiting and not self.full:
+            owner = next(iter(self._waiting))
+            self._waiting.pop(owner)()
+
+    def submit(self, work: Work, done: Done) -> None:
+        """Run ``work`` now or on a worker; ``done(outcome)`` is called on the event loop."""
+        self._batch.append((work, done))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if len(batch) == 1 and self.in_flight == 0 and batch[0][0].size <= INLINE_MAX_BYTES:
+            work, done = batch[0]
+            self.inline += 1
+            done(attempt(work.run))
+            self._wake()
+            return
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="nomyo-crypto")
+        for work, done in batch:
+            self.in_flight += 1
+            self.offloaded += 1
+            future = loop.run_in_executor(self._executor, attempt, work.run)
+            future.add_done_callback(functools.partial(self._finished, done))
+
+    def _finished(self, done: Done, future: Future[p.Response | Exception]) -> None:
+        self.in_flight -= 1
+        done(future.result())
+        self._wake()
+
+    def shutdown(self) -> None:
+        """Wait for the workers (the server has drained its requests first)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
