@@ -74,6 +74,11 @@ class ConnectFailed(NotSent):
     """The connection could not be opened (refused, unreachable, TLS refused, timed out)."""
 
 
+class TlsFailed(TransportError):
+    """The TLS handshake failed: no TLS at the other end, or a certificate that does not verify.
+    Nothing was sent, but trying again cannot help, so it is not retried."""
+
+
 class Dropped(TransportError):
     """The connection broke after the request was (maybe partly) written, before an answer."""
 
@@ -172,7 +177,9 @@ class H11Pool:
             reader, writer = await asyncio.wait_for(opening, self.timeouts.connect)
         except TimeoutError as exc:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from exc
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:  # before OSError, its base
+            raise TlsFailed(f"TLS with {host}:{port} failed: {exc}") from exc
+        except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
         return _Conn(reader, writer)
 
