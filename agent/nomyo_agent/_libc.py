@@ -25,9 +25,10 @@ def libc() -> ctypes.CDLL | None:
 
 
 # glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_SMALL = 128 * 1024
+# Over the 256 KiB every socket read allocates (asyncio reads up to that much at a time), so
+# that the per-request path keeps its heap; payloads and replies of a MiB and more are mapped.
+_MMAP_FROM = 512 * 1024
 
 
 def return_large_buffers() -> bool:
@@ -46,4 +47,4 @@ def return_large_buffers() -> bool:
         return False
     if mallopt is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _SMALL) and mallopt(_M_TRIM_THRESHOLD, _SMALL))
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM))

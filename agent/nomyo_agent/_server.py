@@ -41,7 +41,7 @@ from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
 from nomyo_agent._bind import Bound, bind_socket
 from nomyo_agent._budget import ByteBudget
-from nomyo_agent._dispatch import Dispatcher, Work
+from nomyo_agent._dispatch import Dispatcher, Work, attempt
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
 from nomyo_agent._state import AgentState, Peer
@@ -491,7 +491,9 @@ class _Connection(asyncio.Protocol):
                 # The request holds its own copy of every field: the frame can go first.
                 wipe(body)
                 started = server.dispatcher.start_now(request, self.peer)
-                if isinstance(started, Work):  # a seal or open: inline or on a worker
+                if isinstance(started, Work) and server.crypto.take_inline(started):
+                    started = server.dispatcher.record(started, attempt(started.run))
+                elif isinstance(started, Work):  # a seal or open, to the workers
                     # Work in flight holds its request and will make a reply: both count
                     # against the budget until it is done, so that reading cannot run ahead
                     # of the workers (the reply, if left unread, is charged as any other).
