@@ -306,3 +306,17 @@ def test_a_session_bus_that_refuses_the_watch_leaves_the_system_watch_and_inhibi
         assert not login_session.reported("released")
     finally:
         stop_group(bus)
+
+
+@pytest.mark.slow
+def test_a_stop_right_after_the_start_is_not_held_up_by_the_session_watch(
+    make_agent: Callable[..., RunningAgent],
+) -> None:
+    # SIGTERM while the watch is still setting up on the session bus: cancelling it must end it
+    # (asyncio.wait_for on 3.11 can swallow a cancellation that races its own completion, and
+    # then the agent waited forever on the watch after dropping the key).
+    for _ in range(12):
+        agent = make_agent()
+        started = time.monotonic()
+        assert agent.stop(timeout=5) == 0, agent.log_text()
+        assert time.monotonic() - started < 3, agent.log_text()

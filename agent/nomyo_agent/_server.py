@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -64,6 +64,24 @@ MAX_BUFFERED_BYTES = 2 * p.MAX_FRAME_BYTES
 
 
 _CRYPTO_OPS = frozenset({"seal", "open"})
+COMPANION_STOP_TIMEOUT = 5.0
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again until they end: on Python 3.11 an
+    ``asyncio.wait_for`` whose inner call completes as the cancellation arrives swallows it
+    (jeepney's connection set-up has one), and the task would then run on forever."""
+    pending = set(tasks)
+    deadline = time.monotonic() + COMPANION_STOP_TIMEOUT
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("a companion task failed: %s", task.exception())
+    if pending:
+        log.warning("%d companion task(s) did not stop", len(pending))
 
 
 class _Closable(Protocol):
@@ -155,9 +173,8 @@ class AgentServer:
                 await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
             self.crypto.shutdown()
             self.state.lock("stopping")
-            for task in companions:  # only now: a sleep inhibitor outlives the key, never less
-                task.cancel()
-            await asyncio.gather(*companions, return_exceptions=True)
+            # Only now: a sleep inhibitor outlives the key, never less.
+            await _cancel_all(companions)
             for conn in list(self.connections):
                 if conn.transport is not None:
                     conn.transport.close()

@@ -217,7 +217,8 @@ class SessionWatch:
         if not rules:
             return
         try:
-            conn = await asyncio.wait_for(open_dbus_connection(bus), _CALL_TIMEOUT)
+            async with asyncio.timeout(_CALL_TIMEOUT):
+                conn = await open_dbus_connection(bus)
         except (OSError, EOFError, KeyError, ValueError, TimeoutError) as exc:
             self.notes[name] = f"unreachable ({exc or type(exc).__name__})"
             log.warning("not following the desktop session on the %s: %s", name, exc)
@@ -226,7 +227,8 @@ class SessionWatch:
             async with DBusRouter(conn) as router:
                 bus_proxy = Proxy(message_bus, router)
                 for rule in rules:
-                    await asyncio.wait_for(bus_proxy.AddMatch(rule), _CALL_TIMEOUT)
+                    async with asyncio.timeout(_CALL_TIMEOUT):
+                        await bus_proxy.AddMatch(rule)
                 if bus == "SYSTEM":
                     await self._start_system(router)
                 else:
@@ -247,9 +249,8 @@ class SessionWatch:
 
         notes: list[str] = []
         try:
-            (self.logind,) = await asyncio.wait_for(
-                Proxy(message_bus, router).GetNameOwner(LOGIN1), _CALL_TIMEOUT
-            )
+            async with asyncio.timeout(_CALL_TIMEOUT):
+                (self.logind,) = await Proxy(message_bus, router).GetNameOwner(LOGIN1)
         except Exception as exc:  # no logind: nothing on this bus is trusted
             notes.append(f"no logind ({exc})")
         if "screen" in self.lock_on:
@@ -266,9 +267,8 @@ class SessionWatch:
         from jeepney.wrappers import unwrap_msg  # noqa: PLC0415
 
         manager = DBusAddress("/org/freedesktop/login1", bus_name=LOGIN1, interface=_MANAGER)
-        reply = await asyncio.wait_for(
-            router.send_and_get_reply(new_method_call(manager, "ListSessions")), _CALL_TIMEOUT
-        )
+        async with asyncio.timeout(_CALL_TIMEOUT):
+            reply = await router.send_and_get_reply(new_method_call(manager, "ListSessions"))
         (sessions,) = unwrap_msg(reply)
         uid = os.getuid()
         return frozenset(str(s[4]) for s in sessions if s[1] == uid)
