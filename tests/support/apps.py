@@ -2,7 +2,9 @@
 request with ``AgentLink.seal`` and prints ``SEALED`` or ``FAILED <exception> <message>``.
 
 ``sealing_app(agent, name="app.py")`` is the shell command that runs it against ``agent``; each
-``name`` is a separate script file, hence a separate app to the agent's approvals.
+``name`` is a separate script file, hence a separate app to the agent's approvals. The result
+also goes to ``<name>.out`` beside the script (``sealing_app.result(name)``), where no pinentry
+can draw over it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ async def main():
     link = AgentLink(sys.argv[1], autostart=False)
     try:
         await link.seal("https://router.example", open(sys.argv[2]).read(), b"{}")
-        print("SEALED")
+        result = "SEALED"
     except Exception as exc:
-        print("FAILED", type(exc).__name__, exc)
+        result = f"FAILED {type(exc).__name__} {exc}"
     finally:
         await link.aclose()
+    print(result)
+    # Also to a file: a terminal pinentry may still redraw the line the result landed on.
+    with open(sys.argv[3], "w") as out:
+        out.write(result)
 
 asyncio.run(main())
 """
@@ -52,6 +58,11 @@ def sealing_app(tmp_path: Path) -> Callable[..., str]:
     def command(agent: RunningAgent, name: str = "app.py") -> str:
         script = tmp_path / name
         script.write_text(APP)
-        return shlex.join([sys.executable, str(script), agent.path, str(router)])
+        out = tmp_path / f"{name}.out"
+        return shlex.join([sys.executable, str(script), agent.path, str(router), str(out)])
 
+    def result(name: str = "app.py") -> str:
+        return (tmp_path / f"{name}.out").read_text()
+
+    command.result = result  # type: ignore[attr-defined]
     return command
