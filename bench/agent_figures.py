@@ -67,6 +67,15 @@ def private_session(root: Path) -> tuple[dict[str, str], list[subprocess.Popen[b
     return env, [bus, ring]
 
 
+def stop_session(agent: subprocess.Popen[bytes], procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the agent, then the bus and keyring that ``private_session`` started."""
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(timeout=10)
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
 def start_agent(env: dict[str, str], path: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "nomyo_agent", "serve", "--socket", path],
@@ -169,11 +178,7 @@ def main() -> None:
             )
             conn.close()
         finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=10)
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
+            stop_session(agent, procs)
 
     print(f"\n{'operation':<46} {'median ms':>10} {'p90 ms':>8}")
     print("-" * 66)

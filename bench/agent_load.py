@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from agent_figures import private_session, start_agent
+from agent_figures import private_session, start_agent, stop_session
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _envelope, _keys
@@ -140,11 +139,7 @@ def main() -> None:
                 ("max beside 8 MiB, ms", f"{loaded[-1]:.1f}"),
             ]  # fmt: skip
         finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=10)
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
+            stop_session(agent, procs)
     print(f"\n{'agent under load (RSA-4096, ' + str(os.cpu_count()) + ' cores)':<52} {'':>16}")
     print("-" * 70)
     for name, value in rows:
