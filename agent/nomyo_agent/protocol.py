@@ -502,8 +502,9 @@ Response = (
 _T = TypeVar("_T")
 _encoder = msgspec.msgpack.Encoder()
 _REQUEST_OPS = frozenset(t.__struct_config__.tag for t in Request.__args__)
-_request_decoder = msgspec.msgpack.Decoder(Request)
-_response_decoder = msgspec.msgpack.Decoder(Response)
+# Annotated: msgspec's stubs before 0.23 type a Decoder of a union as Decoder[Any].
+_request_decoder: msgspec.msgpack.Decoder[Request] = msgspec.msgpack.Decoder(Request)
+_response_decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(Response)
 
 
 def encode(message: _Msg) -> bytes:
