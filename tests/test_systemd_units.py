@@ -72,16 +72,21 @@ def test_verify_catches_a_broken_unit(user_env: dict[str, str], tmp_path: Path) 
     assert "Unknown key 'UMaks'" in result.stderr
 
 
-def test_installer_units_verify_clean(user_env: dict[str, str], tmp_path: Path) -> None:
-    # What install-service writes for *this* venv, with its absolute paths, verifies too.
-    env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service.plan("linux", env, _service.program_argv())
+def write_and_verify(env: dict[str, str], plan: _service.Plan) -> None:
+    """Write what install-service would write, and `systemd-analyze verify` it: no warnings."""
     for file in plan.files:
         file.path.parent.mkdir(parents=True, exist_ok=True)
         file.path.write_bytes(file.content)
     result = analyze(env, "verify", "--user", *(str(f.path) for f in plan.files))
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_installer_units_verify_clean(user_env: dict[str, str], tmp_path: Path) -> None:
+    # What install-service writes for *this* venv, with its absolute paths, verifies too.
+    env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    plan = _service.plan("linux", env, _service.program_argv())
+    write_and_verify(env, plan)
     service = plan.files[1].content.decode()
     assert f"ExecStart={VENV_SCRIPT} serve\n" in service
     assert f"ReadWritePaths={user_env['HOME']}/.local/state/nomyo-agent\n" in service
@@ -187,12 +192,7 @@ def test_install_service_proxy_writes_units_that_verify(
     plan = _service.plan("linux", env, _service.program_argv(), proxy=True)
     names = [f.path.name for f in plan.files]
     assert names == [_service.SOCKET_UNIT, _service.SERVICE_UNIT, *PROXY_UNITS]
-    for file in plan.files:
-        file.path.parent.mkdir(parents=True, exist_ok=True)
-        file.path.write_bytes(file.content)
-    result = analyze(env, "verify", "--user", *(str(f.path) for f in plan.files))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "", result.stderr
+    write_and_verify(env, plan)
     service = plan.files[3].content.decode()
     assert f"ExecStart={VENV_SCRIPT.with_name('nomyo-proxy')} serve\n" in service
     assert f"EnvironmentFile=-{tmp_path}/cfg/nomyo-agent/proxy.env\n" in service
