@@ -22,6 +22,7 @@ RUNNABLE = [
     "nomyo_agent._envelope",
     "nomyo_agent._secret",
     "nomyo_agent.origins",
+    "nomyo_agent._assuan",
 ]
 
 

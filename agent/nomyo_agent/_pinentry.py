@@ -1,5 +1,7 @@
 """Asking the user for a passphrase through pinentry, over the Assuan protocol, as gpg-agent does.
 
+The process and socket side of it: the protocol itself (lines, escapes, events) is ``_assuan``.
+
 Rules of this module:
 
 - The passphrase is never a ``str`` nor a ``bytes`` object. pinentry's answer is received from
@@ -35,8 +37,9 @@ import shutil
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+from nomyo_agent import _assuan
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import PinentryCancelledError, PinentryError
 from nomyo_agent.protocol import PinEntry
@@ -69,7 +72,6 @@ _PASSED_VARS = frozenset(
 )
 _AGENT_VARS = ("PATH", "HOME")
 
-_LINE_MAX = 1000  # Assuan's line limit, both ways
 _PIN_MAX = 4096  # decoded passphrase bytes we accept; longer is a pinentry bug or an attack
 _GPG_ERR_TIMEOUT = 62
 _CONFIRM_ROUNDS = 3
@@ -80,7 +82,6 @@ _TERMINAL_ONLY = ("pinentry-tty", "pinentry-curses")
 # For an asker with a display and no terminal; gtk-2 first: gnome3 falls back to curses when its
 # prompter cannot start, which without a terminal fails.
 _GRAPHICAL = ("pinentry-gtk-2", "pinentry-qt", "pinentry-gnome3", "pinentry-fltk")
-_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 
 
 def default_program() -> str:
@@ -158,16 +159,6 @@ def _child_env(where: PinEntry) -> dict[str, str]:
     return env
 
 
-def _escape(text: str, room: int) -> bytes:
-    """Assuan-escape ``%``, CR and LF; clip whole characters so the line fits ``room`` bytes."""
-    while True:
-        out = text.encode("utf-8").replace(b"%", b"%25").replace(b"\r", b"%0D")
-        out = out.replace(b"\n", b"%0A")
-        if len(out) <= room:
-            return out
-        text = text[: len(text) - max(1, (len(out) - room) // 4)]
-
-
 def _locale(env: Mapping[str, str]) -> str | None:
     for key in ("LC_ALL", "LC_CTYPE", "LANG"):
         if env.get(key):
@@ -176,90 +167,59 @@ def _locale(env: Mapping[str, str]) -> str | None:
 
 
 class _Conversation:
-    """One Assuan session over a socket; lines land in a scratch ``SecretBuffer``."""
+    """One Assuan session over a socket; received lines land in a scratch ``SecretBuffer``."""
 
     def __init__(self, sock: socket.socket, scratch: SecretBuffer, program: str) -> None:
         self._sock = sock
-        self._buf = scratch.view
-        self._start = 0
-        self._end = 0
+        self._reader = _assuan.Reader(scratch.view, peer=program)
         self._program = program
         self.statuses: list[bytes] = []
 
-    async def send(self, command: bytes, arg: bytes | None = None) -> None:
-        line = command if arg is None else command + b" " + arg
-        await asyncio.get_running_loop().sock_sendall(self._sock, line + b"\n")
+    async def send(self, command: bytes, text: str | None = None) -> None:
+        line = _assuan.command(command, text)
+        await asyncio.get_running_loop().sock_sendall(self._sock, line)
 
-    async def _line(self) -> memoryview:
-        """The next line without its newline; valid until the next call."""
+    async def _event(self) -> _assuan.Event:
         loop = asyncio.get_running_loop()
         while True:
-            for i in range(self._start, self._end):
-                if self._buf[i] == 0x0A:
-                    line = self._buf[self._start : i]
-                    self._start = i + 1
-                    return line
-            if self._start:  # keep unread bytes at the front, zero what they leave behind
-                n = self._end - self._start
-                self._buf[:n] = self._buf[self._start : self._end]
-                self._buf[n : self._end] = bytes(self._end - n)
-                self._start, self._end = 0, n
-            if self._end == len(self._buf):
-                raise PinentryError(f"{self._program} sent a line over {_LINE_MAX} bytes")
-            got = await loop.sock_recv_into(self._sock, self._buf[self._end :])
+            event = self._reader.next_event()
+            if not isinstance(event, _assuan.NeedData):
+                return event
+            got = await loop.sock_recv_into(self._sock, self._reader.free())
             if got == 0:
                 raise EOFError
-            self._end += got
+            self._reader.filled(got)
 
     async def result(self, into: SecretBuffer | None = None) -> int:
         """Read up to ``OK``; decode ``D`` lines into ``into``; return the decoded length."""
         size = 0
         while True:
-            line = await self._line()
-            head = bytes(line[:3])  # never more: a "D" line carries the passphrase
-            if head[:2] == b"OK":
-                return size
-            if head[:2] == b"D " and into is not None:
-                size = _decode(line[2:], into, size)
-            elif head == b"ERR":
-                _raise_err(bytes(line), self._program)
-            elif head[:2] == b"S ":
-                self.statuses.append(bytes(line[2:]))
-            elif head[:1] == b"#" or head[:2] == b"D ":
-                continue
-            else:
-                raise PinentryError(f"{self._program} does not speak the pinentry protocol")
+            match await self._event():
+                case _assuan.Ok():
+                    return size
+                case _assuan.Data(raw) if into is not None:
+                    size = _assuan.unescape_into(raw, into.view, size, "passphrase")
+                case _assuan.Err(code, text):
+                    _raise_err(code, text, self._program)
+                case _assuan.Status(keyword):
+                    self.statuses.append(keyword)
+                case _assuan.Inquire(keyword):
+                    raise PinentryError(
+                        f"{self._program} asked for {keyword.decode('ascii', 'replace')}, "
+                        "which a pinentry never does"
+                    )
+                case _:  # comments, and data nobody asked for
+                    continue
 
 
-def _decode(data: memoryview, into: SecretBuffer, size: int) -> int:
-    out = into.view
-    i, n = 0, len(data)
-    while i < n:
-        if size >= len(out):
-            raise PinentryError(f"the passphrase is longer than {_PIN_MAX} bytes")
-        c = data[i]
-        if c == 0x25:  # "%XX"
-            if i + 2 >= n or data[i + 1] not in _HEX or data[i + 2] not in _HEX:
-                raise PinentryError("pinentry sent a malformed escape")
-            c = _HEX[data[i + 1]] * 16 + _HEX[data[i + 2]]
-            i += 2
-        out[size] = c
-        size += 1
-        i += 1
-    return size
-
-
-def _raise_err(line: bytes, program: str) -> None:
-    parts = line.split(b" ", 2)
-    code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-    text = parts[2].decode("utf-8", "replace").lower() if len(parts) > 2 else "unknown error"
+def _raise_err(code: int, text: str, program: str) -> NoReturn:
     if code & 0xFFFF in (_GPG_ERR_CANCELED, _GPG_ERR_FULLY_CANCELED):
         raise PinentryCancelledError("the passphrase entry was cancelled", hint="")
     if code & 0xFFFF == _GPG_ERR_TIMEOUT:
         raise PinentryError(
             f"{program} timed out waiting for the passphrase", hint="unlock again when ready"
         )
-    raise PinentryError(f"{program} failed: {text}")
+    raise PinentryError(f"{program} failed: {text.lower() or 'unknown error'}")
 
 
 async def get_passphrase(
@@ -317,10 +277,10 @@ async def confirm(
         await _options(talk, where, env)
         for command, text in ((b"SETTITLE", title), (b"SETDESC", description), (b"SETOK", ok),
                               (b"SETCANCEL", cancel)):  # fmt: skip
-            await talk.send(command, _escape(text, 900))
+            await talk.send(command, text)
             with contextlib.suppress(PinentryError):
                 await talk.result()
-        await talk.send(b"SETTIMEOUT", str(max(1, int(timeout))).encode())
+        await talk.send(b"SETTIMEOUT", str(max(1, int(timeout))))
         with contextlib.suppress(PinentryError):
             await talk.result()
         await talk.send(b"CONFIRM")
@@ -352,7 +312,7 @@ async def _run(
     err_r, err_w = os.pipe()
     os.set_blocking(err_r, False)
     proc: asyncio.subprocess.Process | None = None
-    scratch = SecretBuffer(_LINE_MAX + 24)
+    scratch = SecretBuffer(_assuan.LINE_MAX)
     answered = False
     try:
         try:
@@ -403,12 +363,12 @@ async def _options(talk: _Conversation, where: PinEntry, env: Mapping[str, str])
     """Tell pinentry where to draw: the asker's terminal, locale and display."""
     options = []
     if where.ttyname:
-        options.append(b"ttyname=" + _escape(where.ttyname, 900))
-        options.append(b"ttytype=" + _escape(env.get("TERM", "xterm"), 200))
+        options.append("ttyname=" + where.ttyname)
+        options.append("ttytype=" + env.get("TERM", "xterm"))
     if _locale(env):
-        options.append(b"lc-ctype=" + _escape(_locale(env) or "", 200))
+        options.append("lc-ctype=" + (_locale(env) or ""))
     if env.get("DISPLAY"):
-        options.append(b"display=" + _escape(env["DISPLAY"], 200))
+        options.append("display=" + env["DISPLAY"])
     for option in options:
         await talk.send(b"OPTION", option)
         with contextlib.suppress(PinentryError):  # an option this flavour does not know
@@ -430,16 +390,16 @@ async def _ask(
     await talk.result()  # the greeting
     await _options(talk, where, env)
     commands = [
-        (b"SETTIMEOUT", str(max(1, int(timeout))).encode()),
-        (b"SETTITLE", _escape(title, 900)),
-        (b"SETDESC", _escape(description, 900)),
-        (b"SETPROMPT", _escape(prompt, 900)),
+        (b"SETTIMEOUT", str(max(1, int(timeout)))),
+        (b"SETTITLE", title),
+        (b"SETDESC", description),
+        (b"SETPROMPT", prompt),
     ]
     if error:
-        commands.append((b"SETERROR", _escape(error, 900)))
+        commands.append((b"SETERROR", error))
     if confirm:
-        commands.append((b"SETREPEATERROR", _escape("the passphrases do not match", 900)))
-        commands.append((b"SETREPEAT", _escape("Repeat:", 900)))
+        commands.append((b"SETREPEATERROR", "the passphrases do not match"))
+        commands.append((b"SETREPEAT", "Repeat:"))
     for command, arg in commands:
         await talk.send(command, arg)
         with contextlib.suppress(PinentryError):  # e.g. an old pinentry without SETREPEAT
@@ -472,7 +432,7 @@ async def _ask(
 
 
 async def _set(talk: _Conversation, command: bytes, text: str) -> None:
-    await talk.send(command, _escape(text, 900))
+    await talk.send(command, text)
     await talk.result()
 
 
