@@ -2,8 +2,9 @@ r"""The Windows named pipe, tested where Windows is not: its name and its securi
 
 Named pipes, their DACLs and the IOCP proactor exist only on Windows, which these machines do not
 run. What is tested here: the pipe name (one per user, one-to-one escaping), the open and pipe
-modes (first instance, remote clients rejected), the binary SID and the self-relative security
-descriptor against vectors worked out by hand from MS-DTYP 2.4.2/2.4.4/2.4.5/2.4.6, and the
+modes (first instance, remote clients rejected), the binary SID against vectors worked out by
+hand from MS-DTYP 2.4.2, the SDDL string that Windows' own parser turns into the pipe's security
+descriptor (exactly, and read back by an independent reader for its meaning), and the
 Windows-only code against the win32 type stubs (``mypy --platform win32``, run by ``./dev lint``).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import struct
+import re
 from pathlib import Path
 
 import pytest
@@ -92,55 +93,54 @@ def test_binary_sid_rejects_a_wrong_length() -> None:
         w.sid_to_string(bytes.fromhex("0102000000000005200000"))
 
 
-def test_security_descriptor_known_answer() -> None:
-    # For user S-1-5-18, written out field by field from MS-DTYP (little-endian unless noted).
-    expected = bytes.fromhex(
-        "01 00 04 90"  # revision 1, sbz1, control = SELF_RELATIVE|DACL_PROTECTED|DACL_PRESENT
-        "14 00 00 00"  # owner at 20
-        "00 00 00 00 00 00 00 00"  # no group, no SACL
-        "20 00 00 00"  # DACL at 32
-        "01 01 000000000005 12 00 00 00"  # owner: S-1-5-18
-        "02 00 30 00 02 00 00 00"  # ACL revision 2, size 48, 2 ACEs
-        "01 00 14 00 ff 01 1f 00 01 01 000000000005 02 00 00 00"  # deny FILE_ALL_ACCESS to NU
-        "00 00 14 00 ff 01 1f 00 01 01 000000000005 12 00 00 00"  # allow FILE_ALL_ACCESS to user
+def test_the_pipes_sddl_is_exactly_this() -> None:
+    # O: owner, D:P a protected DACL, deny FILE_ALL_ACCESS to network logons, allow it to the user.
+    assert w.pipe_sddl("S-1-5-21-1-2-3-1001") == (
+        "O:S-1-5-21-1-2-3-1001D:P(D;;FA;;;NU)(A;;FA;;;S-1-5-21-1-2-3-1001)"
     )
-    assert w.build_security_descriptor(w.sid_from_string("S-1-5-18")) == expected
 
 
-def _parse_descriptor(sd: bytes) -> dict[str, object]:
-    """An independent reader of a self-relative security descriptor (owner and DACL only)."""
-    rev, _sbz, control, owner_at, group_at, sacl_at, dacl_at = struct.unpack_from("<BBHIIII", sd)
-    owner_len = 8 + 4 * sd[owner_at + 1]
-    acl_rev, _, acl_size, count, _ = struct.unpack_from("<BBHHH", sd, dacl_at)
-    aces, at = [], dacl_at + 8
-    for _ in range(count):
-        kind, flags, size, mask = struct.unpack_from("<BBHI", sd, at)
-        assert size % 4 == 0
-        aces.append((kind, flags, mask, w.sid_to_string(sd[at + 8 : at + size])))
-        at += size
-    assert at == dacl_at + acl_size == len(sd)
-    return {
-        "rev": rev, "control": control, "group": group_at, "sacl": sacl_at, "acl_rev": acl_rev,
-        "owner": w.sid_to_string(sd[owner_at : owner_at + owner_len]), "aces": aces,
-    }  # fmt: skip
+_ACE = re.compile(r"\((?P<type>[^;()]*);(?P<flags>[^;()]*);(?P<rights>[^;()]*);"
+                  r"(?P<guid>[^;()]*);(?P<inherit>[^;()]*);(?P<sid>[^;()]*)\)")  # fmt: skip
+
+
+def _read_sddl(sddl: str) -> dict[str, object]:
+    """An independent reader of the SDDL subset a pipe needs: owner, group, DACL flags and ACEs
+    (MS-DTYP 2.5.1), strict enough that anything else in the string fails the match."""
+    m = re.fullmatch(r"O:(?P<owner>S-1(?:-\d+)+|[A-Z]{2})(?:G:(?P<group>S-1(?:-\d+)+|[A-Z]{2}))?"
+                     r"D:(?P<flags>[PAIR]*)"
+                     r"(?P<aces>(?:\([^()]*\))*)(?P<rest>.*)", sddl)  # fmt: skip
+    assert m is not None, sddl
+    aces = [a.groupdict() for a in _ACE.finditer(m["aces"])]
+    assert "".join(a.group(0) for a in _ACE.finditer(m["aces"])) == m["aces"]
+    return {"owner": m["owner"], "group": m["group"], "flags": m["flags"], "rest": m["rest"],
+            "aces": [(a["type"], a["flags"], a["rights"], a["guid"], a["inherit"], a["sid"])
+                     for a in aces]}  # fmt: skip
 
 
 @given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=8))
-def test_security_descriptor_admits_only_the_user(subs: list[int]) -> None:
+def test_the_pipes_sddl_admits_only_the_user(subs: list[int]) -> None:
     user = "-".join(["S-1-5-21", *map(str, subs)])
-    parsed = _parse_descriptor(w.build_security_descriptor(w.sid_from_string(user)))
-    assert parsed["rev"] == 1
-    assert parsed["acl_rev"] == 2
-    assert parsed["control"] == 0x8000 | 0x1000 | 0x0004  # protected: nothing is inherited
-    assert parsed["group"] == parsed["sacl"] == 0
-    assert parsed["owner"] == user
-    # Deny before allow (ACEs are evaluated in order); nothing for Everyone or anyone else.
-    assert parsed["aces"] == [(1, 0, w.FILE_ALL_ACCESS, "S-1-5-2"), (0, 0, w.FILE_ALL_ACCESS, user)]
+    sd = _read_sddl(w.pipe_sddl(user))
+    assert sd["owner"] == user
+    assert sd["group"] is None  # no group: it would be one more principal to reason about
+    assert sd["rest"] == ""  # no SACL, nothing after the DACL
+    assert sd["flags"] == "P"  # protected: nothing is inherited from the pipe namespace
+    # Deny before allow (ACEs are evaluated in order); full access for the user and no one else.
+    assert sd["aces"] == [("D", "", "FA", "", "", "NU"), ("A", "", "FA", "", "", user)]
+    allowed = {ace[5] for ace in sd["aces"] if ace[0] == "A"}  # type: ignore[index]
+    assert allowed == {user}
+    for other in ("WD", "AN", "NU", "S-1-1-0", "S-1-5-7", "S-1-5-2", "BU", "AU", "IU"):
+        assert other not in allowed  # Everyone, Anonymous, network, users, interactive
+    assert w.NETWORK_SID == "S-1-5-2"  # what NU stands for
 
 
-def test_security_descriptor_rejects_garbage() -> None:
-    with pytest.raises(ValueError, match="not a binary SID"):
-        w.build_security_descriptor(b"\x01\x05abc")
+@pytest.mark.parametrize(
+    "bad", ["WD", "S-1-5-21-1)(A;;FA;;;WD", "S-1-5-21-1D:(A;;FA;;;WD)", "", "S-1-5-21-x"]
+)
+def test_the_pipes_sddl_takes_nothing_but_a_strict_sid(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a SID"):
+        w.pipe_sddl(bad)
 
 
 def test_off_windows_the_pipe_functions_say_so() -> None:

@@ -9,9 +9,11 @@ Rules, each the pipe's answer to a guarantee the Unix socket gets from its 0700 
 - No squatting: the first instance is created with ``FILE_FLAG_FIRST_PIPE_INSTANCE``, so an agent
   never joins a pipe someone else created; a client checks that the pipe's owner is its own SID
   before it sends a byte, so it never talks to a pipe another user created first.
-- The security descriptor is built here as bytes (self-relative, MS-DTYP 2.4.6) by pure
-  functions, tested on every platform; only the calls that create, connect and check handles
-  are Windows-only (ctypes on kernel32/advapi32, ``_winapi`` and the asyncio proactor).
+- The security descriptor is written as SDDL by a pure function (``pipe_sddl``, tested on every
+  platform) and turned into a descriptor by Windows' own parser
+  (``ConvertStringSecurityDescriptorToSecurityDescriptorW``, freed with ``LocalFree``): no
+  hand-packed ACL bytes to get wrong. Only the calls that parse the SDDL and create, connect and
+  check handles are Windows-only (ctypes on kernel32/advapi32, ``_winapi``, the asyncio proactor).
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ import getpass
 import re
 import struct
 import sys
+from typing import Any
 
 from nomyo_agent.errors import AgentAlreadyRunning
 
 __all__ = [
     "FILE_ALL_ACCESS",
     "NETWORK_SID",
-    "build_security_descriptor",
     "connect_pipe",
     "default_pipe_name",
     "open_mode",
     "open_pipe_connection",
     "pipe_mode",
+    "pipe_sddl",
     "serve_pipe",
     "sid_from_string",
     "sid_to_string",
@@ -47,11 +50,6 @@ PIPE_WAIT = 0x00000000
 PIPE_REJECT_REMOTE_CLIENTS = 0x00000008
 PIPE_UNLIMITED_INSTANCES = 255
 FILE_ALL_ACCESS = 0x001F01FF
-ACCESS_ALLOWED_ACE_TYPE = 0
-ACCESS_DENIED_ACE_TYPE = 1
-SE_DACL_PRESENT = 0x0004
-SE_DACL_PROTECTED = 0x1000
-SE_SELF_RELATIVE = 0x8000
 NETWORK_SID = "S-1-5-2"  # every logon over the network ("NU" in SDDL)
 BUFFER_SIZE = 65536
 MAX_PIPE_NAME = 256
@@ -110,28 +108,16 @@ def sid_to_string(sid: bytes) -> str:
     return "-".join(["S-1", str(int.from_bytes(sid[2:8], "big")), *map(str, subs)])
 
 
-def _ace(ace_type: int, mask: int, sid: bytes) -> bytes:
-    return struct.pack("<BBHI", ace_type, 0, 8 + len(sid), mask) + sid
+def pipe_sddl(user_sid: str) -> str:
+    """The pipe's security descriptor in SDDL: owner ``user_sid``, a protected DACL (``P``:
+    nothing inherited) that denies network logons (``NU``) and allows ``user_sid`` full access
+    (``FA``), and nothing else: no Everyone (``WD``), no Anonymous (``AN``).
 
-
-def build_security_descriptor(user_sid: bytes) -> bytes:
-    """A self-relative security descriptor: owner ``user_sid``, a protected DACL that denies
-    network logons and allows ``user_sid`` full access, and nothing else.
-
-    The SDDL equivalent is ``O:<user>D:P(D;;FA;;;NU)(A;;FA;;;<user>)``. Deny comes first, as
-    Windows evaluates ACEs in order.
+    Deny comes first, as Windows evaluates ACEs in order. ``user_sid`` must be a strict
+    ``S-1-...`` string, so nothing can be smuggled into the descriptor.
     """
-    sid_to_string(user_sid)  # validates
-    aces = _ace(ACCESS_DENIED_ACE_TYPE, FILE_ALL_ACCESS, sid_from_string(NETWORK_SID)) + _ace(
-        ACCESS_ALLOWED_ACE_TYPE, FILE_ALL_ACCESS, user_sid
-    )
-    acl = struct.pack("<BBHHH", 2, 0, 8 + len(aces), 2, 0) + aces
-    header_size = 20
-    owner_offset = header_size
-    dacl_offset = owner_offset + len(user_sid)
-    control = SE_SELF_RELATIVE | SE_DACL_PRESENT | SE_DACL_PROTECTED
-    header = struct.pack("<BBHIIII", 1, 0, control, owner_offset, 0, 0, dacl_offset)
-    return header + user_sid + acl
+    sid_from_string(user_sid)  # validates
+    return f"O:{user_sid}D:P(D;;FA;;;NU)(A;;FA;;;{user_sid})"
 
 
 def _unsupported() -> OSError:
@@ -147,7 +133,7 @@ if sys.platform == "win32":
     import ctypes
     import time
     from asyncio import windows_utils
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from ctypes import wintypes
 
     from nomyo_agent.errors import AgentConnectionError, AgentUnavailableError
@@ -160,6 +146,7 @@ if sys.platform == "win32":
     WAIT_TIMEOUT = 0x102
     TOKEN_QUERY, TOKEN_USER_CLASS = 0x0008, 1
     SE_KERNEL_OBJECT, OWNER_SECURITY_INFORMATION = 6, 1
+    SDDL_REVISION_1 = 1
 
     class _SecurityAttributes(ctypes.Structure):
         _fields_ = (
@@ -192,6 +179,12 @@ if sys.platform == "win32":
         ctypes.POINTER(wintypes.LPVOID), ctypes.POINTER(wintypes.LPVOID),
     )  # fmt: skip
     _adv.GetSecurityInfo.restype = wintypes.DWORD
+    _sddl_to_descriptor = _adv.ConvertStringSecurityDescriptorToSecurityDescriptorW
+    _sddl_to_descriptor.argtypes = (
+        wintypes.LPCWSTR, wintypes.DWORD, ctypes.POINTER(wintypes.LPVOID),
+        ctypes.POINTER(wintypes.ULONG),
+    )  # fmt: skip
+    _sddl_to_descriptor.restype = wintypes.BOOL
 
     def _last_error(what: str) -> OSError:
         code = ctypes.get_last_error()
@@ -227,6 +220,18 @@ if sys.platform == "win32":
         finally:
             _k32.LocalFree(descriptor)
 
+    @contextlib.contextmanager
+    def _security_descriptor(sddl: str) -> Iterator[int]:
+        """``sddl`` parsed by Windows into a self-relative descriptor, alive for the block (every
+        pipe instance is created with it) and freed with ``LocalFree`` after it."""
+        descriptor = wintypes.LPVOID()
+        if not _sddl_to_descriptor(sddl, SDDL_REVISION_1, ctypes.byref(descriptor), None):
+            raise _last_error("ConvertStringSecurityDescriptorToSecurityDescriptorW")
+        try:
+            yield int(descriptor.value or 0)
+        finally:
+            _k32.LocalFree(descriptor)
+
     def _check_owner(handle: int, name: str) -> None:
         if pipe_owner_sid(handle) != current_user_sid():
             raise AgentConnectionError(
@@ -234,9 +239,8 @@ if sys.platform == "win32":
                 hint="another account created this pipe first; find and stop its process",
             )
 
-    def _create_instance(name: str, first: bool, descriptor: bytes) -> int:
-        sd = ctypes.create_string_buffer(descriptor, len(descriptor))
-        attrs = _SecurityAttributes(ctypes.sizeof(_SecurityAttributes), ctypes.addressof(sd), 0)
+    def _create_instance(name: str, first: bool, descriptor: int) -> int:
+        attrs = _SecurityAttributes(ctypes.sizeof(_SecurityAttributes), descriptor, 0)
         handle = _k32.CreateNamedPipeW(
             name, open_mode(first), pipe_mode(), PIPE_UNLIMITED_INSTANCES,
             BUFFER_SIZE, BUFFER_SIZE, 0, ctypes.byref(attrs),
@@ -363,7 +367,17 @@ if sys.platform == "win32":
         """
         loop = asyncio.get_running_loop()
         proactor = loop._proactor  # type: ignore[attr-defined]  # the IOCP behind the loop
-        descriptor = build_security_descriptor(current_user_sid())
+        sddl = pipe_sddl(sid_to_string(current_user_sid()))
+        with _security_descriptor(sddl) as descriptor:
+            await _accept_loop(loop, proactor, name, descriptor, protocol_factory)
+
+    async def _accept_loop(
+        loop: asyncio.AbstractEventLoop,
+        proactor: Any,  # the loop's IOCP proactor: a private attribute, untyped
+        name: str,
+        descriptor: int,
+        protocol_factory: ProtocolFactory,
+    ) -> None:
         pending = windows_utils.PipeHandle(_create_instance(name, True, descriptor))
         try:
             while True:
