@@ -11,22 +11,29 @@ Exit codes (also in ``nomyo-agent --help``):
 Errors are one lower-case line on stderr, then a ``hint:`` line saying what to do. Passphrases
 come from pinentry, run by the agent on this terminal or display; ``--passphrase-stdin`` reads one
 line from standard input instead, for scripts.
+
+This module parses the command line and turns errors into exit codes; the commands are in
+``_cli_daemon``, ``_cli_identity`` and ``_cli_status``, what they share in ``_cli_common``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-
-import msgspec
 
 from nomyo_agent import __version__
 from nomyo_agent import protocol as p
-from nomyo_agent.connection import AgentConnection
+from nomyo_agent._cli_common import EXIT_CANCELLED, EXIT_NO_AGENT, EXIT_REFUSED, EXIT_USAGE
+from nomyo_agent._cli_daemon import (
+    cmd_install_service,
+    cmd_serve,
+    cmd_start,
+    cmd_stop,
+    cmd_uninstall_service,
+)
+from nomyo_agent._cli_identity import cmd_import, cmd_keygen, cmd_lock, cmd_public_key, cmd_unlock
+from nomyo_agent._cli_status import cmd_apps, cmd_pins, cmd_status
 from nomyo_agent.errors import (
     AgentError,
     AgentUnavailableError,
@@ -36,8 +43,6 @@ from nomyo_agent.errors import (
 from nomyo_agent.paths import socket_path, socket_path_problem
 
 __all__ = ["main"]
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_AGENT, EXIT_CANCELLED = 0, 1, 2, 3, 4
 
 EPILOG = """\
 exit codes: 0 done, 1 the agent refused (the message says why), 2 bad command line,
@@ -49,367 +54,6 @@ The socket is $NOMYO_AGENT_SOCK, else $XDG_RUNTIME_DIR/nomyo-agent/agent.sock.
 MIN_BITS = (
     2048  # the agent's own floor (_keys.MIN_BITS), checked here to exit 2 without a round trip
 )
-
-
-# Slow operations (key generation, a person typing a passphrase) must not hit a short timeout.
-INTERACTIVE_TIMEOUT = 600.0
-
-
-def _connect(args: argparse.Namespace, timeout: float | None = 30.0) -> AgentConnection:
-    return AgentConnection.open(args.socket, timeout=timeout)
-
-
-def _call(
-    args: argparse.Namespace,
-    request: p.Request,
-    expect: type[p.Response],
-    timeout: float | None = 30.0,
-) -> p.Response:
-    with _connect(args, timeout) as conn:
-        return conn.call(request, expect)
-
-
-def _read_passphrase() -> bytes:
-    """One line from stdin, without its line ending."""
-    data = sys.stdin.buffer.readline()
-    return data.rstrip(b"\r\n") if data.endswith(b"\n") else data
-
-
-def _refuse_empty_passphrase(args: argparse.Namespace) -> None:
-    """Empty stdin for a passphrase-protected identity is a usage error, not a guess.
-
-    The agent would count it as a failed unlock (and grow the delay before the next one). An
-    identity with no passphrase unlocks with empty stdin, as scripts do.
-    """
-    st = _call(args, p.Status(), p.StatusReply)
-    assert isinstance(st, p.StatusReply)
-    if st.passphrase_protected:
-        raise UsageError(
-            "--passphrase-stdin read no passphrase (standard input was empty)",
-            hint="pipe it in, e.g. `printf '%s\\n' \"$PASSPHRASE\" | nomyo-agent unlock "
-            "--passphrase-stdin`, or leave the option out and let pinentry ask",
-        )
-
-
-def _where() -> p.PinEntry:
-    from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - only when prompting
-
-    return pinentry_here()
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-# --- commands ------------------------------------------------------------------------------------
-
-
-def _set_title(path: str | None) -> None:
-    """``nomyo-agent serve --socket PATH`` in ps, ``nomyo-agent`` as the name pgrep matches."""
-    # SPT_NOENV: write the title over argv only, never over the environment block, so that
-    # /proc/PID/environ stays true (the title is cut to argv's length instead). Read once, at
-    # the first call; not left for the children (pinentry, the key worker) to inherit.
-    os.environ["SPT_NOENV"] = "1"
-    try:
-        import setproctitle  # noqa: PLC0415 - the daemon only
-
-        setproctitle.setproctitle(f"nomyo-agent serve --socket {socket_path(path)}")
-    finally:
-        del os.environ["SPT_NOENV"]
-    setproctitle.setthreadtitle("nomyo-agent")  # /proc/PID/comm: `pgrep -x nomyo-agent`
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from nomyo_agent import _daemon  # noqa: PLC0415 - imports cryptography; only the daemon needs it
-    from nomyo_agent._config import Config, load_config  # noqa: PLC0415
-
-    path = socket_path(args.socket)
-    _set_title(args.socket)
-    if args.daemon:
-        path = os.path.abspath(path)  # the daemon runs in /
-        _daemon.daemonize()
-    import logging  # noqa: PLC0415
-
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="nomyo-agent[%(process)d]: %(levelname)s: %(message)s",
-    )
-
-    def configure() -> Config:
-        # The file, then the flags: the flags still win when SIGHUP re-reads the file.
-        return load_config().replace(
-            idle_timeout=args.idle_timeout,
-            max_lifetime=args.max_lifetime,
-            pin_policy=args.pin_policy,
-            pinentry=args.pinentry,
-            keystore=args.keystore,
-        )
-
-    return _daemon.serve(
-        configure(),
-        path,
-        ready_fd=args.ready_fd,
-        autostarted=args.autostarted,
-        reload=configure,
-    )
-
-
-def cmd_start(args: argparse.Namespace) -> int:
-    from nomyo_agent._launch import start_background  # noqa: PLC0415
-
-    extra: list[str] = []
-    for flag, value in (
-        ("--idle-timeout", args.idle_timeout),
-        ("--max-lifetime", args.max_lifetime),
-        ("--pinentry", args.pinentry),
-        ("--keystore", args.keystore),
-    ):
-        if value is not None:
-            extra += [flag, str(value)]
-    path = socket_path(args.socket)
-    pid, started = start_background(path, extra_args=extra)
-    quoted = shlex.quote(path)
-    if args.csh:
-        print(f"setenv NOMYO_AGENT_SOCK {quoted};")
-    else:
-        print(f"NOMYO_AGENT_SOCK={quoted}; export NOMYO_AGENT_SOCK;")
-    if not args.quiet:
-        print(f"echo {'Agent' if started else 'Agent already running,'} pid {pid};")
-    return EXIT_OK
-
-
-def cmd_install_service(args: argparse.Namespace) -> int:
-    from nomyo_agent import _service  # noqa: PLC0415
-
-    # Only an explicit --socket: a NOMYO_AGENT_SOCK left in the shell must not be baked in.
-    return _service.install(
-        print_only=args.print,
-        start=not args.no_start,
-        socket=args.socket,
-        proxy=args.proxy,
-        out=sys.stdout,
-    )
-
-
-def cmd_uninstall_service(args: argparse.Namespace) -> int:
-    from nomyo_agent import _service  # noqa: PLC0415
-
-    return _service.uninstall(out=sys.stdout)
-
-
-def cmd_stop(args: argparse.Namespace) -> int:
-    try:
-        conn = _connect(args)
-    except AgentUnavailableError as exc:
-        # "start it" is the wrong advice to someone who wants it gone.
-        exc.hint = (
-            "nothing to stop; if an agent runs elsewhere, name its socket with --socket "
-            "or NOMYO_AGENT_SOCK"
-        )
-        raise
-    with conn:
-        pid = conn.call(p.Hello(client="nomyo-agent stop"), p.HelloReply).pid
-        conn.call(p.Stop(), p.Ok)
-    _say(f"stopped the agent (pid {pid})")
-    return EXIT_OK
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "off"
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
-
-
-def _recent_apps(clients: Sequence[p.ClientInfo]) -> str:
-    """``nomyo-chat (3), myapp``: each app once, most recent first, with its process count."""
-    counts: dict[str, int] = {}
-    for client in clients:
-        counts[client.exe] = counts.get(client.exe, 0) + 1
-    return ", ".join(f"{exe} ({n})" if n > 1 else exe for exe, n in counts.items()) or "none"
-
-
-def _status_text(st: p.StatusReply) -> str:
-    short = p.short_fingerprint(st.fingerprint) if st.fingerprint else ""
-    state = st.state.value
-    if st.state is p.State.UNLOCKED:
-        state += (
-            f" (idle lock in {_duration(st.idle_left)},"
-            f" lifetime lock in {_duration(st.lifetime_left)})"
-        )
-    if st.state is p.State.LOCKED and st.locked_by:
-        state += f" (by {st.locked_by.replace('_', ' ')})"
-    lines = [f"state:        {state}"]
-    if st.fingerprint:
-        protected = "passphrase-protected" if st.passphrase_protected else "no passphrase"
-        lines += [
-            f"identity:     RSA-{st.bits} {short} ({protected})",
-            f"fingerprint:  {st.fingerprint}",
-        ]
-    recent = _recent_apps(st.recent_clients)
-    h = st.hardening
-    yes = {True: "yes", False: "NO"}
-    c = st.counters
-    lines += [
-        f"keyring:      {st.keyring_backend}",
-        f"router pins:  {st.pin_policy}",
-        f"timeouts:     idle {_duration(st.idle_timeout or None)},"
-        f" lifetime {_duration(st.max_lifetime or None)}",
-        f"agent:        pid {st.pid}, version {st.agent_version}, protocol {st.protocol},"
-        f" up {_duration(st.uptime)}",
-        f"socket:       {st.socket}",
-        *(f"{'session:' if i == 0 else '':14}{line}" for i, line in enumerate(st.session)),
-        f"served:       {st.served_since_unlock} requests since unlock; recent apps: {recent}",
-        f"hardening:    not dumpable {yes[h.not_dumpable]},"
-        f" no core dumps {yes[h.core_dumps_disabled]}, "
-        f"ptrace denied {yes[h.ptrace_denied]}, key memory locked {yes[h.key_memory_locked]}, "
-        f"process memory locked {yes[h.process_memory_locked]}",
-        *(f"              {d}" for d in h.details),
-        f"counters:     {c.connections} connections, {c.requests} requests, {c.seals} seals, "
-        f"{c.opens} opens, {c.errors} errors, {c.rejected_peers} rejected peers, "
-        f"{c.failed_unlocks} failed unlocks",
-        f"limits:       {c.open_connections} connections open, {c.evicted_connections} closed "
-        f"to make room, {c.refused_connections} refused; {c.buffered_bytes // 1024} KiB "
-        f"buffered, {c.waiting_for_memory} waiting for memory",
-    ]
-    return "\n".join(lines)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    st = _call(args, p.Status(), p.StatusReply)
-    assert isinstance(st, p.StatusReply)
-    if args.json:
-        data = msgspec.to_builtins(st)
-        data.pop("op", None)
-        print(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
-    else:
-        print(_status_text(st))
-    return EXIT_OK
-
-
-def _identity_done(reply: p.Response, verb: str) -> int:
-    assert isinstance(reply, p.IdentityReply)
-    _say(f"{verb} RSA-{reply.bits} identity {reply.fingerprint}")
-    if not reply.passphrase_protected:
-        _say(
-            "warning: no passphrase: the OS keyring's own protection is all that guards this key "
-            "(anyone who can read your unlocked keyring can use it)"
-        )
-    return EXIT_OK
-
-
-def _new_passphrase(args: argparse.Namespace) -> tuple[bytes | None, p.PinEntry | None]:
-    if args.no_passphrase:
-        return b"", None
-    if args.passphrase_stdin:
-        return _read_passphrase(), None
-    return None, _where()
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    passphrase, where = _new_passphrase(args)
-    reply = _call(
-        args,
-        p.Generate(bits=args.bits, passphrase=passphrase, pinentry=where, force=args.force),
-        p.IdentityReply,
-        timeout=INTERACTIVE_TIMEOUT,
-    )
-    return _identity_done(reply, "generated")
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    try:
-        pem = Path(args.path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.path}: {exc.strerror}", hint="check the path") from exc
-    file_password = _read_passphrase() if args.passphrase_stdin else None
-    request = p.Import(
-        pem=pem,
-        file_password=file_password,
-        passphrase=b"" if args.no_passphrase else None,
-        pinentry=None if args.passphrase_stdin else _where(),
-        force=args.force,
-    )
-    reply = _call(args, request, p.IdentityReply, timeout=INTERACTIVE_TIMEOUT)
-    return _identity_done(reply, "imported")
-
-
-def cmd_unlock(args: argparse.Namespace) -> int:
-    if args.passphrase_stdin:
-        passphrase = _read_passphrase()
-        if not passphrase:
-            _refuse_empty_passphrase(args)
-        request = p.Unlock(passphrase=passphrase)
-    else:
-        request = p.Unlock(pinentry=_where())
-    _call(args, request, p.Ok, timeout=INTERACTIVE_TIMEOUT)
-    _say("unlocked")
-    return EXIT_OK
-
-
-def cmd_lock(args: argparse.Namespace) -> int:
-    _call(args, p.Lock(), p.Ok)
-    _say("locked")
-    return EXIT_OK
-
-
-def cmd_public_key(args: argparse.Namespace) -> int:
-    reply = _call(args, p.PublicKey(), p.IdentityReply)
-    assert isinstance(reply, p.IdentityReply)
-    print(
-        reply.fingerprint if args.fingerprint else reply.public_key_pem,
-        end="" if not args.fingerprint else "\n",
-    )
-    return EXIT_OK
-
-
-def cmd_pins(args: argparse.Namespace) -> int:
-    if args.pins_cmd == "accept":
-        pem = Path(args.key_file).read_text() if args.key_file else None
-        # A malformed ORIGIN is refused by the agent with the origins module's own hint.
-        reply = _call(args, p.PinAccept(origin=args.origin, router_key_pem=pem), p.Accepted)
-        assert isinstance(reply, p.Accepted)
-        _say(f"pinned {reply.origin} to {reply.fingerprint}")
-    elif args.pins_cmd == "forget":
-        _call(args, p.PinForget(origin=args.origin), p.Ok)
-        _say(f"forgot the pin of {args.origin}")
-    else:
-        pins = _call(args, p.PinsList(), p.PinsReply)
-        assert isinstance(pins, p.PinsReply)
-        if args.json:
-            print(msgspec.json.encode(pins.pins).decode())
-        elif not pins.pins:
-            _say(f"no routers pinned (policy: {pins.policy})")
-        for pin in pins.pins:
-            pending = (
-                f"  CHANGED KEY OFFERED: {pin.pending_fingerprint}"
-                if pin.pending_fingerprint
-                else ""
-            )
-            print(f"{pin.origin}  {pin.fingerprint}{pending}")
-    return EXIT_OK
-
-
-def cmd_apps(args: argparse.Namespace) -> int:
-    if args.apps_cmd == "forget":
-        _call(args, p.AppForget(app=args.app), p.Ok)
-        _say(f"forgot {args.app}: its next use asks again")
-        return EXIT_OK
-    reply = _call(args, p.Apps(), p.AppsReply)
-    assert isinstance(reply, p.AppsReply)
-    if args.json:
-        print(msgspec.json.encode(reply).decode())
-        return EXIT_OK
-    if not reply.apps:
-        _say(f"no apps since unlock (confirm: {reply.confirm})")
-    for app in reply.apps:
-        print(f"{app.decision:10} {app.uses:5} uses  {app.app}")
-    return EXIT_OK
-
-
-# --- parser ---------------------------------------------------------------------------------
 
 
 def _seconds(text: str) -> float:
