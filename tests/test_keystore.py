@@ -18,7 +18,7 @@ import keyring
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 
-from nomyo_agent import _keystore
+from nomyo_agent import _keyring_store
 from nomyo_agent._keystore import FileStore, KeyringStore, KeyStore, MemoryStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import KeyringLockedError, KeyringUnavailableError
@@ -297,15 +297,15 @@ _PlaintextLookalike.__module__ = "keyrings.alt.file"
 def test_untrusted_plugins_are_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
     from keyring.backends import SecretService, chainer
 
-    assert _keystore._untrusted(_PlaintextLookalike())
-    assert not _keystore._untrusted(SecretService.Keyring())  # type: ignore[no-untyped-call]
+    assert _keyring_store._untrusted(_PlaintextLookalike())
+    assert not _keyring_store._untrusted(SecretService.Keyring())  # type: ignore[no-untyped-call]
     # A chainer is untrusted when any link is: it falls through to the next backend on failure.
     monkeypatch.setattr(
         chainer.ChainerBackend,
         "backends",
         [SecretService.Keyring(), _PlaintextLookalike()],  # type: ignore[no-untyped-call]
     )
-    assert _keystore._untrusted(chainer.ChainerBackend())  # type: ignore[no-untyped-call]
+    assert _keyring_store._untrusted(chainer.ChainerBackend())  # type: ignore[no-untyped-call]
 
 
 def test_plugin_never_chosen_by_accident(desktop: Session, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,7 +315,7 @@ def test_plugin_never_chosen_by_accident(desktop: Session, monkeypatch: pytest.M
     del env["PYTHON_KEYRING_BACKEND"]
     use_env(monkeypatch, env)
     monkeypatch.setattr(keyring, "get_keyring", _PlaintextLookalike)
-    chosen = _keystore.default_backend()
+    chosen = _keyring_store.default_backend()
     assert type(chosen).__module__ == "keyring.backends.SecretService"
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
-    assert type(_keystore.default_backend()).__module__ == "keyring.backends.fail"
+    assert type(_keyring_store.default_backend()).__module__ == "keyring.backends.fail"
