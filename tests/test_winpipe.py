@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nomyo_agent import _winpipe as w
+from nomyo_agent import _winpipe
+from nomyo_agent import _winpipe_spec as w
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,6 @@ def test_the_pipes_sddl_admits_only_the_user(subs: list[int]) -> None:
     assert allowed == {user}
     for other in ("WD", "AN", "NU", "S-1-1-0", "S-1-5-7", "S-1-5-2", "BU", "AU", "IU"):
         assert other not in allowed  # Everyone, Anonymous, network, users, interactive
-    assert w.NETWORK_SID == "S-1-5-2"  # what NU stands for
 
 
 @pytest.mark.parametrize(
@@ -145,6 +145,6 @@ def test_the_pipes_sddl_takes_nothing_but_a_strict_sid(bad: str) -> None:
 
 def test_off_windows_the_pipe_functions_say_so() -> None:
     with pytest.raises(OSError, match="only on Windows"):
-        w.connect_pipe(w.default_pipe_name("x"), 1.0)
+        _winpipe.connect_pipe(w.default_pipe_name("x"), 1.0)
     with pytest.raises(OSError, match="only on Windows"):
-        asyncio.run(w.open_pipe_connection(w.default_pipe_name("x")))  # type: ignore[arg-type]
+        asyncio.run(_winpipe.open_pipe_connection(w.default_pipe_name("x")))  # type: ignore[arg-type]
