@@ -14,6 +14,7 @@ Rules of this module:
   OpenSSL 1.1/3 write. Anything else is ``Pkcs8Error``.
 - Every intermediate that holds key bytes (derived key, decoded DER, padded plaintext) is a
   ``SecretBuffer`` or is wiped before we return or raise.
+- The container is read by ``_der``'s strict subset; its errors become ``Pkcs8Error`` here.
 - Failing to decrypt (bad padding, plaintext that is not one DER SEQUENCE) is
   ``WrongPassphrase``; a malformed container is ``Pkcs8Error``.
 """
@@ -23,12 +24,12 @@ from __future__ import annotations
 import binascii
 import os
 import re
-from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from nomyo_agent import _der
 from nomyo_agent._secret import SecretBuffer, wipe
 
 __all__ = [
@@ -73,99 +74,6 @@ class WrongPassphrase(Pkcs8Error):
     """The passphrase does not decrypt this key."""
 
 
-# --- a strict DER subset: definite lengths in minimal form, one-byte tags ----------------------
-
-
-class _Tlv(NamedTuple):
-    tag: int
-    value: memoryview
-
-
-def _parse(data: memoryview) -> list[_Tlv]:
-    """The TLVs that exactly fill ``data``; values are views into it (no copies)."""
-    out: list[_Tlv] = []
-    i, end = 0, len(data)
-    while i < end:
-        if end - i < 2 or data[i] & 0x1F == 0x1F:
-            raise Pkcs8Error("malformed DER")
-        tag, first = data[i], data[i + 1]
-        i += 2
-        if first < 0x80:
-            length = first
-        else:
-            count = first & 0x7F
-            if not 1 <= count <= 4 or end - i < count or data[i] == 0:
-                raise Pkcs8Error("malformed DER length")
-            length = int.from_bytes(data[i : i + count], "big")
-            i += count
-            if length < 0x80:
-                raise Pkcs8Error("malformed DER length")
-        if end - i < length:
-            raise Pkcs8Error("truncated DER")
-        out.append(_Tlv(tag, data[i : i + length]))
-        i += length
-    return out
-
-
-def _items(t: _Tlv, what: str, count: int | None = None) -> list[_Tlv]:
-    """The items of the SEQUENCE ``t``, ``count`` of them when given."""
-    if t.tag != 0x30:
-        raise Pkcs8Error(f"malformed {what}")
-    items = _parse(t.value)
-    if count is not None and len(items) != count:
-        raise Pkcs8Error(f"malformed {what}")
-    return items
-
-
-def _int(t: _Tlv) -> int:
-    v = t.value
-    if t.tag != 0x02 or not v or v[0] & 0x80 or (len(v) > 1 and v[0] == 0 and v[1] < 0x80):
-        raise Pkcs8Error("malformed DER integer")
-    return int.from_bytes(v, "big")
-
-
-def _oid(t: _Tlv) -> str:
-    v = bytes(t.value)
-    if t.tag != 0x06 or not v or v[-1] & 0x80:
-        raise Pkcs8Error("malformed DER object identifier")
-    arcs, acc = [], 0
-    for byte in v:
-        acc = acc << 7 | byte & 0x7F
-        if not byte & 0x80:
-            arcs.append(acc)
-            acc = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _seq(*parts: bytes) -> bytes:
-    return _tlv(0x30, b"".join(parts))
-
-
-def _enc_int(n: int) -> bytes:
-    return _tlv(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big"))
-
-
-def _enc_oid(dotted: str) -> bytes:
-    a, b, *rest = (int(x) for x in dotted.split("."))
-    body = bytearray([40 * a + b])
-    for arc in rest:
-        chunk, left = [arc & 0x7F], arc >> 7
-        while left:
-            chunk.append(0x80 | left & 0x7F)
-            left >>= 7
-        body += bytes(reversed(chunk))
-    return _tlv(0x06, bytes(body))
-
-
 def _find(pem: bytes | bytearray | memoryview) -> re.Match[bytes]:
     # ``re`` searches any buffer in place, so a PEM held in a SecretBuffer is never copied whole;
     # only the label group is materialised.
@@ -200,31 +108,31 @@ def _body(pem: bytes | bytearray | memoryview, m: re.Match[bytes]) -> SecretBuff
 
 
 def _decrypt(der: memoryview, passphrase: bytes | bytearray | memoryview) -> SecretBuffer:
-    top = _parse(der)
+    top = _der.parse(der)
     if len(top) != 1:
         raise Pkcs8Error("malformed EncryptedPrivateKeyInfo")
-    algo_tlv, data = _items(top[0], "EncryptedPrivateKeyInfo", 2)
-    algo = _items(algo_tlv, "AlgorithmIdentifier", 2)
-    if _oid(algo[0]) != _PBES2:
+    algo_tlv, data = _der.items(top[0], "EncryptedPrivateKeyInfo", 2)
+    algo = _der.items(algo_tlv, "AlgorithmIdentifier", 2)
+    if _der.oid(algo[0]) != _PBES2:
         raise Pkcs8Error("the key is not encrypted with PBES2")
-    kdf, enc = _items(algo[1], "PBES2-params", 2)
-    kdf_oid, kdf_params = _items(kdf, "keyDerivationFunc", 2)
-    if _oid(kdf_oid) != _PBKDF2:
+    kdf, enc = _der.items(algo[1], "PBES2-params", 2)
+    kdf_oid, kdf_params = _der.items(kdf, "keyDerivationFunc", 2)
+    if _der.oid(kdf_oid) != _PBKDF2:
         raise Pkcs8Error("the key's PBES2 uses a key derivation other than PBKDF2")
-    enc_oid, iv = _items(enc, "encryptionScheme", 2)
-    key_len = _AES_CBC.get(_oid(enc_oid))
+    enc_oid, iv = _der.items(enc, "encryptionScheme", 2)
+    key_len = _AES_CBC.get(_der.oid(enc_oid))
     if key_len is None or iv.tag != 0x04 or len(iv.value) != 16:
         raise Pkcs8Error("the key is encrypted with a cipher other than AES-CBC")
-    params = _items(kdf_params, "PBKDF2-params")
+    params = _der.items(kdf_params, "PBKDF2-params")
     if len(params) < 2 or params[0].tag != 0x04:
         raise Pkcs8Error("malformed PBKDF2-params")
-    iterations = _int(params[1])
+    iterations = _der.integer(params[1])
     prf = _HMAC_SHA1
     for extra in params[2:]:
-        if extra.tag == 0x02 and _int(extra) != key_len:  # the optional keyLength
+        if extra.tag == 0x02 and _der.integer(extra) != key_len:  # the optional keyLength
             raise Pkcs8Error("the PBKDF2 key length does not match the cipher")
         if extra.tag == 0x30:
-            prf = _oid(_items(extra, "prf")[0])
+            prf = _der.oid(_der.items(extra, "prf")[0])
     if prf not in _PRFS or not 1 <= iterations <= 100_000_000:
         raise Pkcs8Error("unsupported PBKDF2 parameters")
     ciphertext = data.value
@@ -251,7 +159,7 @@ def _unpad(plain: memoryview) -> SecretBuffer:
         raise WrongPassphrase("wrong passphrase")
     body = plain[: len(plain) - pad]
     try:
-        (only,) = _parse(body)  # one DER SEQUENCE filling the plaintext, else not our key
+        (only,) = _der.parse(body)  # one DER SEQUENCE filling the plaintext, else not our key
     except ValueError as exc:
         raise WrongPassphrase("wrong passphrase") from exc
     if only.tag != 0x30:
@@ -281,6 +189,8 @@ def decode_pem(
         if passphrase is None:
             raise WrongPassphrase("the key is encrypted and no passphrase was given")
         return _decrypt(der.view, passphrase)
+    except _der.DerError as exc:
+        raise Pkcs8Error(str(exc)) from exc
     finally:
         der.close()
 
@@ -306,10 +216,12 @@ def encrypt_der(
         encryptor = Cipher(algorithms.AES(key.view), modes.CBC(iv)).encryptor()
         ciphertext = encryptor.update(padded.view) + encryptor.finalize()
         del encryptor
-    prf = _seq(_enc_oid(_HMAC_SHA256), b"\x05\x00")
-    kdf = _seq(_enc_oid(_PBKDF2), _seq(_tlv(4, salt), _enc_int(iterations), prf))
-    enc = _seq(_enc_oid(_AES256_CBC), _tlv(4, iv))
-    info = _seq(_seq(_enc_oid(_PBES2), _seq(kdf, enc)), _tlv(4, ciphertext))
+    prf = _der.seq(_der.enc_oid(_HMAC_SHA256), b"\x05\x00")
+    kdf = _der.seq(
+        _der.enc_oid(_PBKDF2), _der.seq(_der.tlv(4, salt), _der.enc_int(iterations), prf)
+    )
+    enc = _der.seq(_der.enc_oid(_AES256_CBC), _der.tlv(4, iv))
+    info = _der.seq(_der.seq(_der.enc_oid(_PBES2), _der.seq(kdf, enc)), _der.tlv(4, ciphertext))
     b64 = binascii.b2a_base64(info, newline=False)
     lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
     return (
