@@ -7,10 +7,8 @@ Rules of this module:
 - The passphrase is never a ``str`` nor a ``bytes`` object. pinentry's answer is received from
   the socket straight into a ``SecretBuffer`` we own, percent-decoded into the ``SecretBuffer``
   we return, and the scratch is zeroed on the way out, whatever happens.
-- The child's environment comes only from the asking process (``PinEntry.env``, filtered to the
-  variables a pinentry needs) plus the agent's ``PATH`` and ``HOME``: a graphical pinentry must
-  open on the display of whoever asked, not wherever the agent was started (a service manager
-  has no ``DISPLAY``).
+- The child's program and environment are chosen by ``_pinentry_env`` (the asker's display or
+  terminal, never the agent's); its names are re-exported here for the callers.
 - Every wait is bounded by ``timeout``; the child is always reaped.
 
 Errors: the user cancelling is ``PinentryCancelledError``; a missing program, a crash, garbage
@@ -33,13 +31,20 @@ import asyncio
 import contextlib
 import hmac
 import os
-import shutil
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NoReturn, TypeVar
 
 from nomyo_agent import _assuan
+from nomyo_agent._pinentry_env import (
+    child_env,
+    default_program,
+    locale_of,
+    pinentry_env_from,
+    pinentry_here,
+    pinentry_on_display,
+    program_for,
+)
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import PinentryCancelledError, PinentryError
 from nomyo_agent.protocol import PinEntry
@@ -54,116 +59,11 @@ __all__ = [
     "program_for",
 ]
 
-# What a pinentry needs from the asking process: where to draw (X11, Wayland, a terminal), how
-# to reach the session bus (pinentry-gnome3), and the language. NO_AT_BRIDGE keeps GTK from
-# starting an accessibility bus when the user turned it off.
-_PASSED_VARS = frozenset(
-    {
-        "DISPLAY",
-        "WAYLAND_DISPLAY",
-        "DBUS_SESSION_BUS_ADDRESS",
-        "XAUTHORITY",
-        "XDG_RUNTIME_DIR",  # WAYLAND_DISPLAY is a name relative to it
-        "TERM",
-        "LANG",
-        "GPG_TTY",
-        "NO_AT_BRIDGE",
-    }
-)
-_AGENT_VARS = ("PATH", "HOME")
-
 _PIN_MAX = 4096  # decoded passphrase bytes we accept; longer is a pinentry bug or an attack
 _GPG_ERR_TIMEOUT = 62
 _CONFIRM_ROUNDS = 3
 _GPG_ERR_CANCELED = 99
 _GPG_ERR_FULLY_CANCELED = 198
-_FALLBACKS = ("pinentry-gnome3", "pinentry-gtk-2", "pinentry-qt", "pinentry-curses", "pinentry-tty")
-_TERMINAL_ONLY = ("pinentry-tty", "pinentry-curses")
-# For an asker with a display and no terminal; gtk-2 first: gnome3 falls back to curses when its
-# prompter cannot start, which without a terminal fails.
-_GRAPHICAL = ("pinentry-gtk-2", "pinentry-qt", "pinentry-gnome3", "pinentry-fltk")
-
-
-def default_program() -> str:
-    """The platform's pinentry: ``pinentry-mac`` on macOS, else Debian's ``pinentry`` alternative.
-
-    When that is not on ``PATH``, the first flavour found among the usual ones; when none is,
-    the platform name anyway, so that the error names what to install.
-    """
-    preferred = "pinentry-mac" if sys.platform == "darwin" else "pinentry"
-    for name in (preferred, *_FALLBACKS):
-        found = shutil.which(name)
-        if found:
-            return found
-    return preferred
-
-
-def pinentry_env_from(environ: Mapping[str, str], tty: str | None) -> PinEntry:
-    """Describe where the asking process can show a pinentry (its display, bus and terminal).
-
-    ``tty`` defaults to the terminal on stdin, if stdin is one, else ``GPG_TTY``.
-    """
-    env = {k: v for k, v in environ.items() if k in _PASSED_VARS or k.startswith("LC_")}
-    if tty is None:
-        with contextlib.suppress(OSError):
-            if os.isatty(0):
-                tty = os.ttyname(0)
-    if tty is None:
-        tty = environ.get("GPG_TTY") or None
-    return PinEntry(env=env, ttyname=tty)
-
-
-def pinentry_here() -> PinEntry:
-    """Where this process can show a pinentry: its environment and the first terminal among
-    stdin, stderr and stdout (a command whose input is piped may still have a terminal)."""
-    tty = None
-    for fd in (0, 2, 1):
-        with contextlib.suppress(OSError):
-            if os.isatty(fd):
-                tty = os.ttyname(fd)
-                break
-    return pinentry_env_from(os.environ, tty)
-
-
-def pinentry_on_display(environ: Mapping[str, str]) -> PinEntry:
-    """Where a graphical process (the tray) asks: its display only, never the terminal it was
-    started from (``GPG_TTY`` and the tty on stdin are left out)."""
-    where = pinentry_env_from(environ, None)
-    return PinEntry(env={k: v for k, v in where.env.items() if k != "GPG_TTY"}, ttyname=None)
-
-
-def program_for(program: str, where: PinEntry) -> str:
-    """``program``, unless it can only draw on a terminal and ``where`` has none but a display:
-    then the first graphical flavour installed (a tray click must not fail, or draw elsewhere,
-    because pinentry-tty suits the user's shells). ``/usr/bin/pinentry`` is judged by where its
-    alternative points."""
-    if where.ttyname or not (where.env.get("DISPLAY") or where.env.get("WAYLAND_DISPLAY")):
-        return program
-    found = shutil.which(program)
-    if found is None or os.path.basename(os.path.realpath(found)) not in _TERMINAL_ONLY:
-        return program
-    for name in _GRAPHICAL:
-        graphical = shutil.which(name)
-        if graphical:
-            return graphical
-    return program
-
-
-def _child_env(where: PinEntry) -> dict[str, str]:
-    env = {k: v for k, v in where.env.items() if k in _PASSED_VARS or k.startswith("LC_")}
-    for key in _AGENT_VARS:
-        if key in os.environ:
-            env[key] = os.environ[key]
-    if "XDG_RUNTIME_DIR" not in env and "XDG_RUNTIME_DIR" in os.environ:
-        env["XDG_RUNTIME_DIR"] = os.environ["XDG_RUNTIME_DIR"]  # same user, same runtime dir
-    return env
-
-
-def _locale(env: Mapping[str, str]) -> str | None:
-    for key in ("LC_ALL", "LC_CTYPE", "LANG"):
-        if env.get(key):
-            return env[key]
-    return None
 
 
 class _Conversation:
@@ -305,7 +205,7 @@ async def _run(
     """Start ``program`` for ``where``, hold one conversation (``body``) with it, reap it."""
     program = program_for(program, where)
     name = os.path.basename(program)
-    env = _child_env(where)
+    env = child_env(where)
     parent, child = socket.socketpair()
     # stderr goes to a plain pipe read once the child is gone: its last line is the best hint
     # when a pinentry dies (e.g. "cannot open display"), and no asyncio transport outlives us.
@@ -365,8 +265,8 @@ async def _options(talk: _Conversation, where: PinEntry, env: Mapping[str, str])
     if where.ttyname:
         options.append("ttyname=" + where.ttyname)
         options.append("ttytype=" + env.get("TERM", "xterm"))
-    if _locale(env):
-        options.append("lc-ctype=" + (_locale(env) or ""))
+    if locale_of(env):
+        options.append("lc-ctype=" + (locale_of(env) or ""))
     if env.get("DISPLAY"):
         options.append("display=" + env["DISPLAY"])
     for option in options:
