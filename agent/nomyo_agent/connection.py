@@ -1,5 +1,9 @@
 """Talking to a running agent: a blocking and an asyncio connection over the same protocol.
 
+One module of about 300 lines on purpose: the two connections are the same exchange written
+twice (connect, trust checks, frame, check the reply), and a change to one must be seen beside
+the other.
+
 Standard library and ``nomyo_agent.protocol`` only, so that the CLI, the tray and the thin client
 can use it without importing ``cryptography``.
 

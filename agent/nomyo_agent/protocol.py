@@ -1,5 +1,8 @@
 """The agent's RPC protocol: messages, error codes and framing, with no I/O.
 
+One module above STYLE.md's 250 lines on purpose: it is the single schema of the wire, which
+both sides import and a reviewer reads whole; split, a message could drift from its framing.
+
 Rules of this module:
 
 - It imports nothing but msgspec and the standard library, so that a client can import it
