@@ -296,6 +296,13 @@ def test_not_a_pinentry(probe: Path) -> None:
         asyncio.run(ask(str(probe), PinEntry()))
 
 
+def test_an_inquire_is_refused_not_answered(probe: Path) -> None:
+    # A pinentry never asks its client for data; one that does is not to be trusted with a pin.
+    (probe.parent / "answer").write_text("INQUIRE SOME_DATA please\nOK\n")
+    with pytest.raises(PinentryError, match="probe-pinentry asked for SOME_DATA"):
+        asyncio.run(ask(str(probe), PinEntry()))
+
+
 def test_missing_program_says_what_to_install() -> None:
     with pytest.raises(PinentryError) as info:
         asyncio.run(ask("/nonexistent/pinentry-nothing", PinEntry()))
