@@ -197,6 +197,7 @@ class Reader:
 
 
 def _find_lf(buf: memoryview, start: int, end: int) -> int:
+    # A loop over the view, not bytes(...).find: that would copy a D line (a passphrase) out.
     for i in range(start, end):
         if buf[i] == 0x0A:
             return i
