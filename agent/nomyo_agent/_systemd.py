@@ -1,13 +1,16 @@
 """systemd's side of the agent's life: socket activation and readiness notification.
 
 Both are no-ops without systemd (or ``systemd-socket-activate``), so ``serve`` calls them always.
-Only the standard library: the protocol is an environment variable and a datagram.
+The protocol is environment variables, inherited fds and a datagram: the standard library
+suffices.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+
+from nomyo_agent.errors import StartFailedError
 
 __all__ = ["SD_LISTEN_FDS_START", "inherited_socket", "notify"]
 
@@ -22,6 +25,9 @@ def inherited_socket(
     Follows sd_listen_fds(3): ``LISTEN_PID`` must be ours, ``LISTEN_FDS`` counts the fds from 3;
     with several, the one named ``name`` in ``LISTEN_FDNAMES`` wins, else the first. The
     variables are removed so that children do not believe they were activated too.
+
+    Raises ``StartFailedError`` when the passed fd is not a listening stream socket (a unit with
+    ``ListenDatagram=`` or ``Accept=yes``): serving on it would fail later, less clearly.
     """
     environ = os.environ if env is None else env
     try:
@@ -31,7 +37,9 @@ def inherited_socket(
         return None
     if pid != os.getpid() or count < 1:
         return None
-    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    # Only the first ``count`` names describe passed fds: a longer list (a stale or forged
+    # variable) must not point us at an fd of our own that the manager never passed.
+    names = environ.get("LISTEN_FDNAMES", "").split(":")[:count]
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         environ.pop(var, None)
     index = names.index(name) if name in names else 0
@@ -40,6 +48,14 @@ def inherited_socket(
         if other != fd:
             os.close(other)
     sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.close()
+        raise StartFailedError(
+            f"fd {fd} passed by the service manager is not a listening stream socket",
+            "the .socket unit must use ListenStream= without Accept=yes",
+        )
     sock.setblocking(False)
     return sock
 

@@ -238,7 +238,8 @@ class AgentAlreadyRunning(AgentError):
 
 
 class StartFailedError(AgentError):
-    """A background agent (``nomyo-agent start``, auto-start, the tray) did not start."""
+    """A background agent (``nomyo-agent start``, auto-start, the tray) did not start, or the
+    service manager handed over a socket the agent cannot serve on."""
 
     code = ErrorCode.START_FAILED
 
