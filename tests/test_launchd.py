@@ -21,17 +21,15 @@ import pytest
 
 from nomyo_agent import _launchd, _service
 from nomyo_agent import _proxy_service as _ps
+from nomyo_agent._libc import c_function
 from nomyo_agent.errors import AgentError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "launchd" / f"{_service.LABEL}.plist"
 SHIPPED_ENV = ROOT / "launchd" / f"{_service.ENV_LABEL}.plist"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.malloc.argtypes = (ctypes.c_size_t,)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.free.argtypes = (ctypes.c_void_p,)
-_libc.free.restype = None
+_malloc = c_function("malloc", ctypes.c_void_p, (ctypes.c_size_t,))
+_free = c_function("free", None, (ctypes.c_void_p,))
 ACTIVATE = ctypes.CFUNCTYPE(ctypes.c_int, *_launchd.ACTIVATE_ARGTYPES)
 
 
@@ -50,7 +48,7 @@ class FakeLaunchd:
         fds = self.sockets.get(name.decode())
         if fds is None:
             return errno.ENOENT
-        array = _libc.malloc(ctypes.sizeof(ctypes.c_int) * len(fds))
+        array = _malloc(ctypes.sizeof(ctypes.c_int) * len(fds))
         ints = ctypes.cast(array, ctypes.POINTER(ctypes.c_int))
         for i, fd in enumerate(fds):
             ints[i] = fd
@@ -60,7 +58,7 @@ class FakeLaunchd:
 
     def free(self, pointer: ctypes.c_void_p) -> None:
         self.freed.append(pointer.value or 0)
-        _libc.free(pointer)
+        _free(pointer)
 
 
 @pytest.fixture
@@ -204,3 +202,19 @@ def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes() 
     assert ("launchctl", "bootstrap", "gui/501", str(file.path)) in plan.start
     assert ("launchctl", "bootout", "gui/501/ai.nomyo.proxy") in plan.stop
     assert _ps.proxy_argv(["/py", "-m", "nomyo_agent"]) == ["/py", "-m", "nomyo_proxy"]
+
+
+def test_libsystem_calls_come_from_the_one_c_library_loader() -> None:
+    """``load_libsystem`` takes its functions through ``_libc``: off macOS the C library has
+    ``free`` but no ``launch_activate_socket``, and the error names the missing symbol."""
+    with pytest.raises(AttributeError, match="launch_activate_socket"):
+        _launchd.load_libsystem()
+
+
+def test_each_c_function_has_its_own_signature() -> None:
+    """Two callers typing the same C function differently do not overwrite each other."""
+    as_size = c_function("strlen", ctypes.c_size_t, (ctypes.c_char_p,))
+    as_int = c_function("strlen", ctypes.c_int, (ctypes.c_char_p,))
+    assert as_size.restype is ctypes.c_size_t
+    assert as_int.restype is ctypes.c_int
+    assert as_size(b"four") == as_int(b"four") == 4

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nomyo_agent import _proxy_service as _ps
+from nomyo_agent._files import atomic_write
 from nomyo_agent._unit_sandbox import SANDBOX
 from nomyo_agent.errors import AgentAlreadyRunning, ServiceError, UsageError
 from nomyo_agent.paths import darwin_socket_path
@@ -359,10 +360,8 @@ def manager_reachable(platform: str = sys.platform) -> bool:
 
 
 def _write(file: ServiceFile) -> None:
-    file.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.path.with_name(file.path.name + ".tmp")
-    tmp.write_bytes(file.content)
-    os.replace(tmp, file.path)  # never a half-written unit for a concurrent daemon-reload
+    # Never a half-written unit for a concurrent daemon-reload; 0644 as the manager's own are.
+    atomic_write(file.path, file.content, mode=0o644)
 
 
 def _resolve(listen: str) -> str:

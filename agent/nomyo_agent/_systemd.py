@@ -52,7 +52,8 @@ def notify(message: str, env: dict[str, str] | None = None) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # Python's sockets are close-on-exec already (PEP 446); SOCK_CLOEXEC is Linux-only anyway.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:
             sock.connect(address)
             sock.sendall(message.encode())

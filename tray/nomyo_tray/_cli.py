@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from nomyo_agent._files import atomic_write
+
 __all__ = ["autostart_path", "desktop_entry", "main"]
 
 PROG = "nomyo-tray"
@@ -105,10 +107,7 @@ def _install(args: argparse.Namespace) -> int:
         return _fail_missing(missing)  # an entry that could only crash at every login
     path = autostart_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(desktop_entry(_command(args)), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, desktop_entry(_command(args)).encode(), mode=0o644)
     except OSError as exc:
         return _fail(f"cannot write {path}: {exc.strerror}", "check that folder's permissions")
     print(f"wrote {path}; the tray starts at your next login")
