@@ -166,15 +166,12 @@ def test_socket_path_too_long_for_macos() -> None:
         _service.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
 
 
-def test_clients_default_to_the_launchagents_socket_on_macos(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_clients_default_to_the_launchagents_socket_on_macos() -> None:
     from nomyo_agent import _service, paths
 
-    monkeypatch.setattr(paths.sys, "platform", "darwin")
     home = Path("/Users/someone")
     expected = _service.launchd_socket_path(home)
-    assert paths.default_socket_path({"HOME": str(home)}) == expected
+    assert paths.default_socket_path({"HOME": str(home)}, platform="darwin") == expected
     assert expected == "/Users/someone/Library/Application Support/nomyo-agent/agent.sock"
 
 

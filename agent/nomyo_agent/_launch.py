@@ -28,9 +28,9 @@ from nomyo_agent import protocol as p
 from nomyo_agent._files import lock_exclusive, open_lock_file
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, AgentUnavailableError, StartFailedError
-from nomyo_agent.paths import socket_path
+from nomyo_agent.paths import log_path, socket_path
 
-__all__ = ["agent_command", "log_path", "running_agent", "start_background", "start_error"]
+__all__ = ["agent_command", "running_agent", "start_background", "start_error"]
 
 READY = b"ready"  # the child writes "ready <pid>\n"
 
@@ -40,13 +40,6 @@ def agent_command() -> list[str]:
     ``sys.path``: ``-m`` alone would put the working directory first, where anyone who can
     write there could plant a ``nomyo_agent`` package. Run it with ``cwd="/"``."""
     return [sys.executable, "-P", "-m", "nomyo_agent"]
-
-
-def log_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(state) / "nomyo-agent" / "agent.log"
 
 
 def running_agent(path: str, timeout: float = 5.0) -> p.HelloReply | None:

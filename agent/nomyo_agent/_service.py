@@ -38,7 +38,7 @@ from nomyo_agent import _proxy_service as _ps
 from nomyo_agent._files import atomic_write
 from nomyo_agent._unit_sandbox import SANDBOX
 from nomyo_agent.errors import AgentAlreadyRunning, ServiceError, UsageError
-from nomyo_agent.paths import darwin_socket_path
+from nomyo_agent.paths import UserDirs, darwin_socket_path, runtime_dir, user_dirs
 
 __all__ = [
     "LABEL",
@@ -222,31 +222,22 @@ def plan(
     ``proxy``, nomyo-proxy's socket-activated unit or LaunchAgent too (``_proxy_service``)."""
     env = os.environ if env is None else env
     argv = list(argv) if argv is not None else program_argv()
-    home = Path(env.get("HOME") or Path.home())
+    dirs = user_dirs(platform, env)
     if platform.startswith("linux"):
-        the_plan = _systemd_plan(env, home, argv, socket)
-        return _with_systemd_proxy(the_plan, env, home, argv) if proxy else the_plan
+        the_plan = _systemd_plan(dirs, argv, socket)
+        return _with_systemd_proxy(the_plan, dirs, argv) if proxy else the_plan
     if platform == "darwin":
         uid = env.get("UID") or str(os.getuid())
-        the_plan = _launchd_plan(home, argv, socket, uid)
-        return _with_launchd_proxy(the_plan, home, argv, uid) if proxy else the_plan
+        the_plan = _launchd_plan(dirs, argv, socket, uid)
+        return _with_launchd_proxy(the_plan, dirs, argv, uid) if proxy else the_plan
     raise ServiceError(
         f"install-service does not support {platform} yet",
         hint="start the agent at login with `nomyo-agent start`, or let clients auto-start it",
     )
 
 
-def _xdg(env: Mapping[str, str], var: str, fallback: Path) -> Path:
-    value = env.get(var, "")
-    return Path(value) if value and Path(value).is_absolute() else fallback
-
-
-def _systemd_plan(
-    env: Mapping[str, str], home: Path, argv: Sequence[str], socket: str | None
-) -> Plan:
-    units = _xdg(env, "XDG_CONFIG_HOME", home / ".config") / "systemd" / "user"
-    # The same folder platformdirs.user_state_dir gives the agent (_config.state_dir).
-    state = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state") / "nomyo-agent"
+def _systemd_plan(dirs: UserDirs, argv: Sequence[str], socket: str | None) -> Plan:
+    units, state = dirs.systemd_units, dirs.state
     files = (
         ServiceFile(units / SOCKET_UNIT, render_socket_unit(socket or SYSTEMD_LISTEN).encode()),
         ServiceFile(units / SERVICE_UNIT, render_service_unit(argv, str(state)).encode()),
@@ -261,15 +252,12 @@ def _systemd_plan(
     )
 
 
-def _with_systemd_proxy(
-    the_plan: Plan, env: Mapping[str, str], home: Path, argv: Sequence[str]
-) -> Plan:
-    units = the_plan.files[0].path.parent
-    state_dir = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state") / "nomyo-agent"
-    env_file = _ps.env_file_path(_xdg(env, "XDG_CONFIG_HOME", home / ".config"))
+def _with_systemd_proxy(the_plan: Plan, dirs: UserDirs, argv: Sequence[str]) -> Plan:
+    units = dirs.systemd_units
+    env_file = _ps.env_file_path(dirs.config)
     service = _ps.render_proxy_service_unit(
         _ps.proxy_argv(argv),
-        str(state_dir),
+        str(dirs.state),
         str(env_file),
         the_plan.socket_path,
         quote=lambda a: a if a.startswith("%t/") else exec_quote(a),
@@ -292,10 +280,9 @@ def _with_systemd_proxy(
     )
 
 
-def _with_launchd_proxy(the_plan: Plan, home: Path, argv: Sequence[str], uid: str) -> Plan:
-    agents = home / "Library" / "LaunchAgents"
-    plist = agents / f"{_ps.PROXY_LABEL}.plist"
-    log = str(home / "Library" / "Logs" / "nomyo-proxy.log")
+def _with_launchd_proxy(the_plan: Plan, dirs: UserDirs, argv: Sequence[str], uid: str) -> Plan:
+    plist = dirs.launch_agents / f"{_ps.PROXY_LABEL}.plist"
+    log = str(dirs.log / "nomyo-proxy.log")
     content = _ps.render_proxy_plist(_ps.proxy_argv(argv), the_plan.socket_path, log)
     return dataclasses.replace(
         the_plan,
@@ -311,15 +298,15 @@ def launchd_socket_path(home: Path) -> str:
     return darwin_socket_path(home)
 
 
-def _launchd_plan(home: Path, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
-    path = socket or launchd_socket_path(home)
+def _launchd_plan(dirs: UserDirs, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
+    path = socket or launchd_socket_path(dirs.home)
     if len(os.fsencode(path)) >= MACOS_SUN_PATH:
         raise UsageError(
             f"the socket path {path} is longer than macOS allows ({MACOS_SUN_PATH - 1} bytes)",
             hint="pass a shorter one with --socket",
         )
-    log = str(home / "Library" / "Logs" / "nomyo-agent.log")
-    agents = home / "Library" / "LaunchAgents"
+    log = str(dirs.log / "agent.log")
+    agents = dirs.launch_agents
     plist, env_plist = agents / f"{LABEL}.plist", agents / f"{ENV_LABEL}.plist"
     domain = f"gui/{uid}"
     return Plan(
@@ -366,8 +353,8 @@ def _write(file: ServiceFile) -> None:
 
 def _resolve(listen: str) -> str:
     """systemd's ``%t`` as this session sees it."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    return runtime + listen[2:] if listen.startswith("%t") and runtime else listen
+    runtime = runtime_dir()
+    return str(runtime) + listen[2:] if listen.startswith("%t") and runtime else listen
 
 
 def _refuse_a_running_agent(the_plan: Plan) -> None:
@@ -416,12 +403,14 @@ def install(
     for file in the_plan.files:
         _write(file)
         out.write(f"wrote {file.path}\n")
+    dirs = user_dirs()
     if sys.platform.startswith("linux"):
         # A missing ReadWritePaths= folder stops the sandbox from starting at all.
-        state = _xdg(os.environ, "XDG_STATE_HOME", Path.home() / ".local" / "state")
-        (state / "nomyo-agent").mkdir(mode=0o700, parents=True, exist_ok=True)
+        dirs.state.mkdir(mode=0o700, parents=True, exist_ok=True)
     else:
         Path(the_plan.socket_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # launchd opens StandardErrorPath but creates no folder for it.
+        dirs.log.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not start:
         out.write("not started (--no-start); start it with: " + _commands(the_plan.start) + "\n")
     elif not reachable:

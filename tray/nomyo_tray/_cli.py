@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from nomyo_agent._files import atomic_write
+from nomyo_agent.paths import user_dirs
 
 __all__ = ["autostart_path", "desktop_entry", "main"]
 
@@ -56,11 +57,8 @@ def _fail(message: str, hint: str = "") -> int:
 
 
 def autostart_path(env: dict[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/autostart/nomyo-tray.desktop`` (default ``~/.config``)."""
-    env = dict(os.environ) if env is None else env
-    config = env.get("XDG_CONFIG_HOME") or ""
-    base = Path(config) if os.path.isabs(config) else Path(env.get("HOME", "~")) / ".config"
-    return base.expanduser() / "autostart" / DESKTOP_FILE
+    """``$XDG_CONFIG_HOME/autostart/nomyo-tray.desktop`` (default ``~/.config``; ``paths``)."""
+    return user_dirs("linux", env).xdg_autostart / DESKTOP_FILE
 
 
 def _exec_quote(arg: str) -> str:
