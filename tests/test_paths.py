@@ -150,10 +150,6 @@ FOLDER_NAMES = {"Library", "LaunchAgents", "Application Support", "Logs", ".conf
 SETS_ENVIRONMENT = {
     "agent/nomyo_agent/_pinentry.py": "passes XDG_RUNTIME_DIR on to pinentry (Wayland)",
     "devserver/nomyo_devserver/session.py": "gives a throwaway session its own XDG folders",
-    # Until they use the one throwaway-session harness:
-    "devserver/nomyo_devserver/demo.py": "",
-    "bench/agent_figures.py": "",
-    "bench/agent_load.py": "",
 }
 
 
