@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from nomyo_agent import _launchd, _service
+from nomyo_agent import _launchd, _service_plan, _units
 from nomyo_agent import _proxy_service as _ps
 from nomyo_agent._libc import c_function
 from nomyo_agent.errors import AgentError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "launchd" / f"{_service.LABEL}.plist"
-SHIPPED_ENV = ROOT / "launchd" / f"{_service.ENV_LABEL}.plist"
+SHIPPED = ROOT / "launchd" / f"{_units.LABEL}.plist"
+SHIPPED_ENV = ROOT / "launchd" / f"{_units.ENV_LABEL}.plist"
 
 _malloc = c_function("malloc", ctypes.c_void_p, (ctypes.c_size_t,))
 _free = c_function("free", None, (ctypes.c_void_p,))
@@ -111,12 +111,12 @@ def test_no_op_off_macos() -> None:
 
 
 def test_socket_key_matches_the_plist() -> None:
-    assert _launchd.SOCKET_NAME == _service.SOCKET_NAME
+    assert _launchd.SOCKET_NAME == _units.SOCKET_NAME
 
 
 def test_shipped_plists_are_the_installer_rendering() -> None:
     home = Path("/Users/USERNAME")
-    plan = _service.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
+    plan = _service_plan.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
     assert SHIPPED.read_bytes() == plan.files[0].content
     assert SHIPPED_ENV.read_bytes() == plan.files[1].content
 
@@ -124,7 +124,7 @@ def test_shipped_plists_are_the_installer_rendering() -> None:
 def test_plist_names_what_the_installer_writes() -> None:
     home = Path("/Users/ada")
     argv = ["/opt/nomyo/bin/nomyo-agent"]
-    plan = _service.plan("darwin", {"HOME": str(home), "UID": "501"}, argv)
+    plan = _service_plan.plan("darwin", {"HOME": str(home), "UID": "501"}, argv)
     file, env_file = plan.files
     assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.agent.plist"
     doc = plistlib.loads(file.content)
@@ -155,7 +155,9 @@ def test_plist_names_what_the_installer_writes() -> None:
 
 
 def test_plist_with_an_explicit_socket() -> None:
-    plan = _service.plan("darwin", {"HOME": "/Users/ada"}, ["/x/nomyo-agent"], socket="/s/a.sock")
+    plan = _service_plan.plan(
+        "darwin", {"HOME": "/Users/ada"}, ["/x/nomyo-agent"], socket="/s/a.sock"
+    )
     doc = plistlib.loads(plan.files[0].content)
     assert doc["Sockets"]["agent"]["SockPathName"] == "/s/a.sock"
 
@@ -163,21 +165,21 @@ def test_plist_with_an_explicit_socket() -> None:
 def test_socket_path_too_long_for_macos() -> None:
     home = "/Users/" + "a" * 80
     with pytest.raises(AgentError, match="longer than macOS allows"):
-        _service.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
+        _service_plan.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
 
 
 def test_clients_default_to_the_launchagents_socket_on_macos() -> None:
-    from nomyo_agent import _service, paths
+    from nomyo_agent import paths
 
     home = Path("/Users/someone")
-    expected = _service.launchd_socket_path(home)
+    expected = _service_plan.launchd_socket_path(home)
     assert paths.default_socket_path({"HOME": str(home)}, platform="darwin") == expected
     assert expected == "/Users/someone/Library/Application Support/nomyo-agent/agent.sock"
 
 
 def test_shipped_proxy_plist_is_the_installer_rendering() -> None:
     home = Path("/Users/USERNAME")
-    plan = _service.plan(
+    plan = _service_plan.plan(
         "darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"], proxy=True
     )
     assert (ROOT / "launchd" / f"{_ps.PROXY_LABEL}.plist").read_bytes() == plan.files[2].content
@@ -185,7 +187,7 @@ def test_shipped_proxy_plist_is_the_installer_rendering() -> None:
 
 def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes() -> None:
     home = Path("/Users/ada")
-    plan = _service.plan(
+    plan = _service_plan.plan(
         "darwin", {"HOME": str(home), "UID": "501"}, ["/opt/nomyo/bin/nomyo-agent"], proxy=True
     )
     file = plan.files[2]

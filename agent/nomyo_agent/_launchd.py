@@ -22,10 +22,10 @@ import types
 from typing import Any
 
 from nomyo_agent._libc import c_function
+from nomyo_agent._units import SOCKET_NAME
 
 __all__ = ["LaunchdError", "activate_socket", "inherited_socket", "load_libsystem"]
 
-SOCKET_NAME = "agent"
 
 # int launch_activate_socket(const char *name, int **fds, size_t *cnt);
 ACTIVATE_ARGTYPES = (

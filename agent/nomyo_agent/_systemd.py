@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import socket
 
+from nomyo_agent._units import SOCKET_NAME
+
 __all__ = ["SD_LISTEN_FDS_START", "inherited_socket", "notify"]
 
 SD_LISTEN_FDS_START = 3
 
 
 def inherited_socket(
-    env: dict[str, str] | None = None, name: str = "agent"
+    env: dict[str, str] | None = None, name: str = SOCKET_NAME
 ) -> socket.socket | None:
     """The listening socket passed by the service manager, if it passed one to this process.
 
