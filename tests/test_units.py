@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import plistlib
 
-import pytest
-
 from nomyo_agent import _units
 from nomyo_agent._unit_sandbox import SANDBOX
 
@@ -69,22 +67,6 @@ def test_specifiers_are_kept_only_when_asked() -> None:
     escaped = _units.render_service_unit(["/a%h/nomyo-agent"], "/s$x")
     assert "ExecStart=/a%%h/nomyo-agent serve\n" in escaped
     assert "ReadWritePaths=/s$$x\n" in escaped
-
-
-@pytest.mark.parametrize(
-    ("arg", "quoted"),
-    [
-        ("/usr/bin/nomyo-agent", "/usr/bin/nomyo-agent"),
-        ("/my tools/x", '"/my tools/x"'),
-        ("50%", "50%%"),
-        ("$HOME", "$$HOME"),
-        ('say "hi"', '"say \\"hi\\""'),
-        ("back\\slash", '"back\\\\slash"'),
-        ("", '""'),
-    ],
-)
-def test_exec_lines_quote_what_systemd_would_read_otherwise(arg: str, quoted: str) -> None:
-    assert _units.exec_quote(arg) == quoted
 
 
 def test_the_launch_agent_plist_parses_to_exactly_this() -> None:
