@@ -258,8 +258,11 @@ def start_agent(
                 env=run_env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
                 pass_fds=(write_fd,),
             )  # fmt: skip
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
-        os.close(write_fd)
+        os.close(write_fd)  # ours; the agent's copy alone now tells whether it lives
     agent = kind(path=path, env=run_env, proc=proc, log=log)
     try:
         pid = read_ready(read_fd, READY_TIMEOUT)
