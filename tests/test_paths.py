@@ -129,7 +129,7 @@ def test_windows_agrees_with_platformdirs(monkeypatch: pytest.MonkeyPatch) -> No
     # Off Windows platformdirs cannot ask the shell; its own fallback reads the same variables.
     monkeypatch.setattr(
         platformdirs.windows,
-        "_RESOLVE_WIN_FOLDER",
+        "get_win_folder",
         platformdirs.windows.get_win_folder_from_env_vars,
     )
     theirs = platformdirs.windows.Windows(paths.APP, appauthor=False)
