@@ -74,6 +74,12 @@ def test_the_socket_follows_the_runtime_folder_then_the_temp_folder() -> None:
     assert fallback.startswith("/var/tmp/")
 
 
+def test_starters_lock_beside_the_socket() -> None:
+    assert paths.start_lock_path("/run/user/7/nomyo-agent/agent.sock") == (
+        "/run/user/7/nomyo-agent/agent.sock.start"
+    )
+
+
 def test_the_current_process_gets_its_own_folders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", "/home/bob")
     for var in XDG_VARS:

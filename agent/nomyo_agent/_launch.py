@@ -28,7 +28,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent._files import lock_exclusive, open_lock_file
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, AgentUnavailableError, StartFailedError
-from nomyo_agent.paths import log_path, socket_path
+from nomyo_agent.paths import log_path, socket_path, start_lock_path
 
 __all__ = ["agent_command", "read_ready", "running_agent", "start_background", "start_error"]
 
@@ -83,15 +83,12 @@ def start_error(text: str) -> tuple[str, str]:
 
 
 def _lock_path(path: str) -> str:
-    """The starters' lock file: beside the socket, or for a Windows pipe in the temp folder."""
-    if sys.platform == "win32":
-        import tempfile  # noqa: PLC0415
+    """The starters' lock file (``paths.start_lock_path``), its folder made private first."""
+    if sys.platform != "win32":
+        from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
 
-        return os.path.join(tempfile.gettempdir(), os.path.basename(path) + ".start")
-    from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
-
-    _sockdir.private_folder(os.path.dirname(path))
-    return path + ".start"
+        _sockdir.private_folder(os.path.dirname(path))
+    return start_lock_path(path)
 
 
 def start_background(

@@ -53,6 +53,7 @@ __all__ = [
     "runtime_dir",
     "socket_path",
     "socket_path_problem",
+    "start_lock_path",
     "state_dir",
     "user_dirs",
 ]
@@ -167,6 +168,16 @@ def default_socket_path(env: Mapping[str, str] | None = None, platform: str = sy
 
         tmp = tempfile.gettempdir()
     return str(Path(tmp) / f"{APP}-{os.getuid()}" / "agent.sock")
+
+
+def start_lock_path(socket: str) -> str:
+    """The lock file that agent starters serialise on (``_launch``): beside the socket, or, for a
+    Windows pipe, which has no folder, in the temp folder."""
+    if sys.platform == "win32":
+        import tempfile  # noqa: PLC0415
+
+        return os.path.join(tempfile.gettempdir(), os.path.basename(socket) + ".start")
+    return socket + ".start"
 
 
 def socket_path(explicit: str | os.PathLike[str] | None = None) -> str:
