@@ -1,16 +1,14 @@
 """Issue 2's figures: unlock time, and what the RPC adds to one ``open`` of a 4 KiB response.
 
 Run with ``./dev figures`` (or ``.venv/bin/python bench/agent_figures.py``). It starts its own
-private D-Bus + gnome-keyring and agent, so it touches nothing of yours, and prints one table.
+private D-Bus + gnome-keyring and agent (``nomyo_devserver.session``), so it touches nothing of
+yours, and prints one table.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
-from nomyo_agent.connection import AgentConnection
+from nomyo_devserver.session import SessionError, open_agent, open_session
 
 ROUNDS = 200
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -38,55 +36,6 @@ def median_ms(fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, fl
         samples.append((time.perf_counter() - t) * 1000)
     samples.sort()
     return statistics.median(samples), samples[int(len(samples) * 0.9)]
-
-
-def private_session(root: Path) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBUS_", "XDG_", "NOMYO_"))}
-    for name, sub in (("HOME", "home"), ("XDG_RUNTIME_DIR", "run")):
-        (root / sub).mkdir(mode=0o700)
-        env[name] = str(root / sub)
-    env["XDG_STATE_HOME"] = str(root / "home" / "state")
-    env["XDG_CONFIG_HOME"] = str(root / "home" / "config")
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.SecretService.Keyring"
-    bus = subprocess.Popen(
-        ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    assert bus.stdout is not None
-    env["DBUS_SESSION_BUS_ADDRESS"] = bus.stdout.readline().decode().strip()
-    bus.stdout.close()
-    ring = subprocess.Popen(
-        ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    assert ring.stdin is not None
-    ring.stdin.write(b"bench")
-    ring.stdin.close()
-    time.sleep(0.5)
-    return env, [bus, ring]
-
-
-def stop_session(agent: subprocess.Popen[bytes], procs: list[subprocess.Popen[bytes]]) -> None:
-    """Stop the agent, then the bus and keyring that ``private_session`` started."""
-    agent.send_signal(signal.SIGTERM)
-    agent.wait(timeout=10)
-    for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-
-
-def start_agent(env: dict[str, str], path: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nomyo_agent", "serve", "--socket", path],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise SystemExit("the agent did not start")
-        time.sleep(0.02)
-    return proc
 
 
 CODE_PATH = "open 4 KiB through the agent's codec and dispatcher"
@@ -113,9 +62,6 @@ def agent_code_path(tmp: Path, plaintext: bytes) -> Callable[[], object]:
 
 
 def main() -> None:
-    for program in ("dbus-daemon", "gnome-keyring-daemon"):
-        if shutil.which(program) is None:
-            raise SystemExit(f"error: {program} is missing\nhint: run ./dev setup")
     rows: list[tuple[str, float, float]] = []
     key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
     wrapped = key.public_key().encrypt(os.urandom(32), OAEP)
@@ -131,14 +77,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as core_dir:
         rows.append((CODE_PATH, *median_ms(agent_code_path(Path(core_dir), response))))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        env, procs = private_session(Path(tmp))
-        path = str(Path(env["XDG_RUNTIME_DIR"]) / "bench.sock")
-        agent = start_agent(env, path)
-        try:
-            conn = AgentConnection.open(path, timeout=120)
-            ident = conn.call(p.Generate(bits=4096, passphrase=b"", force=True), p.IdentityReply)
-            agent_key = _keys.load_router_key(ident.public_key_pem)
+    with tempfile.TemporaryDirectory() as tmp, open_session(Path(tmp)) as session:
+        print("agent: a private session bus and keyring, an RSA-4096 identity", file=sys.stderr)
+        with open_agent(session.env, bits=4096) as agent:
+            conn = agent.connect(timeout=120)
+            assert agent.identity is not None
+            agent_key = _keys.load_router_key(agent.identity.public_key_pem)
             agent_package = _envelope.seal(agent_key, response)
             rows.append(
                 (
@@ -177,8 +121,6 @@ def main() -> None:
                 )
             )
             conn.close()
-        finally:
-            stop_session(agent, procs)
 
     print(f"\n{'operation':<46} {'median ms':>10} {'p90 ms':>8}")
     print("-" * 66)
@@ -199,4 +141,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SessionError as exc:
+        raise SystemExit(f"error: {exc}\nhint: {exc.hint}") from None

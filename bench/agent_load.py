@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent_figures import private_session, start_agent, stop_session
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection, AsyncAgentConnection
+from nomyo_devserver.session import open_agent, open_session
 
 SECONDS = 5.0
 SMALL = os.urandom(2048).hex().encode()  # 4 KiB of JSON-ish text
@@ -102,13 +102,10 @@ def _percentile(samples: list[float], q: float) -> float:
 
 def main() -> None:
     rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        env, procs = private_session(Path(tmp))
-        path = str(Path(env["XDG_RUNTIME_DIR"]) / "load.sock")
-        agent = start_agent(env, path)
-        try:
-            with AgentConnection.open(path, timeout=120) as conn:
-                conn.call(p.Generate(bits=4096, passphrase=b"", force=True), p.IdentityReply)
+    with tempfile.TemporaryDirectory() as tmp, open_session(Path(tmp)) as session:
+        env = session.env
+        with open_agent(env, bits=4096) as agent:  # an RSA-4096 identity, unlocked
+            path = agent.path
             one = asyncio.run(_opens(path, 1, SECONDS))
             many = asyncio.run(_opens(path, 64, SECONDS))
             rows += [
@@ -138,8 +135,6 @@ def main() -> None:
                 ("p99 beside 8 MiB vs alone", f"{p99_loaded / p99_alone:.2f}x"),
                 ("max beside 8 MiB, ms", f"{loaded[-1]:.1f}"),
             ]  # fmt: skip
-        finally:
-            stop_session(agent, procs)
     print(f"\n{'agent under load (RSA-4096, ' + str(os.cpu_count()) + ' cores)':<52} {'':>16}")
     print("-" * 70)
     for name, value in rows:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nomyo_devserver import DevServer
-from nomyo_devserver.demo import DemoError, throwaway_agent, throwaway_session
+from nomyo_devserver.session import SessionError, open_agent, open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "devserver/echo"
@@ -121,7 +121,7 @@ asyncio.run(main())
 def peer_python() -> str:
     path = os.environ.get("NOMYO_PEER_PYTHON") or str(ROOT / ".venv-nomyo" / "bin" / "python")
     if not Path(path).is_file():
-        raise DemoError(f"the public client's python is missing at {path}", "run `./dev setup`")
+        raise SessionError(f"the public client's python is missing at {path}", "run `./dev setup`")
     return path
 
 
@@ -308,7 +308,7 @@ def running_proxy(url: str, env: dict[str, str], folder: Path) -> Iterator[tuple
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith(b"NOMYO_PROXY_URL="):
-            raise DemoError(f"nomyo-proxy did not start:\n{log.read_text()}", "see its log")
+            raise SessionError(f"nomyo-proxy did not start:\n{log.read_text()}", "see its log")
         yield line.decode().strip().split("=", 1)[1], token
     finally:
         proc.terminate()
@@ -326,7 +326,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="nomyo-bench-") as tmp:
             print("setting up: private bus + keyring, agent, devserver ...", file=sys.stderr)
-            with throwaway_session(Path(tmp)) as session, throwaway_agent(session) as agent:
+            with open_session(Path(tmp)) as session, open_agent(session.env) as agent:
                 env = {**agent.env, "NOMYO_AGENT_AUTOSTART": "0", "PYTHONWARNINGS": "ignore"}
                 ours = Side("ours", sys.executable, env)
                 public = Side("public", peer_python(), env)
@@ -343,7 +343,7 @@ def main() -> int:
                     proxy = Side("proxy", sys.executable, env).bind(proxy_url, token)
                     raw = Side("raw", sys.executable, env).bind(proxy_url, token)
                     measure(server.url, ours, public, str(key_dir), args, proxy=proxy, raw=raw)
-    except DemoError as exc:
+    except SessionError as exc:
         print(f"bench: error: {exc}\nhint: {exc.hint}", file=sys.stderr)
         return 2
     print(f"(took {time.perf_counter() - started:.0f} s)", file=sys.stderr)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nomyo_agent._envelope import diagnose, open_package, seal
 from nomyo_agent._keys import load_router_key, public_pem
 from nomyo_agent.errors import DecryptFailedError
-from nomyo_devserver import UNDECRYPTABLE, DevServer, KeyFileError
+from nomyo_devserver import UNDECRYPTABLE, DevServer, KeyFileError, _keystore
 from support.devserver import TLSFiles
 from support.keys import rsa_key
 
@@ -440,6 +440,17 @@ def test_key_file_is_created_0600_and_reused(tmp_path: Path) -> None:
     second = DevServer(key_file=path)
     assert second.fingerprint == first.fingerprint
     assert [p.name for p in path.parent.iterdir()] == ["router.pem"]  # no temporary left
+
+
+def test_a_key_file_another_start_created_first_is_kept(tmp_path: Path) -> None:
+    """Two routers starting on one --key-file: the second never replaces the first's key."""
+    path = tmp_path / "keys" / "router.pem"
+    assert _keystore._write_new(path, rsa_key(2048, 0)) is True
+    first = path.read_bytes()
+    assert _keystore._write_new(path, rsa_key(2048, 1)) is False  # it lost the race
+    assert path.read_bytes() == first
+    assert _keystore.load_or_create(path).private_numbers() == rsa_key(2048, 0).private_numbers()
+    assert [p.name for p in path.parent.iterdir()] == ["router.pem"]
 
 
 def test_key_file_readable_by_others_is_refused(

@@ -19,19 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from nomyo_agent import _launchd, _service
+from nomyo_agent import _launchd, _service_plan, _units
 from nomyo_agent import _proxy_service as _ps
+from nomyo_agent._libc import c_function
 from nomyo_agent.errors import AgentError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "launchd" / f"{_service.LABEL}.plist"
-SHIPPED_ENV = ROOT / "launchd" / f"{_service.ENV_LABEL}.plist"
+SHIPPED = ROOT / "launchd" / f"{_units.LABEL}.plist"
+SHIPPED_ENV = ROOT / "launchd" / f"{_units.ENV_LABEL}.plist"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.malloc.argtypes = (ctypes.c_size_t,)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.free.argtypes = (ctypes.c_void_p,)
-_libc.free.restype = None
+_malloc = c_function("malloc", ctypes.c_void_p, (ctypes.c_size_t,))
+_free = c_function("free", None, (ctypes.c_void_p,))
 ACTIVATE = ctypes.CFUNCTYPE(ctypes.c_int, *_launchd.ACTIVATE_ARGTYPES)
 
 
@@ -50,7 +48,7 @@ class FakeLaunchd:
         fds = self.sockets.get(name.decode())
         if fds is None:
             return errno.ENOENT
-        array = _libc.malloc(ctypes.sizeof(ctypes.c_int) * len(fds))
+        array = _malloc(ctypes.sizeof(ctypes.c_int) * len(fds))
         ints = ctypes.cast(array, ctypes.POINTER(ctypes.c_int))
         for i, fd in enumerate(fds):
             ints[i] = fd
@@ -60,7 +58,7 @@ class FakeLaunchd:
 
     def free(self, pointer: ctypes.c_void_p) -> None:
         self.freed.append(pointer.value or 0)
-        _libc.free(pointer)
+        _free(pointer)
 
 
 @pytest.fixture
@@ -113,12 +111,12 @@ def test_no_op_off_macos() -> None:
 
 
 def test_socket_key_matches_the_plist() -> None:
-    assert _launchd.SOCKET_NAME == _service.SOCKET_NAME
+    assert _launchd.SOCKET_NAME == _units.SOCKET_NAME
 
 
 def test_shipped_plists_are_the_installer_rendering() -> None:
     home = Path("/Users/USERNAME")
-    plan = _service.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
+    plan = _service_plan.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
     assert SHIPPED.read_bytes() == plan.files[0].content
     assert SHIPPED_ENV.read_bytes() == plan.files[1].content
 
@@ -126,7 +124,7 @@ def test_shipped_plists_are_the_installer_rendering() -> None:
 def test_plist_names_what_the_installer_writes() -> None:
     home = Path("/Users/ada")
     argv = ["/opt/nomyo/bin/nomyo-agent"]
-    plan = _service.plan("darwin", {"HOME": str(home), "UID": "501"}, argv)
+    plan = _service_plan.plan("darwin", {"HOME": str(home), "UID": "501"}, argv)
     file, env_file = plan.files
     assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.agent.plist"
     doc = plistlib.loads(file.content)
@@ -157,7 +155,9 @@ def test_plist_names_what_the_installer_writes() -> None:
 
 
 def test_plist_with_an_explicit_socket() -> None:
-    plan = _service.plan("darwin", {"HOME": "/Users/ada"}, ["/x/nomyo-agent"], socket="/s/a.sock")
+    plan = _service_plan.plan(
+        "darwin", {"HOME": "/Users/ada"}, ["/x/nomyo-agent"], socket="/s/a.sock"
+    )
     doc = plistlib.loads(plan.files[0].content)
     assert doc["Sockets"]["agent"]["SockPathName"] == "/s/a.sock"
 
@@ -165,24 +165,21 @@ def test_plist_with_an_explicit_socket() -> None:
 def test_socket_path_too_long_for_macos() -> None:
     home = "/Users/" + "a" * 80
     with pytest.raises(AgentError, match="longer than macOS allows"):
-        _service.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
+        _service_plan.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
 
 
-def test_clients_default_to_the_launchagents_socket_on_macos(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from nomyo_agent import _service, paths
+def test_clients_default_to_the_launchagents_socket_on_macos() -> None:
+    from nomyo_agent import paths
 
-    monkeypatch.setattr(paths.sys, "platform", "darwin")
     home = Path("/Users/someone")
-    expected = _service.launchd_socket_path(home)
-    assert paths.default_socket_path({"HOME": str(home)}) == expected
+    expected = _service_plan.launchd_socket_path(home)
+    assert paths.default_socket_path({"HOME": str(home)}, platform="darwin") == expected
     assert expected == "/Users/someone/Library/Application Support/nomyo-agent/agent.sock"
 
 
 def test_shipped_proxy_plist_is_the_installer_rendering() -> None:
     home = Path("/Users/USERNAME")
-    plan = _service.plan(
+    plan = _service_plan.plan(
         "darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"], proxy=True
     )
     assert (ROOT / "launchd" / f"{_ps.PROXY_LABEL}.plist").read_bytes() == plan.files[2].content
@@ -190,7 +187,7 @@ def test_shipped_proxy_plist_is_the_installer_rendering() -> None:
 
 def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes() -> None:
     home = Path("/Users/ada")
-    plan = _service.plan(
+    plan = _service_plan.plan(
         "darwin", {"HOME": str(home), "UID": "501"}, ["/opt/nomyo/bin/nomyo-agent"], proxy=True
     )
     file = plan.files[2]
@@ -204,3 +201,19 @@ def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes() 
     assert ("launchctl", "bootstrap", "gui/501", str(file.path)) in plan.start
     assert ("launchctl", "bootout", "gui/501/ai.nomyo.proxy") in plan.stop
     assert _ps.proxy_argv(["/py", "-m", "nomyo_agent"]) == ["/py", "-m", "nomyo_proxy"]
+
+
+def test_libsystem_calls_come_from_the_one_c_library_loader() -> None:
+    """``load_libsystem`` takes its functions through ``_libc``: off macOS the C library has
+    ``free`` but no ``launch_activate_socket``, and the error names the missing symbol."""
+    with pytest.raises(AttributeError, match="launch_activate_socket"):
+        _launchd.load_libsystem()
+
+
+def test_each_c_function_has_its_own_signature() -> None:
+    """Two callers typing the same C function differently do not overwrite each other."""
+    as_size = c_function("strlen", ctypes.c_size_t, (ctypes.c_char_p,))
+    as_int = c_function("strlen", ctypes.c_int, (ctypes.c_char_p,))
+    assert as_size.restype is ctypes.c_size_t
+    assert as_int.restype is ctypes.c_int
+    assert as_size(b"four") == as_int(b"four") == 4

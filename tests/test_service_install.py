@@ -15,7 +15,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from nomyo_agent import _service
+from nomyo_agent import _service_plan
 from nomyo_agent.errors import AgentError
 from support.agent import RunningAgent
 
@@ -58,7 +58,7 @@ def test_install_without_a_manager_writes_and_says_how_to_start(home: Path) -> N
     result = run_cli("install-service")
     assert result.returncode == 1, result.stderr  # nothing was started: not a success
     units = home / ".config" / "systemd" / "user"
-    plan = _service.plan()
+    plan = _service_plan.plan()
     for file in plan.files:
         assert file.path.read_bytes() == file.content
         assert f"wrote {file.path}" in result.stdout
@@ -118,26 +118,28 @@ def test_a_shell_nomyo_agent_sock_is_not_baked_in(
 
 
 def test_program_argv_prefers_the_console_script(tmp_path: Path) -> None:
-    assert _service.program_argv() == [str(Path(sys.executable).parent / "nomyo-agent")]
+    assert _service_plan.program_argv() == [str(Path(sys.executable).parent / "nomyo-agent")]
     bare = tmp_path / "bin" / "python3"
     bare.parent.mkdir()
     bare.symlink_to(sys.executable)
     # No script beside this interpreter: fall back to `python -m`, keeping the venv path as is.
-    assert _service.program_argv(str(bare)) == [str(bare), "-P", "-m", "nomyo_agent"]
-    plan = _service.plan("linux", {"HOME": str(tmp_path)}, _service.program_argv(str(bare)))
+    assert _service_plan.program_argv(str(bare)) == [str(bare), "-P", "-m", "nomyo_agent"]
+    plan = _service_plan.plan(
+        "linux", {"HOME": str(tmp_path)}, _service_plan.program_argv(str(bare))
+    )
     assert f"ExecStart={bare} -P -m nomyo_agent serve\n" in plan.files[1].content.decode()
     assert plan.undo == f"{bare} -P -m nomyo_agent uninstall-service"
 
 
 def test_plan_follows_the_xdg_variables(tmp_path: Path) -> None:
     env = {"HOME": "/home/ada", "XDG_CONFIG_HOME": "/cfg", "XDG_STATE_HOME": "/st"}
-    plan = _service.plan("linux", env, ["/x/nomyo-agent"])
+    plan = _service_plan.plan("linux", env, ["/x/nomyo-agent"])
     assert [f.path for f in plan.files] == [
         Path("/cfg/systemd/user/nomyo-agent.socket"),
         Path("/cfg/systemd/user/nomyo-agent.service"),
     ]
     assert "ReadWritePaths=/st/nomyo-agent\n" in plan.files[1].content.decode()
-    relative = _service.plan("linux", {"HOME": "/home/ada", "XDG_STATE_HOME": "rel"}, ["/x"])
+    relative = _service_plan.plan("linux", {"HOME": "/home/ada", "XDG_STATE_HOME": "rel"}, ["/x"])
     assert (
         "ReadWritePaths=/home/ada/.local/state/nomyo-agent\n" in relative.files[1].content.decode()
     )
@@ -145,5 +147,5 @@ def test_plan_follows_the_xdg_variables(tmp_path: Path) -> None:
 
 def test_unsupported_platform_is_a_clear_error() -> None:
     with pytest.raises(AgentError, match="does not support win32 yet") as info:
-        _service.plan("win32", {"HOME": "C:/Users/ada"}, ["nomyo-agent.exe"])
+        _service_plan.plan("win32", {"HOME": "C:/Users/ada"}, ["nomyo-agent.exe"])
     assert "nomyo-agent start" in (info.value.hint or "")

@@ -249,7 +249,7 @@ def test_no_system_bus_is_reported_and_losing_the_session_bus_locks(
     with agent.connect() as conn:
         events = conn.watch()
         assert next(events).state is p.State.UNLOCKED
-        session_bus = desktop._procs[0]  # the dbus-daemon of the desktop fixture
+        session_bus = desktop.procs[0]  # the dbus-daemon of the desktop fixture
         stop_group(session_bus)
         conn.settimeout(5)
         event = next(events)

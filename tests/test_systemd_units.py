@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nomyo_agent import _proxy_service as _ps
-from nomyo_agent import _service
+from nomyo_agent import _service_plan, _units
 from nomyo_proxy._cli import DEFAULT_PORT
 from support.desktop import require_programs
 
@@ -47,14 +47,14 @@ def analyze(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 def test_shipped_units_are_the_installer_rendering() -> None:
     # The repository's files are plan() output for a pipx/uv-tool install; they must not drift.
-    assert (SHIPPED / _service.SOCKET_UNIT).read_text() == _service.render_socket_unit()
-    assert (SHIPPED / _service.SERVICE_UNIT).read_text() == _service.render_service_unit(
+    assert (SHIPPED / _units.SOCKET_UNIT).read_text() == _units.render_socket_unit()
+    assert (SHIPPED / _units.SERVICE_UNIT).read_text() == _units.render_service_unit(
         ["%h/.local/bin/nomyo-agent"], "%h/.local/state/nomyo-agent", specifiers=True
     )
 
 
 def test_shipped_units_verify_clean(user_env: dict[str, str], tmp_path: Path) -> None:
-    units = [str(SHIPPED / _service.SOCKET_UNIT), str(SHIPPED / _service.SERVICE_UNIT)]
+    units = [str(SHIPPED / _units.SOCKET_UNIT), str(SHIPPED / _units.SERVICE_UNIT)]
     result = analyze(user_env, "verify", "--user", *units)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", f"systemd-analyze verify warned:\n{result.stderr}"
@@ -63,16 +63,16 @@ def test_shipped_units_verify_clean(user_env: dict[str, str], tmp_path: Path) ->
 def test_verify_catches_a_broken_unit(user_env: dict[str, str], tmp_path: Path) -> None:
     # The check above must be able to fail: a misspelt option is a warning (exit 0) on stderr.
     # Both units in one folder: systemd resolves the socket's service next to the socket.
-    socket = tmp_path / _service.SOCKET_UNIT
-    socket.write_text((SHIPPED / _service.SOCKET_UNIT).read_text())
-    broken = tmp_path / _service.SERVICE_UNIT
-    broken.write_text((SHIPPED / _service.SERVICE_UNIT).read_text().replace("UMask=", "UMaks="))
+    socket = tmp_path / _units.SOCKET_UNIT
+    socket.write_text((SHIPPED / _units.SOCKET_UNIT).read_text())
+    broken = tmp_path / _units.SERVICE_UNIT
+    broken.write_text((SHIPPED / _units.SERVICE_UNIT).read_text().replace("UMask=", "UMaks="))
     result = analyze(user_env, "verify", "--user", str(socket), str(broken))
     assert result.returncode == 0  # only a warning: hence the stderr checks
     assert "Unknown key 'UMaks'" in result.stderr
 
 
-def write_and_verify(env: dict[str, str], plan: _service.Plan) -> None:
+def write_and_verify(env: dict[str, str], plan: _service_plan.Plan) -> None:
     """Write what install-service would write, and `systemd-analyze verify` it: no warnings."""
     for file in plan.files:
         file.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def write_and_verify(env: dict[str, str], plan: _service.Plan) -> None:
 def test_installer_units_verify_clean(user_env: dict[str, str], tmp_path: Path) -> None:
     # What install-service writes for *this* venv, with its absolute paths, verifies too.
     env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service.plan("linux", env, _service.program_argv())
+    plan = _service_plan.plan("linux", env, _service_plan.program_argv())
     write_and_verify(env, plan)
     service = plan.files[1].content.decode()
     assert f"ExecStart={VENV_SCRIPT} serve\n" in service
@@ -96,7 +96,7 @@ def test_exposure_score(user_env: dict[str, str]) -> None:
     result = analyze(
         user_env,
         "security", "--offline=true", "--user", f"--threshold={int(EXPOSURE_LIMIT * 10)}",
-        str(SHIPPED / _service.SERVICE_UNIT),
+        str(SHIPPED / _units.SERVICE_UNIT),
     )  # fmt: skip
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
     assert match, result.stdout + result.stderr
@@ -108,7 +108,7 @@ def test_exposure_score(user_env: dict[str, str]) -> None:
 
 
 def test_socket_unit_content() -> None:
-    text = _service.render_socket_unit()
+    text = _units.render_socket_unit()
     for line in (
         "ListenStream=%t/nomyo-agent/agent.sock",
         "SocketMode=0600",
@@ -117,7 +117,7 @@ def test_socket_unit_content() -> None:
         "RemoveOnStop=yes",
     ):
         assert f"\n{line}\n" in text
-    assert "ListenStream=/tmp/x.sock\n" in _service.render_socket_unit("/tmp/x.sock")
+    assert "ListenStream=/tmp/x.sock\n" in _units.render_socket_unit("/tmp/x.sock")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_socket_unit_content() -> None:
     ],
 )
 def test_exec_quote(arg: str, quoted: str) -> None:
-    assert _service.exec_quote(arg) == quoted
+    assert _units.exec_quote(arg) == quoted
 
 
 def test_exec_quote_survives_systemd(user_env: dict[str, str], tmp_path: Path) -> None:
@@ -141,13 +141,13 @@ def test_exec_quote_survives_systemd(user_env: dict[str, str], tmp_path: Path) -
     odd.mkdir(parents=True)
     (odd / "nomyo-agent").symlink_to(VENV_SCRIPT)
     env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service.plan("linux", env, [str(odd / "nomyo-agent")])
+    plan = _service_plan.plan("linux", env, [str(odd / "nomyo-agent")])
     for file in plan.files:
         file.path.parent.mkdir(parents=True, exist_ok=True)
         file.path.write_bytes(file.content)
     result = analyze(env, "verify", "--user", *(str(f.path) for f in plan.files))
     assert result.stderr.strip() == "", result.stderr
-    missing = _service.plan("linux", env, [str(tmp_path / "my tools" / "nope")])
+    missing = _service_plan.plan("linux", env, [str(tmp_path / "my tools" / "nope")])
     for file in missing.files:
         file.path.write_bytes(file.content)
     result = analyze(env, "verify", "--user", *(str(f.path) for f in missing.files))
@@ -165,9 +165,9 @@ def test_shipped_proxy_units_are_the_installer_rendering() -> None:
         ["%h/.local/bin/nomyo-proxy"],
         "%h/.local/state/nomyo-agent",
         "%h/.config/nomyo-agent/proxy.env",
-        _service.SYSTEMD_LISTEN,
+        _units.SYSTEMD_LISTEN,
         quote=lambda a: a,
-        agent_socket_unit=_service.SOCKET_UNIT,
+        agent_socket_unit=_units.SOCKET_UNIT,
     )
     assert _ps.PROXY_PORT == DEFAULT_PORT
 
@@ -176,7 +176,7 @@ def test_shipped_proxy_units_verify_clean(user_env: dict[str, str]) -> None:
     (Path(user_env["HOME"]) / ".local" / "bin" / "nomyo-proxy").symlink_to(
         VENV_SCRIPT.with_name("nomyo-proxy")
     )
-    units = [str(SHIPPED / u) for u in (_service.SOCKET_UNIT, _service.SERVICE_UNIT, *PROXY_UNITS)]
+    units = [str(SHIPPED / u) for u in (_units.SOCKET_UNIT, _units.SERVICE_UNIT, *PROXY_UNITS)]
     result = analyze(user_env, "verify", "--user", *units)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", f"systemd-analyze verify warned:\n{result.stderr}"
@@ -189,9 +189,9 @@ def test_install_service_proxy_writes_units_that_verify(
     user_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service.plan("linux", env, _service.program_argv(), proxy=True)
+    plan = _service_plan.plan("linux", env, _service_plan.program_argv(), proxy=True)
     names = [f.path.name for f in plan.files]
-    assert names == [_service.SOCKET_UNIT, _service.SERVICE_UNIT, *PROXY_UNITS]
+    assert names == [_units.SOCKET_UNIT, _units.SERVICE_UNIT, *PROXY_UNITS]
     write_and_verify(env, plan)
     service = plan.files[3].content.decode()
     assert f"ExecStart={VENV_SCRIPT.with_name('nomyo-proxy')} serve\n" in service

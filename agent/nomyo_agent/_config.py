@@ -1,6 +1,7 @@
 """The agent's settings: defaults, then ``config.toml``, then environment, then command line.
 
-``$XDG_CONFIG_HOME/nomyo-agent/config.toml`` (platformdirs elsewhere), all keys optional::
+``$XDG_CONFIG_HOME/nomyo-agent/config.toml`` (``paths.config_path``: the other platforms' folders
+are there too), all keys optional::
 
     [agent]
     idle_timeout = 1800      # seconds without a seal/open before the key is dropped; 0 = off
@@ -41,9 +42,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from nomyo_agent.errors import ConfigError
+from nomyo_agent.paths import APP, config_path, state_dir
 
 __all__ = [
     "KEYSTORES",
@@ -57,22 +57,11 @@ __all__ = [
     "state_dir",
 ]
 
-APP = "nomyo-agent"
 PIN_POLICIES = ("tofu", "off")
 MAX_SECONDS = 366 * 24 * 3600  # a year: longer is "off" in all but name, and 0 already says off
 KEYSTORES = ("keyring", "file")  # the same as _keystore.KEYSTORES, without importing keyring
 LOCK_ON = ("screen", "suspend")
 CONFIRM = ("off", "first-use", "every-use")
-
-
-def config_path() -> Path:
-    return Path(platformdirs.user_config_dir(APP, appauthor=False)) / "config.toml"
-
-
-def state_dir() -> Path:
-    """Router pins, the public half of the identity, the audit log; the private key only with
-    ``keystore = "file"`` (and then passphrase-encrypted)."""
-    return Path(platformdirs.user_state_dir(APP, appauthor=False))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,15 +1,17 @@
 """Small files the agent and its starters write: lock files and atomically replaced state.
 
-Standard library only (clients start agents through ``_launch``, which takes a lock file).
+Standard library only (clients start agents through ``_launch``, which takes a lock file;
+the devserver and the tray write their files here too).
 
 Rules:
 
 - A lock file is opened with ``O_NOFOLLOW`` and must then be a regular file of ours with one
   link: a symlink or hard link planted in its place cannot make us create or lock a file
   elsewhere.
-- State is written whole to a temporary file in the same folder (mode 0600 from creation),
-  flushed to disk, then renamed over the old one: a reader sees the old or the new file, never
-  half of one.
+- Every file written whole (state, service units, the devserver's key file, the tray's
+  autostart entry) goes through ``atomic_write``: a temporary file in the same folder (mode 0600
+  from creation), flushed to disk, then renamed over the old one (or linked, when it must not
+  replace one): a reader sees the old or the new file, never half of one.
 """
 
 from __future__ import annotations
@@ -79,16 +81,36 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0600), atomically; creates the folder (0700)."""
+def atomic_write(
+    path: Path,
+    data: bytes | bytearray | memoryview,
+    *,
+    mode: int = 0o600,
+    replace: bool = True,
+) -> bool:
+    """Write ``data`` to ``path`` atomically (``mode``, 0600 unless said otherwise); creates the
+    folder (0700). Returns whether ``path`` now holds ``data``.
+
+    ``replace=False`` creates ``path`` only if it is absent (a hard link of the finished
+    temporary file, which fails rather than replaces): two processes racing to create the same
+    file leave exactly one whole file, and the loser gets False and reads the winner's.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # 0600 from creation
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            if mode != 0o600 and sys.platform != "win32":
+                os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone already after os.replace

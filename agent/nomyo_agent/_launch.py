@@ -28,9 +28,9 @@ from nomyo_agent import protocol as p
 from nomyo_agent._files import lock_exclusive, open_lock_file
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, AgentUnavailableError, StartFailedError
-from nomyo_agent.paths import socket_path
+from nomyo_agent.paths import log_path, socket_path, start_lock_path
 
-__all__ = ["agent_command", "log_path", "running_agent", "start_background", "start_error"]
+__all__ = ["agent_command", "read_ready", "running_agent", "start_background", "start_error"]
 
 READY = b"ready"  # the child writes "ready <pid>\n"
 
@@ -40,13 +40,6 @@ def agent_command() -> list[str]:
     ``sys.path``: ``-m`` alone would put the working directory first, where anyone who can
     write there could plant a ``nomyo_agent`` package. Run it with ``cwd="/"``."""
     return [sys.executable, "-P", "-m", "nomyo_agent"]
-
-
-def log_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(state) / "nomyo-agent" / "agent.log"
 
 
 def running_agent(path: str, timeout: float = 5.0) -> p.HelloReply | None:
@@ -90,15 +83,12 @@ def start_error(text: str) -> tuple[str, str]:
 
 
 def _lock_path(path: str) -> str:
-    """The starters' lock file: beside the socket, or for a Windows pipe in the temp folder."""
-    if sys.platform == "win32":
-        import tempfile  # noqa: PLC0415
+    """The starters' lock file (``paths.start_lock_path``), its folder made private first."""
+    if sys.platform != "win32":
+        from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
 
-        return os.path.join(tempfile.gettempdir(), os.path.basename(path) + ".start")
-    from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
-
-    _sockdir.private_folder(os.path.dirname(path))
-    return path + ".start"
+        _sockdir.private_folder(os.path.dirname(path))
+    return start_lock_path(path)
 
 
 def start_background(
@@ -198,26 +188,40 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
             )
     finally:
         os.close(write_fd)
-    deadline = time.monotonic() + timeout
-    got = b""
     try:
-        while not got.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                proc.kill()
-                raise StartFailedError(
-                    f"the agent did not become ready within {timeout:g} s",
-                    hint=f"see {log}",
-                )
-            chunk = os.read(read_fd, 64)
-            if not chunk:
-                break
-            got += chunk
+        pid = read_ready(read_fd, timeout)
+    except TimeoutError:
+        proc.kill()
+        raise StartFailedError(
+            f"the agent did not become ready within {timeout:g} s", hint=f"see {log}"
+        ) from None
     finally:
         os.close(read_fd)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-    word, _, pid = got.strip().partition(b" ")
-    if word != READY or not pid.isdigit():
+    if pid is None:
         raise _start_failed(log, offset)
-    return int(pid)
+    return pid
+
+
+def read_ready(read_fd: int, timeout: float) -> int | None:
+    """The pid from the ``ready <pid>`` line an agent writes on its ``--ready-fd`` once it
+    accepts connections; None when the pipe closed without one (the agent exited first).
+
+    The one reader of that line (``nomyo-agent start``, client auto-start, and the throwaway
+    sessions of the demo, the tests and the bench): it waits on the pipe, never polls, and
+    raises ``TimeoutError`` after ``timeout`` seconds. The caller must have closed its own copy
+    of the write end, or an agent that dies is never noticed.
+    """
+    deadline = time.monotonic() + timeout
+    got = b""
+    while not got.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+            raise TimeoutError(f"no ready line within {timeout:g} s")
+        chunk = os.read(read_fd, 64)
+        if not chunk:
+            break
+        got += chunk
+    word, _, pid = got.strip().partition(b" ")
+    return int(pid) if word == READY and pid.isdigit() else None

@@ -6,8 +6,9 @@ first connection. The agent takes the listening descriptor with ``launch_activat
 from libSystem. launchd needs no readiness message: queued connections wait in the backlog.
 
 Rules: a no-op (``None``) on every other platform and when launchd did not start us; only
-ctypes and the standard library; the C function is reached through a ``lib`` object so that the
-marshalling can be exercised off macOS with a stand-in of the same C signature.
+ctypes and the standard library, the C functions taken through ``_libc`` (libSystem is the C
+library there); they are reached through a ``lib`` object so that the marshalling can be
+exercised off macOS with a stand-in of the same C signature.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import errno
 import os
 import socket
 import sys
+import types
 from typing import Any
+
+from nomyo_agent._libc import c_function
+from nomyo_agent._units import SOCKET_NAME
 
 __all__ = ["LaunchdError", "activate_socket", "inherited_socket", "load_libsystem"]
 
-SOCKET_NAME = "agent"
 
 # int launch_activate_socket(const char *name, int **fds, size_t *cnt);
 ACTIVATE_ARGTYPES = (
@@ -38,13 +42,13 @@ class LaunchdError(OSError):
 
 
 def load_libsystem() -> Any:
-    """libSystem with ``launch_activate_socket`` and ``free`` typed; macOS only."""
-    lib = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
-    lib.launch_activate_socket.argtypes = ACTIVATE_ARGTYPES
-    lib.launch_activate_socket.restype = ctypes.c_int
-    lib.free.argtypes = (ctypes.c_void_p,)
-    lib.free.restype = None
-    return lib
+    """``launch_activate_socket`` and ``free``, typed, from libSystem (``_libc``); macOS only."""
+    return types.SimpleNamespace(
+        launch_activate_socket=c_function(
+            "launch_activate_socket", ctypes.c_int, ACTIVATE_ARGTYPES
+        ),
+        free=c_function("free", None, (ctypes.c_void_p,)),
+    )
 
 
 def activate_socket(name: str = SOCKET_NAME, lib: Any = None) -> list[int]:

@@ -1,8 +1,9 @@
 """The C library, loaded once, for the few calls Python does not wrap (mlock, prctl, ptrace,
-getpeereid).
+getpeereid, and on macOS launchd's ``launch_activate_socket``): the one loader in the packages.
 
 ``dlopen(NULL)`` gives the symbols of the process and every library it has loaded, libc among
-them, on Linux and macOS alike; Windows has no libc to speak of (None).
+them, on Linux and macOS alike (on macOS that is libSystem, launchd's client calls included);
+Windows has no libc to speak of (None).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+from typing import Any
 
-__all__ = ["libc", "return_large_buffers"]
+__all__ = ["c_function", "libc", "return_large_buffers"]
 
 
 @functools.cache
@@ -22,6 +24,22 @@ def libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:  # pragma: no cover - exotic platforms without a loadable libc
         return None
+
+
+def c_function(name: str, restype: Any, argtypes: tuple[Any, ...]) -> Any:
+    """The C library's function ``name`` with its C signature set.
+
+    A fresh function object each time (``lib[name]``, not the attribute ``CDLL`` caches), so
+    that the signature one caller sets is never another caller's. Raises ``OSError`` where
+    there is no C library and ``AttributeError`` where it lacks ``name``.
+    """
+    lib = libc()
+    if lib is None:
+        raise OSError(f"no C library to call {name} in")
+    function = lib[name]
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -133,6 +133,7 @@ def render_proxy_plist(argv: Sequence[str], agent_socket: str, log_path: str) ->
     return plistlib.dumps(document, sort_keys=False)
 
 
-def env_file_path(config_home: Path) -> Path:
-    """Where the systemd unit reads ``NOMYO_BASE_URL`` and ``NOMYO_API_KEY`` from."""
-    return config_home / "nomyo-agent" / "proxy.env"
+def env_file_path(config: Path) -> Path:
+    """Where the systemd unit reads ``NOMYO_BASE_URL`` and ``NOMYO_API_KEY`` from, in the
+    agent's configuration folder ``config`` (``paths.UserDirs.config``)."""
+    return config / "proxy.env"

@@ -65,23 +65,16 @@ class Peer:
     app: str = ""  # who it is, for approvals: executable path (and script); see _peer.app_of
 
 
-@dataclasses.dataclass
-class MutableCounters:
-    connections: int = 0
-    requests: int = 0
-    seals: int = 0
-    opens: int = 0
-    errors: int = 0
-    rejected_peers: int = 0
-    failed_unlocks: int = 0
-    evicted_connections: int = 0
-    refused_connections: int = 0
+class MutableCounters(p.Counts):
+    """The agent's running tallies: ``protocol.Counts``, whose fields are the one list of
+    counters, plus where the gauges come from (``snapshot`` adds them to make the wire's
+    ``Counters``)."""
+
     # Read at snapshot time from whoever owns them (the server: open connections, the budget).
-    gauges: Callable[[], dict[str, int]] | None = dataclasses.field(default=None, repr=False)
+    gauges: Callable[[], dict[str, int]] | None = None
 
     def snapshot(self) -> p.Counters:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del values["gauges"]
+        values = {name: getattr(self, name) for name in p.Counts.__struct_fields__}
         if self.gauges is not None:
             values.update(self.gauges())
         return p.Counters(**values)

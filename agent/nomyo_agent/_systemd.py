@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 
+from nomyo_agent._units import SOCKET_NAME
 from nomyo_agent.errors import StartFailedError
 
 __all__ = ["SD_LISTEN_FDS_START", "inherited_socket", "notify"]
@@ -18,7 +19,7 @@ SD_LISTEN_FDS_START = 3
 
 
 def inherited_socket(
-    env: dict[str, str] | None = None, name: str = "agent"
+    env: dict[str, str] | None = None, name: str = SOCKET_NAME
 ) -> socket.socket | None:
     """The listening socket passed by the service manager, if it passed one to this process.
 
@@ -68,7 +69,8 @@ def notify(message: str, env: dict[str, str] | None = None) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # Python's sockets are close-on-exec already (PEP 446); SOCK_CLOEXEC is Linux-only anyway.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         try:
             sock.connect(address)
             sock.sendall(message.encode())

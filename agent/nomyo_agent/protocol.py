@@ -55,6 +55,7 @@ __all__ = [
     "AppsReply",
     "ClientInfo",
     "Counters",
+    "Counts",
     "Error",
     "ErrorCode",
     "FrameError",
@@ -359,7 +360,14 @@ class Hardening(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     details: list[str] = []  # one line per fact that could not be achieved, and why
 
 
-class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Counts(msgspec.Struct, forbid_unknown_fields=True):
+    """The events the agent counts: the one list of them.
+
+    Mutable, because the agent's running tallies (``_state.MutableCounters``) are this class;
+    ``Counters``, what status sends, is this class frozen plus the gauges. A counter added here
+    is therefore counted and sent, with no second list to forget.
+    """
+
     connections: int = 0
     requests: int = 0
     seals: int = 0
@@ -369,6 +377,13 @@ class Counters(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     failed_unlocks: int = 0
     evicted_connections: int = 0  # closed to make room at the connection cap
     refused_connections: int = 0  # turned away at the cap (every connection was busy)
+
+
+# msgspec allows a frozen struct over a mutable base (the wire sees the fields in order, events
+# first); mypy applies the dataclass rule that forbids it, which does not hold for msgspec.
+class Counters(Counts, frozen=True, forbid_unknown_fields=True):  # type: ignore[misc]
+    """Status's counters: every event of ``Counts``, then the gauges read when status asks."""
+
     open_connections: int = 0
     buffered_bytes: int = 0  # frames being received and replies not yet taken, all connections
     waiting_for_memory: int = 0  # connections whose large frame waits for buffer space

@@ -3,7 +3,8 @@
 Rules of this module:
 
 - A key file is PKCS#8 PEM without a passphrase (this is a development router), created with
-  mode ``0600`` from the first byte (``os.open`` with the mode, then an atomic ``link``), and
+  mode ``0600`` from the first byte and published whole, never over an existing file
+  (``nomyo_agent._files.atomic_write`` with ``replace=False``), and
   refused, as ssh refuses, when group or others may read it.
 - Key bytes are read into a ``bytearray`` and wiped once parsed; the PEM written at generation
   is wiped once written. They are never held in a ``str``.
@@ -13,7 +14,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from nomyo_agent._files import atomic_write
 from nomyo_agent._keys import MIN_BITS, fingerprint, public_pem
 from nomyo_agent._secret import wipe
 
@@ -115,22 +116,11 @@ def _write_new(path: Path, key: rsa.RSAPrivateKey) -> bool:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic "create if absent": readers never see half a key
-        except FileExistsError:
-            return False
-        return True
+        # Never replaces: a concurrent start that linked its key first keeps it.
+        return atomic_write(path, pem, replace=False)
     finally:
         wipe(pem)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def load_or_create(path: str | os.PathLike[str], bits: int = 4096) -> rsa.RSAPrivateKey:
@@ -138,7 +128,6 @@ def load_or_create(path: str | os.PathLike[str], bits: int = 4096) -> rsa.RSAPri
     file = Path(path)
     if file.exists():
         return _read(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
     key = generate(bits)
     if not _write_new(file, key):
         return _read(file)  # a concurrent start won the race: use its key

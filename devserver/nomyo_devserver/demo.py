@@ -3,7 +3,8 @@
 It starts a private D-Bus session with its own gnome-keyring (so your real keyring is never
 touched), a ``nomyo-agent`` with a throwaway RSA-4096 identity, and the local devserver; sends an
 encrypted chat through ``nomyo_client``; prints the answer and what crossed the wire; and removes
-everything again. ``throwaway_session`` and ``throwaway_agent`` are reused by ``bench/bench.py``.
+everything again. The session and the agent come from ``nomyo_devserver.session``, the harness
+the tests and the bench use too.
 
 Rules of this module: every process it starts is stopped and every folder removed, also on
 errors and Ctrl-C; a missing system program fails with a hint saying what to install.
@@ -15,180 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
-import os
-import secrets
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nomyo_agent import protocol as p
-from nomyo_agent.connection import AgentConnection
 from nomyo_client._transport import Answer, H11Pool
 from nomyo_devserver._devserver import DevServer
+from nomyo_devserver.session import AgentProcess, SessionError, open_agent, open_session
 
-__all__ = ["DemoError", "ThrowawayAgent", "main", "throwaway_agent", "throwaway_session"]
-
-_PROGRAMS = ("dbus-daemon", "gnome-keyring-daemon", "dbus-send")
-_LEAKY_ENV = ("DBUS_", "XDG_", "DISPLAY", "WAYLAND_", "NOMYO_", "GNOME_KEYRING", "SSH_AUTH")
-
-
-class DemoError(Exception):
-    """A set-up step failed; ``hint`` says what to do."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
-def _stop(proc: subprocess.Popen[bytes], group: bool = True) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
-            proc.wait()
-
-
-def _secrets_ready(env: dict[str, str]) -> bool:
-    out = subprocess.run(
-        ["dbus-send", "--session", "--print-reply", "--dest=org.freedesktop.DBus",
-         "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner",
-         "string:org.freedesktop.secrets"],
-        env=env, capture_output=True, text=True, timeout=10, check=False,
-    )  # fmt: skip
-    return "boolean true" in out.stdout
-
-
-@contextlib.contextmanager
-def throwaway_session(root: Path) -> Iterator[dict[str, str]]:
-    """Private HOME/XDG folders under ``root``, a session bus and an unlocked gnome-keyring.
-
-    Yields the environment every child must get (the bus starts services with its own).
-    """
-    missing = [name for name in _PROGRAMS if shutil.which(name) is None]
-    if missing:
-        raise DemoError(
-            f"missing system programs: {', '.join(missing)}",
-            "run `./dev setup` (as root on Debian), or `apt install dbus gnome-keyring`",
-        )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}
-    home = root / "home"
-    folders = {
-        "HOME": home,
-        "XDG_RUNTIME_DIR": root / "run",
-        "XDG_CONFIG_HOME": home / ".config",
-        "XDG_STATE_HOME": home / ".local" / "state",
-        "XDG_DATA_HOME": home / ".local" / "share",
-        "XDG_CACHE_HOME": home / ".cache",
-    }
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    env.update({k: str(v) for k, v in folders.items()})
-    env["NO_AT_BRIDGE"] = "1"
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.SecretService.Keyring"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        bus = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        procs.append(bus)
-        assert bus.stdout is not None
-        address = bus.stdout.readline().decode().strip()
-        bus.stdout.close()
-        if not address:
-            raise DemoError("dbus-daemon did not start", "run `dbus-daemon --session` to see why")
-        env["DBUS_SESSION_BUS_ADDRESS"] = address
-        keyring = subprocess.Popen(
-            ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        procs.append(keyring)
-        assert keyring.stdin is not None
-        keyring.stdin.write(secrets.token_urlsafe(16).encode())  # a throwaway login password
-        keyring.stdin.close()
-        deadline = time.monotonic() + 10
-        while not _secrets_ready(env):
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    "gnome-keyring did not offer a Secret Service within 10 s",
-                    "check that gnome-keyring-daemon runs: `gnome-keyring-daemon --version`",
-                )
-            time.sleep(0.02)
-        yield env
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-
-
-@dataclass
-class ThrowawayAgent:
-    path: str
-    pid: int
-    env: dict[str, str]
-    identity: p.IdentityReply
-    proc: subprocess.Popen[bytes] = field(repr=False)
-
-    def call(self, request: p.Request, expect: type[Any]) -> Any:
-        with AgentConnection.open(self.path, timeout=60) as conn:
-            return conn.call(request, expect)
-
-
-@contextlib.contextmanager
-def throwaway_agent(env: dict[str, str], bits: int = 4096) -> Iterator[ThrowawayAgent]:
-    """A ``nomyo-agent serve`` on a socket in the session's runtime folder, with a new identity
-    (no passphrase, stored in the session's keyring), unlocked and ready."""
-    env = dict(env)
-    path = str(Path(env["XDG_RUNTIME_DIR"]) / "nomyo-agent" / "agent.sock")
-    env["NOMYO_AGENT_SOCK"] = path
-    log = Path(env["HOME"]) / "agent.log"
-    read_fd, write_fd = os.pipe()
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "nomyo_agent", "serve", "--ready-fd", str(write_fd)],
-            env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
-            pass_fds=(write_fd,), start_new_session=True,
-        )  # fmt: skip
-    os.close(write_fd)
-    try:
-        got = b""
-        deadline = time.monotonic() + 20
-        os.set_blocking(read_fd, False)
-        while not got.endswith(b"\n"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-                raise DemoError(f"the agent did not start: {tail or 'no output'}", f"see {log}")
-            try:
-                chunk = os.read(read_fd, 64)
-            except BlockingIOError:
-                time.sleep(0.01)
-                continue
-            got += chunk
-            if not chunk:
-                time.sleep(0.01)
-        with AgentConnection.open(path, timeout=120) as conn:
-            identity = conn.call(p.Generate(bits=bits, passphrase=b"", force=True), p.IdentityReply)
-        yield ThrowawayAgent(path=path, pid=proc.pid, env=env, identity=identity, proc=proc)
-    finally:
-        os.close(read_fd)
-        _stop(proc)
+__all__ = ["main"]
 
 
 def _pem_fingerprint(pem: str) -> str:
@@ -228,7 +69,7 @@ class _Wire(H11Pool):
         return answer
 
 
-async def _chat(agent: ThrowawayAgent, router: DevServer, prompt: str) -> dict[str, Any]:
+async def _chat(agent: AgentProcess, router: DevServer, prompt: str) -> dict[str, Any]:
     from nomyo_client import SecureChatCompletion  # noqa: PLC0415 - after the set-up
 
     wire = _Wire()
@@ -272,10 +113,12 @@ def run(bits: int, prompt: str) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nomyo-demo-") as tmp:
         print(f"[1/4] private session bus + gnome-keyring in {tmp}", file=out)
-        with throwaway_session(Path(tmp)) as env:
+        with open_session(Path(tmp)) as session:
             print(f"[2/4] nomyo-agent with a throwaway RSA-{bits} identity", file=out)
             t = time.perf_counter()
-            with throwaway_agent(env, bits=bits) as agent:
+            with open_agent(session.env, bits=bits) as agent:
+                identity = agent.identity
+                assert identity is not None  # open_agent made it
                 keygen = time.perf_counter() - t
                 print("[3/4] nomyo-devserver (echo model) with its own RSA key", file=out)
                 with DevServer(key_bits=bits) as router:
@@ -295,9 +138,7 @@ def run(bits: int, prompt: str) -> None:
         )
     pinned = next((pin.fingerprint for pin in pins.pins), "?")
     print("\nkeys:")
-    print(
-        f"  your identity   {agent.identity.fingerprint}  (RSA-{agent.identity.bits}, in the agent)"
-    )
+    print(f"  your identity   {identity.fingerprint}  (RSA-{identity.bits}, in the agent)")
     print(f"  router key      {router_fp}  (pinned on first use: "
           f"{'yes' if pinned == router_fp else 'NO'})")  # fmt: skip
     print(f"  X-Public-Key    {_pem_fingerprint(result['sent_key'])}  (the header as sent)")
@@ -322,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args.bits, args.prompt)
-    except DemoError as exc:
+    except SessionError as exc:
         print(f"demo: error: {exc}\nhint: {exc.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

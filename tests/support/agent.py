@@ -3,36 +3,27 @@
 ``agent`` starts one with no identity; ``make_agent(**options)`` starts more, e.g. with a command
 ``prefix`` (``setpriv ...``), other timeouts, or a pinentry program. Each gets its own socket in
 the session's runtime folder and is stopped (SIGTERM, then SIGKILL) at the end of the test.
+Starting and waiting for readiness (the agent's ready pipe) is ``nomyo_devserver.session``'s.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 
 from nomyo_agent import protocol as p
-from nomyo_agent.connection import AgentConnection
+from nomyo_devserver import session
+from nomyo_devserver.session import AgentProcess
 from support.desktop import Session
-
-READY_TIMEOUT = 20.0
 
 
 @dataclass
-class RunningAgent:
-    path: str
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes]
-    log: Path
-    pid: int = 0
-    _stopped: bool = field(default=False, repr=False)
+class RunningAgent(AgentProcess):
+    """The harness's agent process, with the CLI and the calls tests use most."""
 
     def cli(
         self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
@@ -59,9 +50,6 @@ class RunningAgent:
             )
         return text
 
-    def connect(self, timeout: float = 30.0) -> AgentConnection:
-        return AgentConnection.open(self.path, timeout=timeout)
-
     def status(self) -> p.StatusReply:
         with self.connect() as conn:
             return conn.call(p.Status(), p.StatusReply)
@@ -73,24 +61,6 @@ class RunningAgent:
                 p.Generate(bits=bits, passphrase=passphrase, force=True), p.IdentityReply
             )
 
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._stopped = True
-        return self.proc.returncode
-
 
 def start_agent(
     desktop: Session,
@@ -100,41 +70,17 @@ def start_agent(
     prefix: Sequence[str] = (),
     env: dict[str, str] | None = None,
 ) -> RunningAgent:
+    """An agent on ``<runtime>/nomyo-agent/<name>.sock``, ready (its ready pipe said so)."""
     path = str(desktop.runtime_dir / "nomyo-agent" / f"{name}.sock")
-    run_env = dict(desktop.env if env is None else env)
-    run_env.setdefault("NOMYO_AGENT_SOCK", path)
     log = desktop.home / f"{name}.log"
-    read_fd, write_fd = os.pipe()
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "nomyo_agent", "serve", "--socket", path,
-             "--ready-fd", str(write_fd), *args],
-            env=run_env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
-            pass_fds=(write_fd,),
-        )  # fmt: skip
-    os.close(write_fd)
-    agent = RunningAgent(path=path, env=run_env, proc=proc, log=log)
-    deadline = time.monotonic() + READY_TIMEOUT
-    got = b""
     try:
-        os.set_blocking(read_fd, False)
-        while not got.endswith(b"\n"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                agent.stop()
-                pytest.fail(f"the agent did not become ready; its log:\n{agent.log_text()}")
-            try:
-                chunk = os.read(read_fd, 64)
-            except BlockingIOError:
-                time.sleep(0.01)
-                continue
-            if not chunk:
-                time.sleep(0.01)
-                continue
-            got += chunk
-    finally:
-        os.close(read_fd)
-    agent.pid = int(got.split()[1])
-    return agent
+        return session.start_agent(
+            desktop.env if env is None else env, path, log=log, args=args, prefix=prefix,
+            kind=RunningAgent,
+        )  # fmt: skip
+    except session.SessionError:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        pytest.fail(f"the agent did not become ready; its log:\n{text}")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from nomyo_devserver.session import start_bus
 from support.desktop import Session, require_programs, stop_group
 
 STANDIN = Path(__file__).with_name("session_standin.py")
@@ -74,23 +75,11 @@ class LoginSession:
         return line in self.seen
 
 
-def _bus(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    bus = subprocess.Popen(
-        ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
-        env=env, stdout=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    assert bus.stdout is not None
-    address = bus.stdout.readline().decode().strip()
-    bus.stdout.close()
-    assert address, "dbus-daemon printed no address"
-    return bus, address
-
-
 @pytest.fixture
 def login_session(desktop: Session) -> Iterator[LoginSession]:
     """logind and the screensaver, stood in for on a private system bus and the session bus."""
     require_programs("dbus-daemon")
-    system, address = _bus(desktop.env)
+    system, address = start_bus(desktop.env)
     desktop.env["DBUS_SYSTEM_BUS_ADDRESS"] = address
     proc = subprocess.Popen(
         [sys.executable, str(STANDIN)],

@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from nomyo_agent._files import atomic_write
+from nomyo_agent.paths import user_dirs
+
 __all__ = ["autostart_path", "desktop_entry", "main"]
 
 PROG = "nomyo-tray"
@@ -54,11 +57,8 @@ def _fail(message: str, hint: str = "") -> int:
 
 
 def autostart_path(env: dict[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/autostart/nomyo-tray.desktop`` (default ``~/.config``)."""
-    env = dict(os.environ) if env is None else env
-    config = env.get("XDG_CONFIG_HOME") or ""
-    base = Path(config) if os.path.isabs(config) else Path(env.get("HOME", "~")) / ".config"
-    return base.expanduser() / "autostart" / DESKTOP_FILE
+    """``$XDG_CONFIG_HOME/autostart/nomyo-tray.desktop`` (default ``~/.config``; ``paths``)."""
+    return user_dirs("linux", env).xdg_autostart / DESKTOP_FILE
 
 
 def _exec_quote(arg: str) -> str:
@@ -105,10 +105,7 @@ def _install(args: argparse.Namespace) -> int:
         return _fail_missing(missing)  # an entry that could only crash at every login
     path = autostart_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(desktop_entry(_command(args)), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, desktop_entry(_command(args)).encode(), mode=0o644)
     except OSError as exc:
         return _fail(f"cannot write {path}: {exc.strerror}", "check that folder's permissions")
     print(f"wrote {path}; the tray starts at your next login")
