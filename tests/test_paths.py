@@ -154,7 +154,7 @@ FOLDER_NAMES = {"Library", "LaunchAgents", "Application Support", "Logs", ".conf
                 "APPDATA", "LOCALAPPDATA", "autostart"}  # fmt: skip
 # Modules that set or pass on these variables for a child, and compute no location from them.
 SETS_ENVIRONMENT = {
-    "agent/nomyo_agent/_pinentry.py": "passes XDG_RUNTIME_DIR on to pinentry (Wayland)",
+    "agent/nomyo_agent/_pinentry_env.py": "passes XDG_RUNTIME_DIR on to pinentry (Wayland)",
     "devserver/nomyo_devserver/session.py": "gives a throwaway session its own XDG folders",
 }
 
