@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from nomyo_agent import _hardening, _keys
+from nomyo_agent import _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._config import Config
 from nomyo_agent._dispatch import Dispatcher
@@ -37,6 +37,21 @@ __all__ = ["PEER", "Core", "core"]
 
 PEER = Peer(pid=4242, uid=1000, gid=1000, exe="app")
 R = TypeVar("R", bound=p.Response)
+T = TypeVar("T")
+HARDENED = p.Hardening(
+    not_dumpable=True,
+    ptrace_denied=True,
+    core_dumps_disabled=True,
+    key_memory_locked=True,
+    key_memory_dontdump=True,
+    process_memory_locked=True,
+)
+
+
+async def in_place(fn: Callable[[], T]) -> T:
+    """``Services.offload`` for the harness: the pins file and the identity file are written
+    right here, on the test's own event loop (no thread, no waiting)."""
+    return fn()
 
 
 @dataclass
@@ -62,8 +77,9 @@ class Core:
             pins=PinStore(self.folder / "pins.json"),
             socket_path=str(self.folder / "agent.sock"),
             ask_passphrase=self._ask,
-            hardening=_hardening.report,
+            hardening=lambda buffers: HARDENED,
             sleep=self._sleep,
+            offload=in_place,
         )
         self.dispatcher = Dispatcher(self.state, self.services)
 
