@@ -29,31 +29,26 @@ import dataclasses
 import functools
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from nomyo_agent import __version__, _envelope, _identity, _keys
+from nomyo_agent import __version__
 from nomyo_agent import protocol as p
 from nomyo_agent._approval import Approvals
 from nomyo_agent._custody import Custody
 from nomyo_agent._demand import OnDemand
+from nomyo_agent._keyuse import KeyUse, MustWait, Work, attempt
 from nomyo_agent._secret import wipe
 from nomyo_agent._services import AskPassphrase, Services
 from nomyo_agent.errors import (
     AgentError,
     BadRequestError,
     InternalError,
-    LockedError,
-    NoIdentityError,
-    PinMismatchError,
 )
 from nomyo_agent.origins import canonical_origin
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     from nomyo_agent._state import AgentState, Peer
 
 __all__ = [
@@ -71,8 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("nomyo_agent")
-
-ROUTER_KEY_CACHE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,18 +124,6 @@ def peer_for(request: p.Request, peer: Peer) -> Peer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Work:
-    """The cryptography of one seal or open, after its checks passed: ``run`` reads no agent
-    state (it holds its own reference to the key), so it may run on any thread."""
-
-    run: Callable[[], p.Response]
-    kind: Literal["seal", "open"]
-    peer: Peer
-    app: str
-    size: int  # payload bytes: the server runs a large one off the event loop
-
-
-@dataclasses.dataclass(frozen=True)
 class Later:
     """A request that must wait: ``run()`` answers it, awaited in a task of its own."""
 
@@ -152,18 +133,6 @@ class Later:
 Step = p.Response | Work | Later
 
 
-def attempt(run: Callable[[], p.Response]) -> p.Response | Exception:
-    """``run()``, or the exception it raised: what a worker thread hands back."""
-    try:
-        return run()
-    except Exception as exc:
-        return exc
-
-
-class _MustWait(Exception):
-    """A seal whose pin is not known yet: writing it is file I/O, off the hot path."""
-
-
 class Dispatcher:
     def __init__(self, state: AgentState, services: Services) -> None:
         self.state = state
@@ -171,7 +140,7 @@ class Dispatcher:
         self.custody = Custody(state, services)
         self.on_demand = OnDemand(self.custody)
         self.approvals = Approvals(state, services)
-        self._router_keys: OrderedDict[str, tuple[rsa.RSAPublicKey, str]] = OrderedDict()
+        self.keys = KeyUse(state, services, self.approvals)
 
     def start(self, request: p.Request, peer: Peer) -> Step:
         """What to do with ``request``: its reply now; a seal's or open's ``Work`` (run it here
@@ -182,9 +151,9 @@ class Dispatcher:
             return Later(functools.partial(self._later, request, peer, kind))
         try:
             if isinstance(request, (p.Seal, p.Open)):
-                return self._begin(request, peer)
+                return self.keys.begin(request, peer)
             return self._now(request, peer)
-        except _MustWait:
+        except MustWait:
             return Later(functools.partial(self._later, request, peer, kind))
         except AgentError as exc:
             self.state.counters.errors += 1
@@ -204,7 +173,7 @@ class Dispatcher:
             self.state.counters.errors += 1
             log.error("internal error while serving %s", work.kind, exc_info=outcome)
             return InternalError("the agent failed on this request; see its log").to_reply()
-        self._used(work)
+        self.keys.used(work)
         return outcome
 
     def call_now(self, request: p.Request, peer: Peer) -> p.Response:
@@ -229,7 +198,7 @@ class Dispatcher:
     def _settled(self, request: p.Request, peer: Peer) -> bool:
         """Whether a seal or open can be answered without waiting: no identity with no
         passphrase to auto-unlock, no unlock on demand (``_demand.py``), and ``peer``'s app
-        needs no asking (``_approval.py``). (A new pin is found out later: ``_MustWait``.)"""
+        needs no asking (``_approval.py``). (A new pin is found out later: ``MustWait``.)"""
         assert isinstance(request, (p.Seal, p.Open))
         if self.custody.may_auto_unlock() or self.on_demand.wanted():
             return False
@@ -255,10 +224,10 @@ class Dispatcher:
             await self.approvals.check(peer, request.app)
         pinned = None
         if isinstance(request, p.Seal):
-            pinned = await self._pin(request)
-        work = self._begin(request, peer, pinned)
+            pinned = await self.keys.pin(request)
+        work = self.keys.begin(request, peer, pinned)
         reply = work.run()
-        self._used(work)
+        self.keys.used(work)
         return reply
 
     def _internal(self, request: p.Request) -> p.Response:
@@ -284,7 +253,7 @@ class Dispatcher:
                 origin = canonical_origin(request.origin)
                 fp = None
                 if request.router_key_pem is not None:
-                    fp = self._router_key(request.router_key_pem)[1]
+                    fp = self.keys.router_key(request.router_key_pem)[1]
                 pinned = await services.pin_accept(origin, fp, self.state.clock.wall())
                 return p.Accepted(origin=origin, fingerprint=pinned)
             case p.PinForget():
@@ -321,88 +290,6 @@ class Dispatcher:
             case p.Stop():
                 return p.Ok()  # the server stops after sending this (KINDS: stop)
         raise InternalError(f"unhandled request {type(request).__name__}")  # pragma: no cover
-
-    # --- keys ----------------------------------------------------------------------------------
-
-    def _key(self) -> _identity.UnlockedKey:
-        key = self.state.key
-        if key is not None:
-            return key
-        if self.state.info is None:
-            raise NoIdentityError("the agent has no identity yet")
-        raise LockedError("the agent is locked")
-
-    def _router_key(self, pem: str) -> tuple[rsa.RSAPublicKey, str]:
-        cached = self._router_keys.get(pem)
-        if cached is None:
-            key = _keys.load_router_key(pem)
-            cached = (key, _keys.fingerprint(key))
-            self._router_keys[pem] = cached
-            if len(self._router_keys) > ROUTER_KEY_CACHE:
-                self._router_keys.popitem(last=False)
-        return cached
-
-    def _begin(self, request: p.Seal | p.Open, peer: Peer, pinned: str | None = None) -> Work:
-        """The checks of a seal or open (the lock check first), and the work they allow."""
-        if isinstance(request, p.Seal):
-            return self._begin_seal(request, peer, pinned)
-        private_key = self._key().private_key  # a lock meanwhile drops the agent's reference
-        package = request.package
-
-        def open_it() -> p.Response:
-            opened = _envelope.open_package(private_key, package)
-            return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
-
-        return Work(open_it, "open", peer, request.app, len(package))
-
-    def _used(self, work: Work) -> None:
-        if work.kind == "seal":
-            self.state.counters.seals += 1
-        else:
-            self.state.counters.opens += 1
-        self.state.touch(work.peer, work.app)
-        self.approvals.seen(work.peer, work.app, served=True)
-
-    def _router(self, request: p.Seal) -> tuple[str, rsa.RSAPublicKey, str]:
-        """A seal's origin, router key and its fingerprint, after the lock check."""
-        self._key()
-        origin = canonical_origin(request.origin)
-        return (origin, *self._router_key(request.router_key_pem))
-
-    async def _pin(self, request: p.Seal) -> str:
-        """Check the router key against its origin's pin, pinning it if new (a file write,
-        off the event loop); a changed key is refused and told to watchers."""
-        if self.services.config.pin_policy != "tofu":
-            return "off"
-        origin, _, fp = self._router(request)
-        try:
-            return await self.services.pin_check(origin, fp, self.state.clock.wall())
-        except PinMismatchError as exc:
-            self.state.emit("pin_mismatch", origin, exc.fingerprint)
-            raise
-
-    def _begin_seal(self, request: p.Seal, peer: Peer, pinned: str | None) -> Work:
-        origin, router_key, fp = self._router(request)
-        info = self.state.info
-        assert info is not None  # an unlocked agent always has one
-        if pinned is None:  # the hot path: a pin already known, or none kept
-            if self.services.config.pin_policy != "tofu":
-                pinned = "off"
-            elif self.services.pins.known(origin, fp):
-                pinned = "known"
-            else:
-                raise _MustWait
-        plaintext = request.plaintext
-
-        def seal_it() -> p.Response:
-            return p.SealReply(
-                package=_envelope.seal(router_key, plaintext),
-                public_key_pem=info.public_key_pem,
-                fingerprint=info.fingerprint,
-                pinned=pinned,  # type: ignore[arg-type]
-            )
-
-        return Work(seal_it, "seal", peer, request.app, len(plaintext))
 
     # --- status ----------------------------------------------------------------------------------
 
