@@ -145,7 +145,7 @@ class Dispatcher:
     def start(self, request: p.Request, peer: Peer) -> Step:
         """What to do with ``request``: its reply now; a seal's or open's ``Work`` (run it here
         or on a worker, then pass the outcome to ``record``); or ``Later``, to await."""
-        kind = kind_of(request)
+        kind = KINDS[type(request)]
         self.state.counters.requests += 1
         if kind.slow or (kind.crypto and not self._settled(request, peer)):
             return Later(functools.partial(self._later, request, peer, kind))
@@ -161,7 +161,8 @@ class Dispatcher:
         except Exception:
             return self._internal(request)
         finally:
-            _wipe_secrets(request, kind)
+            if kind.secrets:  # none on the hot path: skip the call
+                _wipe_secrets(request, kind)
 
     def record(self, work: Work, outcome: p.Response | Exception) -> p.Response:
         """A seal's or open's second half, on the event loop: count the use, or turn the
