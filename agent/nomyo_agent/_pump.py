@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -37,10 +37,12 @@ from nomyo_agent._workers import reply_estimate
 from nomyo_agent.errors import BadRequestError, InternalError
 
 if TYPE_CHECKING:
-    from nomyo_agent._server import AgentServer
-    from nomyo_agent._state import Peer
+    from nomyo_agent._budget import ByteBudget
+    from nomyo_agent._dispatch import Dispatcher
+    from nomyo_agent._state import AgentState, Peer
+    from nomyo_agent._workers import CryptoPool
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Host"]
 
 log = logging.getLogger("nomyo_agent")
 
@@ -48,6 +50,29 @@ FRAME_TIMEOUT = 30.0  # seconds to finish a frame once its header arrived
 REPLY_TIMEOUT = 30.0  # seconds a peer may leave a reply over WRITE_HIGH untaken
 WATCH_BACKLOG = 1024 * 1024  # bytes of unsent events before a watcher counts as stuck
 WRITE_HIGH = 256 * 1024  # a write buffer above this stops reading from that peer
+
+
+class Host(Protocol):
+    """What a connection needs of the server that runs it (``_server.AgentServer``)."""
+
+    dispatcher: Dispatcher
+    state: AgentState
+    budget: ByteBudget
+    crypto: CryptoPool
+    connections: set[Connection]
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def make_room(self, newcomer: Connection) -> bool: ...
+
+    def track(self, task: asyncio.Future[None]) -> None: ...
+
+    def begin_request(self) -> None: ...
+
+    def end_request(self) -> None: ...
+
+    def request_stop(self) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -58,7 +83,7 @@ class Connection(asyncio.Protocol):
     Reading pauses while a large frame waits for its share of the memory budget, and while a
     reply sits untaken in the write buffer (the peer does not read: it gets nothing more read)."""
 
-    def __init__(self, server: AgentServer, peer: Peer | None = None) -> None:
+    def __init__(self, server: Host, peer: Peer | None = None) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = peer  # known up front for a Windows pipe; else read from the socket
