@@ -94,7 +94,7 @@ KINDS: Mapping[type[p.Request], Kind] = MappingProxyType(
         p.Generate: Kind(slow=True, secrets=("passphrase",)),  # a child process
         # An unencrypted PEM is the private key itself.
         p.Import: Kind(slow=True, secrets=("passphrase", "file_password", "pem")),
-        p.PinsList: _WAITS,  # pins.json: read, written and fsync-ed
+        p.PinsList: _WAITS,  # pins.json: read here, written with an fsync by the two below
         p.PinAccept: _WAITS,
         p.PinForget: _WAITS,
         p.Apps: _NOW,
