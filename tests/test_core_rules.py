@@ -4,10 +4,18 @@ real keyring in ``test_agent_server.py`` and ``test_agent_keyring.py``."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+import nomyo_agent
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._custody import unlock_delay
+from nomyo_agent._state import AgentState
 from support.core import Core
+from support.fakes import FakeClock
 from support.keys import rsa_key
 
 ORIGIN = "https://router.example"
@@ -124,3 +132,91 @@ def test_idle_time_is_counted_from_the_last_use(core: Core) -> None:
     core.state.check_timers()
     assert core.state.state is p.State.LOCKED
     assert core.reasons()[-1] == "idle_timeout"
+
+
+# --- who changes the state ---------------------------------------------------------------
+
+
+def _state_fields() -> set[str]:
+    state = AgentState(clock=FakeClock(), idle_timeout=0, max_lifetime=0, info=None)
+    return set(vars(state))
+
+
+def _assigned(tree: ast.AST) -> list[ast.Attribute]:
+    """Every ``x.attr`` that an assignment (plain, augmented, annotated, in a tuple, a ``for``
+    or a ``with``) binds."""
+    targets: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            targets.extend(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor)):
+            targets.append(node.target)
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            targets.append(node.optional_vars)
+        elif isinstance(node, ast.NamedExpr):
+            targets.append(node.target)
+    found = []
+    while targets:
+        target = targets.pop()
+        if isinstance(target, (ast.Tuple, ast.List)):
+            targets.extend(target.elts)
+        elif isinstance(target, ast.Starred):
+            targets.append(target.value)
+        elif isinstance(target, ast.Attribute):
+            found.append(target)
+    return found
+
+
+def test_only_agent_state_itself_assigns_its_fields() -> None:
+    fields = _state_fields()
+    package = Path(nomyo_agent.__file__).parent
+    offenders = []
+    for module in sorted(package.glob("*.py")):
+        if module.name == "_state.py":
+            continue
+        for target in _assigned(ast.parse(module.read_text(), str(module))):
+            owner = ast.unparse(target.value)
+            # ``self.key = ...`` in another class is that class's own field; any other owner
+            # whose name says it is the state (state, self.state, server.state) is not.
+            if target.attr in fields and owner.split(".")[-1].endswith("state"):
+                offenders.append(f"{module.name}:{target.lineno}: {ast.unparse(target)}")
+    assert offenders == [], "change AgentState through its methods:\n" + "\n".join(offenders)
+
+
+def test_the_state_walk_finds_an_assignment_in_every_spelling() -> None:
+    code = "state.info = 1\nself.state.failed_unlocks += 1\na, server.state.key = 1, 2\n"
+    found = {ast.unparse(t) for t in _assigned(ast.parse(code))}
+    assert found == {"state.info", "self.state.failed_unlocks", "server.state.key"}
+
+
+def test_a_lock_forgets_every_app_decision_through_the_lock_hook(core: Core) -> None:
+    core.install_identity()
+    seal(core)
+    assert [a.app for a in core.call(p.Apps(), p.AppsReply).apps] == ["app"]
+    core.call(p.Lock(), p.Ok)
+    assert core.call(p.Apps(), p.AppsReply).apps == []
+
+
+def test_reloaded_timeouts_apply_to_the_unlock_under_way(core: Core) -> None:
+    core.install_identity()
+    seal(core)
+    core.state.set_timeouts(idle_timeout=5, max_lifetime=3600)
+    core.clock.advance(5)
+    assert core.state.check_timers() == "idle_timeout"
+    assert core.reasons() == ["auto_unlock", "idle_timeout"]
+
+
+def test_a_new_identity_replaces_the_held_one_and_starts_a_new_unlock(core: Core) -> None:
+    core.install_identity()
+    seal(core)
+    core.clock.advance(30)
+    pem = rsa_key(2048, 4).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    new = core.call(p.Import(pem=pem, force=True), p.IdentityReply)
+    assert core.reasons() == ["auto_unlock", "replaced", "import"]
+    assert core.state.info is not None
+    assert core.state.info.fingerprint == new.fingerprint
+    assert core.state.served_since_unlock == 0
+    assert core.state.time_left()[0] == 60  # the idle timer starts again

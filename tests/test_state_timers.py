@@ -29,7 +29,7 @@ PEER = Peer(pid=42, uid=0, gid=0, exe="app.py (python3)")
 def unlocked(clock: FakeClock, idle: float, life: float) -> tuple[AgentState, Key]:
     state = AgentState(clock=clock, idle_timeout=idle, max_lifetime=life, info=INFO)  # type: ignore[arg-type]
     key = Key()
-    state.set_unlocked(key)  # type: ignore[arg-type]
+    state.set_unlocked(key, "unlock")  # type: ignore[arg-type]
     return state, key
 
 
@@ -109,7 +109,7 @@ def test_recent_clients_are_tracked_since_unlock() -> None:
     assert event.served_since_unlock == 21
     assert event.recent_clients[0].exe == "app3"
     assert len(event.recent_clients) == 16
-    state.set_unlocked(Key())  # type: ignore[arg-type]
+    state.set_unlocked(Key(), "unlock")  # type: ignore[arg-type]
     assert state.served_since_unlock == 0
 
 
@@ -133,6 +133,6 @@ def test_apps_named_by_one_process_are_told_apart_and_reported_once_per_unlock()
     ]
     assert first_uses == ["nomyo-proxy: editor", "nomyo-proxy: chat-ui", "app.py (python3)",
                           names[0]]  # fmt: skip
-    state.set_unlocked(Key())  # type: ignore[arg-type]
+    state.set_unlocked(Key(), "unlock")  # type: ignore[arg-type]
     state.touch(proxy, "editor")
     assert first_uses[-1] == "nomyo-proxy: editor"  # a new unlock reports it again

@@ -110,13 +110,10 @@ class Custody:
                 key = await asyncio.to_thread(_identity.unlock, stored.view, None)
             finally:
                 stored.close()
-            self.state.set_unlocked(key)
-            self.state.emit("auto_unlock")
+            self.state.set_unlocked(key, "auto_unlock")
 
     async def _failed(self) -> None:
-        self.state.failed_unlocks += 1
-        self.state.counters.failed_unlocks += 1
-        await self.services.sleep(unlock_delay(self.state.failed_unlocks))
+        await self.services.sleep(unlock_delay(self.state.failed_unlock()))
 
     async def unlock(self, request: p.Unlock, asker: str | None = None) -> p.Response:
         """Unlock with the request's passphrase or through pinentry; ``asker`` names the app
@@ -136,8 +133,7 @@ class Custody:
                 key = await self._unlock_stored(stored, request, asker)
             finally:
                 stored.close()
-            self.state.set_unlocked(key)
-            self.state.emit("unlock")
+            self.state.set_unlocked(key, "unlock")
             return p.Ok()
 
     async def _unlock_stored(
@@ -250,12 +246,9 @@ class Custody:
             raise self._no_passphrase_refused()  # callers check earlier; this is the last word
         keystore = self.services.keystore
         await keyring_call(keystore, where, lambda: keystore.save(stored.view))
-        info.save(self.services.identity_file)
+        await self.services.save_identity(info)
         key = await asyncio.to_thread(_identity.unlock, stored.view, passphrase)
-        self.state.lock("replaced")
-        self.state.info = info
-        self.state.set_unlocked(key)
-        self.state.emit(reason)
+        self.state.install(info, key, reason)
         return self.identity_reply()
 
     async def generate(self, request: p.Generate) -> p.Response:

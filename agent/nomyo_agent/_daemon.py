@@ -86,8 +86,7 @@ def _reloader(
         services.confirm = functools.partial(
             _pinentry.confirm, new.pinentry or _pinentry.default_program()
         )
-        state.idle_timeout = new.idle_timeout
-        state.max_lifetime = new.max_lifetime
+        state.set_timeouts(new.idle_timeout, new.max_lifetime)
         server.connection_timeout = new.connection_timeout
         changed = [
             f"{f.name}={getattr(new, f.name)!r}"

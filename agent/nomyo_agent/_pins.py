@@ -89,6 +89,13 @@ class PinStore:
                 atomic_write(self.path, json.dumps(after, indent=1, sort_keys=True).encode())
                 self._seen = self._stamp()
 
+    def known(self, origin: str, fingerprint: str) -> bool:
+        """Whether ``fingerprint`` is pinned for ``origin`` now: one stat, no lock, no write
+        (the seal's hot path, run on the event loop; ``check`` does the rest on a thread)."""
+        self._refresh()
+        record = self._pins.get(origin)
+        return record is not None and record.fingerprint == fingerprint
+
     def check(self, origin: str, fingerprint: str, now: float) -> str:
         """``"new"`` (pinned now) or ``"known"``; raises ``PinMismatchError`` for another key."""
         self._refresh()

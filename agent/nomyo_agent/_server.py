@@ -1,17 +1,11 @@
-"""The agent's Unix-socket server: a thin asyncio adapter around ``Dispatcher``.
+"""The agent's server: a thin asyncio adapter around ``Dispatcher``.
 
 Rules:
 
-- The socket is bound in ``_bind`` (folder rules, 0600 from creation, a live agent's socket is
-  never replaced), or inherited from systemd/launchd.
-- Every connection's peer uid must equal ours (SO_PEERCRED/getpeereid), else it is closed unread.
-- A frame over its operation's cap (``protocol.request_cap``), or one that stalls half-read for
-  ``FRAME_TIMEOUT``, closes that connection. A frame that is not a valid request gets a
-  ``bad_request`` reply and the connection stays usable. Nothing a client sends can stop the server.
-- Memory is bounded across connections (``_budget``): a large frame is buffered only once the
-  process-wide budget grants its length; a peer that leaves a reply untaken is read no further
-  and is closed after ``REPLY_TIMEOUT``.
-- Connections are bounded too: one idle for ``connection_timeout`` is closed, and at
+- The socket (or pipe) is opened and removed by ``_listener``; each connection is a frame pump,
+  ``_pump.Connection``. This module runs them: timers, shutdown, and the limits across
+  connections.
+- Connections are bounded: one idle for ``connection_timeout`` is closed, and at
   ``MAX_CONNECTIONS`` the one idle the longest makes way for the newcomer (logged), so that
   ``lock``, ``status`` and the tray always get through.
 - SIGHUP calls ``on_reload`` (the daemon re-reads config.toml) and the agent keeps serving.
@@ -22,48 +16,33 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
-import functools
 import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
-
-import msgspec
+from typing import Any
 
 from nomyo_agent import _systemd
 from nomyo_agent import protocol as p
-from nomyo_agent._bind import Bound, bind_socket
 from nomyo_agent._budget import ByteBudget
-from nomyo_agent._dispatch import Dispatcher, Work, attempt
-from nomyo_agent._peer import peer_of
-from nomyo_agent._secret import wipe
+from nomyo_agent._dispatch import Dispatcher
+from nomyo_agent._listener import listen
+from nomyo_agent._pump import Connection
 from nomyo_agent._state import AgentState, Peer
-from nomyo_agent._workers import CryptoPool, reply_estimate
-from nomyo_agent.errors import BadRequestError, InternalError
+from nomyo_agent._workers import CryptoPool
 
-__all__ = ["AgentServer", "bind_socket"]
+__all__ = ["AgentServer"]
 
 log = logging.getLogger("nomyo_agent")
 
-FRAME_TIMEOUT = 30.0  # seconds to finish a frame once its header arrived
-REPLY_TIMEOUT = 30.0  # seconds a peer may leave a reply over WRITE_HIGH untaken
 DRAIN_TIMEOUT = 10.0  # seconds that requests in flight get at shutdown
 MAX_CONNECTIONS = 512
-WATCH_BACKLOG = 1024 * 1024  # bytes of unsent events before a watcher counts as stuck
-WRITE_HIGH = 256 * 1024  # a write buffer above this stops reading from that peer
 # Frames being received plus replies not taken, across all connections. It must hold the largest
 # frame (an Open of a maximal answer); twice that lets one such answer open while others arrive.
 MAX_BUFFERED_BYTES = 2 * p.MAX_FRAME_BYTES
-
-
-_CRYPTO_OPS = frozenset({"seal", "open"})
 COMPANION_STOP_TIMEOUT = 5.0
 
 
@@ -82,20 +61,6 @@ async def _cancel_all(tasks: Sequence[asyncio.Future[Any]]) -> None:
             log.warning("a companion task failed: %s", task.exception())
     if pending:
         log.warning("%d companion task(s) did not stop", len(pending))
-
-
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-class _PipeServer:
-    """The named-pipe accept loop, closed like an ``asyncio.Server``."""
-
-    def __init__(self, task: asyncio.Future[None]) -> None:
-        self._task = task
-
-    def close(self) -> None:
-        self._task.cancel()
 
 
 class AgentServer:
@@ -117,12 +82,11 @@ class AgentServer:
         self.state = state
         self.path = path
         self._inherited = sock
-        self._bound: Bound | None = None
         self._on_ready = on_ready
         self.on_reload = on_reload
         self._companions = companions  # e.g. the desktop-session watch; cancelled after the lock
         self._stop = asyncio.Event()
-        self.connections: set[_Connection] = set()
+        self.connections: set[Connection] = set()
         self.connection_timeout = connection_timeout  # 0 = keep idle connections forever
         self.max_connections = max_connections
         self.budget = ByteBudget(budget)
@@ -148,7 +112,7 @@ class AgentServer:
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or a ``Stop`` request; then shut down cleanly."""
         loop = asyncio.get_running_loop()
-        server = await self._listen(loop)
+        listener = await listen(self.path, self._inherited, self._connection)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C ends it instead
                 loop.add_signal_handler(sig, self.request_stop)
@@ -165,7 +129,7 @@ class AgentServer:
         finally:
             log.info("stopping")
             _systemd.notify("STOPPING=1")
-            server.close()
+            listener.close()
             timers.cancel()
             sweeper.cancel()
             self.state.emit("stopping")
@@ -179,31 +143,15 @@ class AgentServer:
                 if conn.transport is not None:
                     conn.transport.close()
             await asyncio.sleep(0)  # let the transports flush and close
-            if self._bound:
-                self._bound.remove()
+            listener.remove()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError):
                     loop.remove_signal_handler(sig)
             if self.on_reload is not None and hasattr(signal, "SIGHUP"):
                 loop.remove_signal_handler(signal.SIGHUP)
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop) -> _Closable:
-        """The Unix socket (bound here, or inherited from systemd/launchd), or on Windows the
-        named pipe; both feed the same ``_Connection`` protocol."""
-        if sys.platform == "win32":
-            from nomyo_agent._winpipe import serve_pipe  # noqa: PLC0415 - Windows only
-
-            def on_pipe(pid: int) -> _Connection:
-                # The pipe's DACL admits only our user and rejects remote clients, so the
-                # kernel has done the uid check; the pid is for the tray's "recent apps".
-                return _Connection(self, peer=Peer(pid=pid, uid=-1, gid=-1, exe=f"pid {pid}"))
-
-            return _PipeServer(asyncio.ensure_future(serve_pipe(self.path, on_pipe)))
-        sock = self._inherited
-        if sock is None:
-            self._bound = bind_socket(self.path)
-            sock = self._bound.sock
-        return await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+    def _connection(self, peer: Peer | None) -> Connection:
+        return Connection(self, peer)
 
     async def _timers(self) -> None:
         # Sleep on the event loop's clock (which may stop during suspend) but in steps of at most a
@@ -241,7 +189,7 @@ class AgentServer:
             "waiting_for_memory": self.budget.waiting,
         }
 
-    def make_room(self, newcomer: _Connection) -> bool:
+    def make_room(self, newcomer: Connection) -> bool:
         """Whether a new connection may stay. At the cap, the connection idle the longest makes
         way; failing that the oldest watcher (a tray reconnects), then the one whose request has
         been arriving the longest (a stalled sender; a client resends on a new connection). So
@@ -289,298 +237,3 @@ class AgentServer:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
-
-
-class _Connection(asyncio.Protocol):
-    """One client. Requests are answered strictly in order; cheap ones synchronously, as soon as
-    their frame is complete (no task, no stream machinery: the hot path of seal and open), slow
-    ones (unlock, generate, import) in a task while later frames wait their turn.
-
-    Reading pauses while a large frame waits for its share of the memory budget, and while a
-    reply sits untaken in the write buffer (the peer does not read: it gets nothing more read)."""
-
-    def __init__(self, server: AgentServer, peer: Peer | None = None) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.peer = peer  # known up front for a Windows pipe; else read from the socket
-        self.frames = p.FrameReader(requests=True, admit=self._admit)
-        self.pending: collections.deque[tuple[bytearray, int]] = collections.deque()
-        self.busy = False
-        self.watching = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.reply_timer: asyncio.TimerHandle | None = None
-        self.last_active = 0.0  # time.monotonic() of the last byte in or reply out
-        self.reserved = 0  # budget bytes granted for the frame being received
-        self.awaiting_budget = 0  # bytes this connection queued for, 0 when not queued
-        self.reply_charge = 0  # budget bytes charged for an untaken reply
-        self._reading = True
-
-    # --- asyncio callbacks ------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        server, state = self.server, self.server.state
-        if self.peer is None:  # a Unix socket: the kernel tells who is there
-            if sys.platform == "win32":
-                raise InternalError("a pipe connection must come with its peer")
-            try:
-                self.peer = peer_of(transport.get_extra_info("socket"))
-            except OSError:
-                transport.abort()
-                return
-            if self.peer.uid != os.getuid():
-                state.counters.rejected_peers += 1
-                log.warning(
-                    "refused a connection from uid %d (pid %d)", self.peer.uid, self.peer.pid
-                )
-                transport.abort()
-                return
-        if server.stopping or not server.make_room(self):
-            transport.abort()
-            return
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
-        self.last_active = time.monotonic()
-        state.counters.connections += 1
-        server.connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
-        self.server.crypto.cancel(self)
-        self.server.state.watchers.discard(self._push)
-        self._disarm()
-        budget = self.server.budget
-        budget.cancel(self)
-        for _, share in self.pending:
-            budget.release(share)
-        self.pending.clear()
-        if self.reserved:
-            budget.release(self.reserved)
-            self.reserved = 0
-        self._drained()
-
-    def data_received(self, data: bytes) -> None:
-        if self.watching or self.transport is None or self.transport.is_closing():
-            return  # a watcher has nothing to say; anything it sends is ignored
-        self.last_active = time.monotonic()
-        self._feed(data)
-
-    def pause_writing(self) -> None:
-        # The peer is not taking its replies: charge what waits for it, read nothing more from
-        # it, and give it REPLY_TIMEOUT to start reading.
-        if self.transport is None or self.reply_charge:
-            return
-        self.reply_charge = self.transport.get_write_buffer_size()
-        self.server.budget.charge(self.reply_charge)
-        self._set_reading()
-        loop = asyncio.get_running_loop()
-        self.reply_timer = loop.call_later(REPLY_TIMEOUT, self._reply_stalled)
-
-    def resume_writing(self) -> None:
-        self._drained()
-        if self.transport is not None and not self.transport.is_closing():
-            self.last_active = time.monotonic()
-            self._set_reading()
-            self._pump()
-
-    # --- frames and the memory budget ------------------------------------------------------
-
-    def _feed(self, data: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
-        try:
-            for body in self.frames.feed(data):
-                share, self.reserved = self.reserved, 0
-                self.pending.append((body, share))
-        except p.FrameTooLarge as exc:
-            log.warning("closed a connection: %s", exc)
-            transport.abort()
-            return
-        # Only a started, admitted frame has a deadline: an idle connection between frames is
-        # legitimate, and one queued for the budget is waiting for others, not stalling.
-        if self.frames.pending and not self.awaiting_budget:
-            if self.timer is None:
-                loop = asyncio.get_running_loop()
-                self.timer = loop.call_later(FRAME_TIMEOUT, self._stalled)
-        else:
-            self._disarm()
-        self._pump()
-
-    def _admit(self, length: int) -> bool:
-        """FrameReader's question: may a large frame's body be buffered now?"""
-        if self.reserved:
-            return True  # granted while queued
-        if self.awaiting_budget:
-            return False
-        budget = self.server.budget
-        if budget.try_take(length):
-            self.reserved = length
-            return True
-        self.awaiting_budget = length
-        budget.wait(self, length, self._granted)
-        self._set_reading()
-        return False
-
-    def _granted(self) -> None:
-        self.reserved, self.awaiting_budget = self.awaiting_budget, 0
-        if self.transport is None or self.transport.is_closing():
-            return
-        self._set_reading()
-        # Called from inside another connection's callback: continue on our own turn.
-        asyncio.get_running_loop().call_soon(self._feed, b"")
-
-    def _set_reading(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        want = not (self.awaiting_budget or self.reply_charge)
-        if want != self._reading:
-            self._reading = want
-            if want:
-                transport.resume_reading()
-            else:
-                transport.pause_reading()
-
-    def _drained(self) -> None:
-        if self.reply_timer is not None:
-            self.reply_timer.cancel()
-            self.reply_timer = None
-        if self.reply_charge:
-            charge, self.reply_charge = self.reply_charge, 0
-            self.server.budget.release(charge)
-
-    @property
-    def idle(self) -> bool:
-        """Nothing in flight either way: closing it loses no request and no reply."""
-        transport = self.transport
-        return (
-            not self.busy
-            and not self.watching
-            and not self.pending
-            and not self.frames.pending
-            and not self.awaiting_budget
-            and (transport is None or transport.get_write_buffer_size() == 0)
-        )
-
-    # --- requests -------------------------------------------------------------------
-
-    def _stalled(self) -> None:
-        log.warning("closed a connection that stalled mid-frame")
-        if self.transport:
-            self.transport.abort()
-
-    def _reply_stalled(self) -> None:
-        self.reply_timer = None
-        log.warning("closed a connection that left its reply unread for %.0f s", REPLY_TIMEOUT)
-        if self.transport:
-            self.transport.abort()
-
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _pump(self) -> None:
-        server, transport = self.server, self.transport
-        assert transport is not None
-        assert self.peer is not None
-        while self.pending and not self.busy and not self.reply_charge:
-            if transport.is_closing():
-                return
-            if server.crypto.full and p.op_of(self.pending[0][0][:64]) in _CRYPTO_OPS:
-                server.crypto.wait(self, self._pump)
-                return
-            body, share = self.pending.popleft()
-            try:
-                request = p.decode_request(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                server.state.counters.errors += 1
-                self._done(body, share)
-                self._send(BadRequestError(f"invalid request: {exc}").to_reply())
-                continue
-            if isinstance(request, p.Watch):
-                self._done(body, share)
-                self._start_watch()
-                return
-            if isinstance(request, p.Hello) and request.pinentry is not None:
-                self.peer = dataclasses.replace(self.peer, where=request.pinentry)
-            if server.dispatcher.immediate(request, self.peer):
-                # The request holds its own copy of every field: the frame can go first.
-                wipe(body)
-                started = server.dispatcher.start_now(request, self.peer)
-                if isinstance(started, Work) and server.crypto.take_inline(started):
-                    started = server.dispatcher.record(started, attempt(started.run))
-                elif isinstance(started, Work):  # a seal or open, to the workers
-                    # Work in flight holds its request and will make a reply: both count
-                    # against the budget until it is done, so that reading cannot run ahead
-                    # of the workers (the reply, if left unread, is charged as any other).
-                    held = share + reply_estimate(started.size)
-                    server.budget.charge(held - share)
-                    self.busy = True  # replies go out in request order
-                    server.begin_request()
-                    server.crypto.submit(started, functools.partial(self._worked, started, held))
-                    continue
-                self._done(body, share)
-                self._send(started)
-                if isinstance(request, p.Stop):
-                    server.request_stop()
-                continue
-            self.busy = True
-            server.track(asyncio.ensure_future(self._slow(request, body, share)))
-
-    def _worked(self, work: Work, held: int, outcome: p.Response | Exception) -> None:
-        self.server.end_request()
-        self.server.budget.release(held)
-        self.busy = False
-        self._send(self.server.dispatcher.record(work, outcome))
-        self._pump()
-
-    def _done(self, body: bytearray, share: int) -> None:
-        wipe(body)  # it may hold a passphrase or a PEM
-        if share:
-            self.server.budget.release(share)
-
-    async def _slow(self, request: p.Request, body: bytearray, share: int) -> None:
-        assert self.peer is not None
-        self.server.begin_request()
-        try:
-            reply = await self.server.dispatcher(request, self.peer)
-        finally:
-            self.server.end_request()
-            self._done(body, share)
-            self.busy = False
-        self._send(reply)
-        self._pump()
-
-    def _send(self, reply: p.Response) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            try:
-                frame = p.encode_frame(reply)
-            except p.FrameTooLarge as exc:  # cannot happen within the request caps; say so
-                log.warning("could not send a reply: %s", exc)
-                frame = p.encode_frame(InternalError("the reply is too large to send").to_reply())
-            self.transport.write(frame)
-            self.last_active = time.monotonic()
-
-    # --- watch -------------------------------------------------------------------
-
-    def _start_watch(self) -> None:
-        self.watching = True
-        for body, share in self.pending:
-            self._done(body, share)
-        self.pending.clear()
-        self._disarm()
-        self._send(self.server.state.event("watch"))
-        self.server.state.watchers.add(self._push)
-
-    def _push(self, event: p.StateEvent) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > WATCH_BACKLOG:
-            log.warning("dropped a watcher that stopped reading")
-            transport.abort()
-            return
-        transport.write(p.encode_frame(event))
-        if event.reason == "stopping":
-            transport.close()

@@ -1,6 +1,8 @@
 """The agent's state and its timers, with no I/O of its own.
 
-Rules: time comes from an injected ``Clock`` (``CLOCK_BOOTTIME`` in production, so that time
+Rules: every change of state is a method of ``AgentState`` (the server, the dispatcher and custody
+call them and never assign a field; ``tests/test_core_rules.py`` walks the package to keep it so);
+time comes from an injected ``Clock`` (``CLOCK_BOOTTIME`` in production, so that time
 spent suspended counts towards the idle timeout and the maximum lifetime); the unlocked key is
 held in exactly one place (``AgentState.key``) so that ``lock`` provably drops the only
 reference; watchers are callbacks that must not block (the server's drops a watcher whose
@@ -164,7 +166,10 @@ class AgentState:
         for watcher in list(self.watchers):
             watcher(event)
 
-    def set_unlocked(self, key: UnlockedKey) -> None:
+    def set_unlocked(self, key: UnlockedKey, reason: str) -> None:
+        """Hold ``key`` from now on (a key held before is closed) and tell watchers ``reason``:
+        a new unlock period, with its timers, its recent clients and its apps started afresh,
+        and the failed-unlock delay and an explicit lock forgotten."""
         if self.key is not None and self.key is not key:
             self.key.close()
         self.key = key
@@ -176,6 +181,29 @@ class AgentState:
         self.apps_seen.clear()
         self.failed_unlocks = 0
         self.user_locked = False
+        self.emit(reason)
+
+    def install(self, info: IdentityInfo, key: UnlockedKey, reason: str) -> None:
+        """A new identity replaces the old one (keygen, import) and is held unlocked."""
+        self.lock("replaced")
+        self.info = info
+        self.set_unlocked(key, reason)
+
+    def user_lock(self) -> None:
+        """Lock on the user's request: no auto-unlock until an explicit unlock."""
+        self.lock("lock")
+        self.user_locked = True
+
+    def failed_unlock(self) -> int:
+        """Count a wrong passphrase; returns how many came in a row (for the growing delay)."""
+        self.failed_unlocks += 1
+        self.counters.failed_unlocks += 1
+        return self.failed_unlocks
+
+    def set_timeouts(self, idle_timeout: float, max_lifetime: float) -> None:
+        """New settings (SIGHUP): they apply to the unlock period under way too."""
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
 
     def lock(self, reason: str) -> bool:
         """Drop and clear the key; returns whether there was one. Emits ``reason``."""
