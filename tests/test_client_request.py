@@ -38,19 +38,6 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def test_exported_names_are_pinned() -> None:
-    assert sorted(nc.__all__) == sorted([
-        "APIConnectionError", "APIError", "AgentDeniedError", "AgentError", "AgentLockedError",
-        "AgentProtocolError",
-        "AgentUnavailableError", "AuthenticationError", "ForbiddenError", "IdentityExistsError",
-        "InvalidRequestError",
-        "NoIdentityError", "RateLimitError", "ResponseTooLargeError", "RetryPolicy",
-        "RouterKeyChangedError",
-        "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",
-        "ServiceUnavailableError", "SyncSecureChatCompletion",
-    ])  # fmt: skip
-
-
 def test_plain_chat_has_the_seed_shape_and_metadata(fake_agent: FakeAgent) -> None:
     router = FakeRouter()
 

@@ -19,6 +19,11 @@ Example::
 
     asyncio.run(main())
 
+HTTP goes through a ``Transport`` (``request`` and ``aclose``; ``Answer`` is what ``request``
+returns, ``TransportError`` what it raises): the client's own keep-alive pool by default, or
+``http_client=`` an ``httpx.AsyncClient`` or any object of that protocol (docs/client.md, "Your
+own transport").
+
 Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``hint``)::
 
     APIError
@@ -64,6 +69,7 @@ from nomyo_client._errors import (
 )
 from nomyo_client._retry import RetryPolicy
 from nomyo_client._sync import SyncSecureChatCompletion
+from nomyo_client._transport import Answer, Transport, TransportError
 
 __all__ = [
     "APIConnectionError",
@@ -73,6 +79,7 @@ __all__ = [
     "AgentLockedError",
     "AgentProtocolError",
     "AgentUnavailableError",
+    "Answer",
     "AuthenticationError",
     "ForbiddenError",
     "IdentityExistsError",
@@ -88,6 +95,8 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SyncSecureChatCompletion",
+    "Transport",
+    "TransportError",
 ]
 
 from nomyo_agent import __version__ as __version__

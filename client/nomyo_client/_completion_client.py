@@ -32,6 +32,8 @@ from nomyo_client._retry import RetryPolicy
 if TYPE_CHECKING:
     import httpx
 
+    from nomyo_client._transport import Transport
+
 __all__ = ["SecureCompletionClient"]
 
 
@@ -54,7 +56,7 @@ class SecureCompletionClient:
         max_retries: int = 2,
         *,
         timeout: float | httpx.Timeout | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: httpx.AsyncClient | Transport | None = None,
         agent_socket: str | os.PathLike[str] | None = None,
         autostart: bool | None = None,
     ) -> None:

@@ -37,11 +37,11 @@ from nomyo_client._transport import (
     Answer,
     AnswerTooLarge,
     Dropped,
-    H11Pool,
-    HttpxAdapter,
     TimedOut,
     Timeouts,
+    Transport,
     TransportError,
+    as_transport,
     default_http,
 )
 
@@ -57,7 +57,7 @@ _MAX_ROUTER_KEY_BYTES = 64 * 1024
 class _Resources:
     """What a client holds on one loop: closed once, explicitly or when the client is gone."""
 
-    http: H11Pool | HttpxAdapter
+    http: Transport
     owns_http: bool
     agent: AgentLink
     closed: bool = False
@@ -79,7 +79,7 @@ class _LoopState:
     closer: AsyncGenerator[None, None] | None = None
 
     @property
-    def http(self) -> H11Pool | HttpxAdapter:
+    def http(self) -> Transport:
         return self.resources.http
 
     @property
@@ -113,7 +113,7 @@ class Engine:
         allow_http: bool,
         retry: RetryPolicy,
         timeout: float | httpx.Timeout | None,
-        http_client: httpx.AsyncClient | H11Pool | None,
+        http_client: httpx.AsyncClient | Transport | None,
         agent_socket: str | os.PathLike[str] | None,
         autostart: bool | None = None,
         key_dir: str | os.PathLike[str] | None = None,
@@ -135,13 +135,7 @@ class Engine:
         if state is not None and state.loop is loop and not state.closed:
             return state
         given = self._given_http
-        http: H11Pool | HttpxAdapter
-        if given is None:
-            http = default_http(self.timeouts)
-        elif isinstance(given, H11Pool):
-            http = given
-        else:
-            http = HttpxAdapter(given)
+        http = default_http(self.timeouts) if given is None else as_transport(given)
         agent = AgentLink(
             self._agent_socket,
             autostart=self._autostart,

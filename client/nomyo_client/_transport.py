@@ -1,4 +1,5 @@
-"""HTTP for the client: its own small HTTP/1.1 keep-alive pool, or a caller's httpx client.
+"""HTTP for the client: the ``Transport`` seam, its own small HTTP/1.1 keep-alive pool, or a
+caller's httpx client behind an adapter.
 
 Why its own: a new process pays for its HTTP stack before its first answer, and httpx costs
 about 45 ms to import, ~30 ms to build a client (the TLS context with the CA bundle, even for
@@ -10,6 +11,10 @@ the client uses httpx by itself.
 
 Rules of this module:
 
+- ``Transport`` is the one seam the request path (``_engine``) knows: both implementations here
+  satisfy it, and so can a caller's (a recording wrapper, a test double). A caller's
+  ``httpx.AsyncClient`` is wrapped by ``as_transport`` at the boundary; nothing else asks which
+  class a transport is.
 - Both return an ``Answer`` and raise only ``TransportError`` subclasses, whose ``retryable``
   is true only when the request provably never reached the router: the connection could not
   be opened, or it was found dead before one byte of the request was written. Anything later
@@ -30,9 +35,10 @@ import asyncio
 import contextlib
 import os
 import ssl
+import sys
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import h11
 
@@ -49,7 +55,9 @@ __all__ = [
     "H11Pool",
     "HttpxAdapter",
     "Timeouts",
+    "Transport",
     "TransportError",
+    "as_transport",
     "default_http",
 ]
 
@@ -118,6 +126,50 @@ class Answer:
     status_code: int
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     content: bytes
+
+
+class Transport(Protocol):
+    """What the client needs from HTTP: one exchange at a time per call, any number at once.
+
+    ``request`` sends ``method`` to the absolute ``url`` with ``body`` (None: no body) and
+    ``headers``, and returns the whole ``Answer``, whatever its status. It raises only
+    ``TransportError`` subclasses: ``NotSent``/``ConnectFailed`` when not one byte left (the
+    client may retry), ``Dropped`` or ``TimedOut`` once the request may have been read (never
+    retried), ``AnswerTooLarge`` for an answer over ``limit`` (or ``MAX_RESPONSE_BYTES``),
+    ``ProtocolFailure`` for what is not HTTP. Concurrent calls must be safe. ``aclose`` releases
+    the connections; the client calls it only on a transport it made itself.
+
+    Example, a transport that notes each exchange and lets the client's own pool do the work::
+
+        from nomyo_client import Answer, SecureChatCompletion
+        from nomyo_client._transport import H11Pool
+
+        class Noting:
+            def __init__(self) -> None:
+                self.pool, self.seen = H11Pool(), []
+
+            async def request(self, method, url, body, headers, *, limit=None) -> Answer:
+                answer = await self.pool.request(method, url, body, headers, limit=limit)
+                self.seen.append((method, url, answer.status_code))
+                return answer
+
+            async def aclose(self) -> None:
+                await self.pool.aclose()
+
+        client = SecureChatCompletion(base_url, http_client=Noting())
+    """
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        limit: int | None = None,
+    ) -> Answer: ...
+
+    async def aclose(self) -> None: ...
 
 
 class _Conn:
@@ -349,7 +401,17 @@ class HttpxAdapter:
 _HTTPX_ENV = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 
 
-def default_http(timeouts: Timeouts) -> H11Pool | HttpxAdapter:
+def as_transport(given: httpx.AsyncClient | Transport) -> Transport:
+    """A caller's ``http_client``: an httpx client behind the adapter, a ``Transport`` as is."""
+    # An httpx client can only come from a caller that imported httpx: no import of it here
+    # (45 ms) for anyone else.
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(given, httpx.AsyncClient):
+        return HttpxAdapter(given)
+    return cast("Transport", given)  # the httpx case was handled just above
+
+
+def default_http(timeouts: Timeouts) -> Transport:
     """The small pool, unless the environment asks for a proxy: then httpx."""
     if not any(os.environ.get(name) or os.environ.get(name.lower()) for name in _HTTPX_ENV):
         return H11Pool(timeouts)

@@ -238,7 +238,7 @@ async def _chat(agent: ThrowawayAgent, router: DevServer, prompt: str) -> dict[s
         allow_http=True,
         agent_socket=agent.path,
         autostart=False,
-        http_client=wire,  # type: ignore[arg-type]  # our own pool, recording
+        http_client=wire,  # our own pool, recording
     ) as client:
         started = time.perf_counter()
         first = await client.create(model="devserver/echo", messages=messages)
