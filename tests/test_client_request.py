@@ -393,3 +393,14 @@ def test_load_keys_imports_the_file(fake_agent: FakeAgent, tmp_path: Path) -> No
     (tmp_path / "public_key.pem").write_text(OUR_PEM)
     client.load_keys(str(key))
     assert fake_agent.imported == [b"PEM"]
+
+
+def test_blocking_identity_calls_check_the_agent_as_requests_do(fake_agent: FakeAgent) -> None:
+    # One Hello check for both paths: generate_keys meets the same refusal as create.
+    fake_agent.protocol = 99
+    client = nc.SecureCompletionClient(router_url=BASE, agent_socket=fake_agent.path,
+                                       autostart=False)  # fmt: skip
+    with pytest.raises(nc.AgentProtocolError, match="speaks protocol 99") as info:
+        client.generate_keys()
+    assert "nomyo-agent stop" in (info.value.hint or "")
+    assert fake_agent.ops() == ["Hello"]
