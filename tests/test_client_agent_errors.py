@@ -13,7 +13,7 @@ import pytest
 
 import nomyo_client as nc
 from nomyo_agent import protocol as p
-from support.client_fakes import FakeRouter
+from support.client_fakes import ScriptedRouter
 
 
 def _read_frame(conn: socket.socket) -> bytes:
@@ -59,7 +59,7 @@ def test_a_reset_agent_connection_is_reported_once_without_repeating_itself(
     resetting_agent: str,
 ) -> None:
     client = nc.SecureChatCompletion(
-        "https://router.test", http_client=FakeRouter().client(),
+        "https://router.test", http_client=ScriptedRouter().client(),
         agent_socket=resetting_agent, autostart=False,
     )  # fmt: skip
     big = "x" * 256 * 1024  # far more than the agent reads, so its close is a reset
