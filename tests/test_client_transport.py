@@ -273,6 +273,17 @@ class TestTransportContract:
 
         self.exchange(make, answering(b"this is not http\r\n\r\n"), run)
 
+    def test_tls_to_a_plain_http_server_is_a_final_tls_failure(self, make: MakeTransport) -> None:
+        async def run(t: nc.Transport, url: str) -> None:
+            https = url.replace("http://", "https://")
+            with pytest.raises(_transport.NotTls) as info:
+                await t.request("GET", https + "/pki/public_key", None, {})
+            assert isinstance(info.value, _transport.TlsFailed)
+            assert info.value.retryable is False  # trying again cannot help
+
+        _, connections = self.exchange(make, plain_http_at_once, run)
+        assert connections == 1
+
     def test_concurrent_requests_each_get_their_own_answer(self, make: MakeTransport) -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while True:
@@ -381,3 +392,34 @@ def test_a_callers_httpx_client_is_adapted_and_any_transport_kept() -> None:
     assert adapted.client is client
     assert not adapted.owned  # the caller closes their own client
     asyncio.run(client.aclose())
+
+
+async def plain_http_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A plain HTTP server that answers before reading: what a TLS client meets at it."""
+    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    await reader.read()
+
+
+@pytest.mark.parametrize("http", ["own", "httpx"])
+def test_https_to_a_plain_http_router_is_a_tls_error_with_the_hint(http: str) -> None:
+    async def body(url: str) -> nc.APIError:
+        https = url.replace("http://", "https://")
+        given = httpx.AsyncClient() if http == "httpx" else None
+        client = nc.SecureChatCompletion(https, http_client=given, agent_socket="/nonexistent",
+                                         autostart=False, max_retries=2)  # fmt: skip
+        try:
+            with pytest.raises(nc.TLSError) as info:
+                await client.create(model="m", messages=[{"role": "user", "content": "x"}])
+        finally:
+            await client.aclose()
+            if given is not None:
+                await given.aclose()
+        return info.value
+
+    error, connections = asyncio.run(with_server(plain_http_at_once, body))
+    assert isinstance(error, nc.APIConnectionError)
+    assert error.plain_http
+    assert connections == 1  # a failed handshake is not tried again
+    assert "does not speak TLS" in (error.hint or ""), error.hint
+    assert "with allow_http=True" in (error.hint or "")

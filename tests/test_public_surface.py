@@ -20,7 +20,8 @@ PUBLIC = {
         "ForbiddenError", "IdentityExistsError", "InvalidRequestError", "NoIdentityError",
         "RateLimitError", "ResponseTooLargeError", "RetryPolicy", "RouterKeyChangedError",
         "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",
-        "ServiceUnavailableError", "SyncSecureChatCompletion", "Transport", "TransportError",
+        "ServiceUnavailableError", "SyncSecureChatCompletion", "TLSError", "Transport",
+        "TransportError",
     ],
     "nomyo_tray": ["main"],
     "nomyo_devserver": [

@@ -34,6 +34,7 @@ Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``
      ├── ServerError                 500
      ├── ServiceUnavailableError     503
      ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     │    └── TLSError               the TLS handshake failed (.plain_http: no TLS there)
      ├── ResponseTooLargeError       the router's answer is over the 64 MiB cap
      ├── SecurityError               bad package, failed tag, plain HTTP refused
      │    └── RouterKeyChangedError  the agent refused a changed router key; nothing was sent
@@ -66,6 +67,7 @@ from nomyo_client._errors import (
     SecurityError,
     ServerError,
     ServiceUnavailableError,
+    TLSError,
 )
 from nomyo_client._retry import RetryPolicy
 from nomyo_client._sync import SyncSecureChatCompletion
@@ -95,6 +97,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SyncSecureChatCompletion",
+    "TLSError",
     "Transport",
     "TransportError",
 ]

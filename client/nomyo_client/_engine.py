@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
-from nomyo_client._errors import APIConnectionError, ResponseTooLargeError, SecurityError
+from nomyo_client._errors import (
+    APIConnectionError,
+    ResponseTooLargeError,
+    SecurityError,
+    TLSError,
+)
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
@@ -37,8 +42,10 @@ from nomyo_client._transport import (
     Answer,
     AnswerTooLarge,
     Dropped,
+    NotTls,
     TimedOut,
     Timeouts,
+    TlsFailed,
     Transport,
     TransportError,
     as_transport,
@@ -283,6 +290,11 @@ class Engine:
                 raise ResponseTooLargeError(
                     f"the router's answer from {url} is over the client's {_size(cap)} cap",
                     max_bytes=cap,
+                ) from exc
+            except TlsFailed as exc:
+                raise TLSError(
+                    f"TLS with the router at {url} failed: {exc}",
+                    plain_http=isinstance(exc, NotTls),
                 ) from exc
             except TimedOut as exc:
                 raise APIConnectionError(

@@ -87,6 +87,29 @@ class TlsFailed(TransportError):
     Nothing was sent, but trying again cannot help, so it is not retried."""
 
 
+class NotTls(TlsFailed):
+    """What answered the TLS handshake does not speak TLS (a plain HTTP server, most often)."""
+
+
+def _tls_failure(exc: ssl.SSLError, message: str) -> TlsFailed:
+    """The failure for an ``ssl.SSLError`` met while connecting (translated here, once)."""
+    if exc.reason == "WRONG_VERSION_NUMBER":  # the answer to our ClientHello was not TLS
+        return NotTls(message)
+    return TlsFailed(message)
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` under an httpx connect error (httpx chains it through httpcore)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class Dropped(TransportError):
     """The connection broke after the request was (maybe partly) written, before an answer."""
 
@@ -136,7 +159,9 @@ class Transport(Protocol):
     ``TransportError`` subclasses: ``NotSent``/``ConnectFailed`` when not one byte left (the
     client may retry), ``Dropped`` or ``TimedOut`` once the request may have been read (never
     retried), ``AnswerTooLarge`` for an answer over ``limit`` (or ``MAX_RESPONSE_BYTES``),
-    ``ProtocolFailure`` for what is not HTTP. Concurrent calls must be safe. ``aclose`` releases
+    ``TlsFailed`` (``NotTls``: no TLS at the other end) when the handshake fails (not retried:
+    trying again cannot help), ``ProtocolFailure`` for what is not HTTP. Concurrent calls must
+    be safe. ``aclose`` releases
     the connections; the client calls it only on a transport it made itself.
 
     Example, a transport that notes each exchange and lets the client's own pool do the work::
@@ -230,7 +255,7 @@ class H11Pool:
         except TimeoutError as exc:
             raise ConnectFailed(f"connecting to {host}:{port} timed out") from exc
         except ssl.SSLError as exc:  # before OSError, its base
-            raise TlsFailed(f"TLS with {host}:{port} failed: {exc}") from exc
+            raise _tls_failure(exc, f"TLS with {host}:{port} failed: {exc}") from exc
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
         return _Conn(reader, writer)
@@ -380,7 +405,12 @@ class HttpxAdapter:
                     if size > cap:
                         raise AnswerTooLarge(f"the answer is over {cap} bytes")
                     chunks.append(chunk)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except httpx.ConnectError as exc:
+            tls = _ssl_cause(exc)
+            if tls is not None:
+                raise _tls_failure(tls, str(exc) or str(tls)) from exc
+            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from exc
         except httpx.TimeoutException as exc:
             raise TimedOut(str(exc) or type(exc).__name__) from exc
