@@ -23,7 +23,9 @@ import pytest
 import nomyo_client as nc
 from nomyo_agent.protocol import MAX_ANSWER_BYTES
 from nomyo_client import _transport
-from nomyo_client._transport import H11Pool, HttpxAdapter, Timeouts
+from nomyo_client._h11pool import H11Pool
+from nomyo_client._httpx_adapter import HttpxAdapter, as_transport, default_http
+from nomyo_client._transport import Timeouts
 from nomyo_devserver import DevServer
 from support.agent import RunningAgent
 
@@ -374,10 +376,10 @@ def test_environment_asking_for_a_proxy_gets_httpx(
     for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.lower(), raising=False)
-    assert isinstance(_transport.default_http(Timeouts()), H11Pool)
+    assert isinstance(default_http(Timeouts()), H11Pool)
     monkeypatch.setenv(name, "http://proxy.invalid:3128")
-    chosen = _transport.default_http(Timeouts(connect=3, read=7, write=7))
-    assert isinstance(chosen, _transport.HttpxAdapter)
+    chosen = default_http(Timeouts(connect=3, read=7, write=7))
+    assert isinstance(chosen, HttpxAdapter)
     assert chosen.owned
     assert chosen.client.timeout.read == 7
     asyncio.run(chosen.aclose())
@@ -385,9 +387,9 @@ def test_environment_asking_for_a_proxy_gets_httpx(
 
 def test_a_callers_httpx_client_is_adapted_and_any_transport_kept() -> None:
     pool = H11Pool()
-    assert _transport.as_transport(pool) is pool
+    assert as_transport(pool) is pool
     client = httpx.AsyncClient()
-    adapted = _transport.as_transport(client)
+    adapted = as_transport(client)
     assert isinstance(adapted, HttpxAdapter)
     assert adapted.client is client
     assert not adapted.owned  # the caller closes their own client

@@ -2,10 +2,11 @@
 
 Rules of this module:
 
-- One pooled HTTP client (``_transport``) per engine and event loop, and the loop's shared agent
-  connection (``_agent``). A script that calls ``asyncio.run`` twice with one client gets fresh
-  ones on the second loop, since sockets cannot move between loops (the public client has no
-  such state, so this must work). A client dropped without ``aclose`` releases both.
+- One ``Transport`` (``_transport``: the own pool, or httpx) per engine and event loop, and the
+  loop's shared agent connection (``_agent``). A script that calls ``asyncio.run`` twice with
+  one client gets fresh ones on the second loop, since sockets cannot move between loops (the
+  public client has no such state, so this must work). A client dropped without ``aclose``
+  releases both.
 - Agent calls obey the client's ``timeout`` (its read timeout for an ``httpx.Timeout``), else
   ``_agent.DEFAULT_AGENT_TIMEOUT``.
 - The router key is fetched once per origin and reused. When the router answers 400 to a request
@@ -35,10 +36,10 @@ from nomyo_client._errors import (
     SecurityError,
     TLSError,
 )
+from nomyo_client._httpx_adapter import as_transport, default_http
 from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
-    MAX_RESPONSE_BYTES,
     Answer,
     AnswerTooLarge,
     Dropped,
@@ -48,8 +49,7 @@ from nomyo_client._transport import (
     TlsFailed,
     Transport,
     TransportError,
-    as_transport,
-    default_http,
+    answer_cap,
 )
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class Engine:
                 answer = await state.http.request(method, url, body, headers, limit=limit)
             except AnswerTooLarge as exc:
                 # The router answered (and acted): not a connection failure, and not retried.
-                cap = MAX_RESPONSE_BYTES if limit is None else min(limit, MAX_RESPONSE_BYTES)
+                cap = answer_cap(limit)
                 raise ResponseTooLargeError(
                     f"the router's answer from {url} is over the client's {_size(cap)} cap",
                     max_bytes=cap,

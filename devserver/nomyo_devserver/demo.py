@@ -33,7 +33,8 @@ from typing import Any
 
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
-from nomyo_client._transport import Answer, H11Pool
+from nomyo_client import Answer
+from nomyo_client._h11pool import H11Pool
 from nomyo_devserver._devserver import DevServer
 
 __all__ = ["DemoError", "ThrowawayAgent", "main", "throwaway_agent", "throwaway_session"]
