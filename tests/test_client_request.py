@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 import nomyo_client as nc
 from nomyo_agent import _keys
+from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
 from nomyo_client import SecureChatCompletion, SyncSecureChatCompletion
 from support.client_fakes import (
@@ -269,6 +270,7 @@ def test_agent_errors_map_with_hints(
     with pytest.raises(error) as info:
         run(make(live, router).create(model="m", messages=MESSAGES))
     assert type(info.value) is error
+    assert isinstance(info.value.__cause__, agent_errors.AgentError)  # translated at the boundary
     assert hint in (info.value.hint or "")
     assert router.posts == []
     assert live.counters.seals == 0

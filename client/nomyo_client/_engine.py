@@ -12,44 +12,32 @@ Rules of this module:
 - The router key is fetched once per origin and reused. When the router answers 400 to a request
   sealed to a cached key, the key is fetched again; if it changed, the agent re-checks it against
   its pin (refusing means nothing is sent) and the request is sent once more.
-- The plaintext is sealed once per request; retries resend the same package and payload id.
-- Only ``RETRYABLE_STATUSES`` and transport failures that prove the request never left
-  (``TransportError.retryable``: the connect failed, or the connection was dead before one byte
-  was written) are retried, with the ``RetryPolicy``'s backoff. A connection the router closed
-  after reading the request, or a read timeout, is final: the router may have acted on it, and
-  the public client does not resend it either.
+- The plaintext is sealed once per request; retries (``_exchange``: which failures, how often)
+  resend the same package and payload id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from nomyo_client import _wire
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import (
-    APIConnectionError,
     ResponseTooLargeError,
     SecurityError,
-    TLSError,
 )
+from nomyo_client._exchange import send_with_retries
 from nomyo_client._httpx_adapter import as_transport, default_http
-from nomyo_client._retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from nomyo_client._perloop import LoopState, on_this_loop
+from nomyo_client._retry import RetryPolicy, parse_retry_after
 from nomyo_client._routerkey import MAX_ROUTER_KEY_BITS, rsa_bits
 from nomyo_client._transport import (
     Answer,
-    AnswerTooLarge,
-    Dropped,
-    NotTls,
-    TimedOut,
     Timeouts,
-    TlsFailed,
     Transport,
-    TransportError,
-    answer_cap,
 )
 
 if TYPE_CHECKING:
@@ -58,57 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Engine"]
 
 _MAX_ROUTER_KEY_BYTES = 64 * 1024
-
-
-@dataclass
-class _Resources:
-    """What a client holds on one loop: closed once, explicitly or when the client is gone."""
-
-    http: Transport
-    owns_http: bool
-    agent: AgentLink
-    closed: bool = False
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        await self.agent.aclose()
-        if self.owns_http:
-            await self.http.aclose()
-
-
-@dataclass
-class _LoopState:
-    loop: asyncio.AbstractEventLoop
-    resources: _Resources
-    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    closer: AsyncGenerator[None, None] | None = None
-
-    @property
-    def http(self) -> Transport:
-        return self.resources.http
-
-    @property
-    def agent(self) -> AgentLink:
-        return self.resources.agent
-
-    @property
-    def closed(self) -> bool:
-        return self.resources.closed
-
-
-async def _close_when_done(resources: _Resources) -> AsyncGenerator[None, None]:
-    # Parked here for the client's life on this loop, this generator closes its sockets when
-    # whichever comes first: asyncio.run() ending (loop.shutdown_asyncgens() closes every
-    # suspended async generator), or the client being dropped unclosed, as the public client
-    # allows (the loop's asyncgen finaliser hook closes a suspended generator that is garbage).
-    # It must not reference the _LoopState: that would make a cycle, and a dropped client's
-    # sockets would wait for the cyclic garbage collector.
-    try:
-        yield
-    finally:
-        await resources.close()
 
 
 class Engine:
@@ -134,9 +71,9 @@ class Engine:
         self._autostart = autostart
         self._key_dir = key_dir
         self._router_keys: dict[str, str] = {}
-        self._state: _LoopState | None = None
+        self._state: LoopState | None = None
 
-    async def _loop_state(self) -> _LoopState:
+    async def _loop_state(self) -> LoopState:
         loop = asyncio.get_running_loop()
         state = self._state
         if state is not None and state.loop is loop and not state.closed:
@@ -149,11 +86,9 @@ class Engine:
             key_dir=self._key_dir,
             timeout=self.agent_timeout,
         )
-        resources = _Resources(http=http, owns_http=self._given_http is None, agent=agent)
-        state = _LoopState(loop=loop, resources=resources)
+        state = on_this_loop(http, given is None, agent)
         self._state = state  # before any await: concurrent first calls must share it
-        state.closer = _close_when_done(resources)
-        await state.closer.__anext__()
+        await state.park()
         return state
 
     async def agent(self) -> AgentLink:
@@ -270,7 +205,7 @@ class Engine:
 
     async def _send(
         self,
-        state: _LoopState,
+        state: LoopState,
         method: str,
         url: str,
         body: bytes | None,
@@ -278,50 +213,15 @@ class Engine:
         *,
         limit: int | None = None,
     ) -> Answer:
-        """One HTTP exchange with retries; a retryable status is returned once retries run out."""
-        retry = 0
-        while True:
-            retry_after: float | None = None
-            try:
-                answer = await state.http.request(method, url, body, headers, limit=limit)
-            except AnswerTooLarge as exc:
-                # The router answered (and acted): not a connection failure, and not retried.
-                cap = answer_cap(limit)
-                raise ResponseTooLargeError(
-                    f"the router's answer from {url} is over the client's {_size(cap)} cap",
-                    max_bytes=cap,
-                ) from exc
-            except TlsFailed as exc:
-                raise TLSError(
-                    f"TLS with the router at {url} failed: {exc}",
-                    plain_http=isinstance(exc, NotTls),
-                ) from exc
-            except TimedOut as exc:
-                raise APIConnectionError(
-                    f"the router did not answer {url} in time ({exc})",
-                    hint="raise timeout= for long generations; the request was not retried",
-                ) from exc
-            except TransportError as exc:
-                if not exc.retryable or retry >= self.retry.max_retries:
-                    raise _connection_error(url, exc, retry) from exc
-            else:
-                if answer.status_code not in RETRYABLE_STATUSES:
-                    return answer
-                if retry >= self.retry.max_retries:
-                    return answer
-                retry_after = parse_retry_after(answer.headers, self.retry.clock())
-            retry += 1
-            await self.retry.sleep(self.retry.delay(retry, retry_after))
+        return await send_with_retries(
+            state.http, self.retry, method, url, body=body, headers=headers, limit=limit
+        )
 
     async def aclose(self) -> None:
         state, self._state = self._state, None
         # Sockets of another (finished) loop were closed by its shutdown; none to close here.
-        if (
-            state is not None
-            and state.closer is not None
-            and state.loop is asyncio.get_running_loop()
-        ):
-            await state.closer.aclose()  # runs resources.close()
+        if state is not None and state.loop is asyncio.get_running_loop():
+            await state.close()
 
 
 def _agent_timeout(timeout: float | httpx.Timeout | None) -> float | None:
@@ -329,20 +229,3 @@ def _agent_timeout(timeout: float | httpx.Timeout | None) -> float | None:
     if timeout is None or isinstance(timeout, (int, float)):
         return None if timeout is None else float(timeout)
     return timeout.read
-
-
-def _size(n: int) -> str:
-    return f"{n // (1024 * 1024)} MiB" if n >= 1024 * 1024 else f"{n} bytes"
-
-
-def _connection_error(url: str, exc: TransportError, retries: int) -> APIConnectionError:
-    tries = f" after {retries + 1} attempts" if retries else ""
-    if exc.retryable:
-        return APIConnectionError(f"could not reach the router at {url}{tries}: {exc}")
-    if isinstance(exc, Dropped):
-        return APIConnectionError(
-            f"the router closed the connection before answering {url}{tries}: {exc}",
-            hint="the request was not resent, since the router may have acted on it; "
-            "send it again yourself if that is safe",
-        )
-    return APIConnectionError(f"the router at {url} sent an unusable answer{tries}: {exc}")
