@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from nomyo_agent import _keys
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_devserver import DevServer
-from support.client_fakes import OtherVersionAgent
+from support.client_fakes import OtherVersionAgent, key_file_pem
 from support.desktop import Session
+from support.keys import rsa_key
 from support.waiting import wait_until
 
 # A client: one request (the new agent has no identity, so NoIdentityError proves it got there),
@@ -123,6 +125,31 @@ def test_stale_autostarted_agent_is_replaced(
         assert result["protocol"] == p.PROTOCOL_VERSION
         assert result["outcome"] == "NoIdentityError"  # a real, fresh agent answered
         assert result["pid"] != 1  # the stale one says pid 1
+    finally:
+        with contextlib.suppress(Exception), AgentConnection.open(stale.path) as conn:
+            os.kill(conn.call(p.Hello(), p.HelloReply).pid, signal.SIGTERM)
+        wait_until("the new agent to go", lambda: not Path(stale.path).exists())
+
+
+def test_blocking_identity_calls_replace_a_stale_autostarted_agent_too(
+    other_version_agent: OtherVersionAgent, desktop: Session, tmp_path: Path
+) -> None:
+    # SecureCompletionClient's blocking methods take the same path to the agent as requests.
+    stale = other_version_agent
+    stale.autostarted = True
+    key = tmp_path / "private_key.pem"
+    key.write_bytes(key_file_pem(6))
+    code = (
+        "import sys, nomyo_client; c = nomyo_client.SecureCompletionClient('http://127.0.0.1:9',"
+        " allow_http=True); c.load_keys(sys.argv[1]); print(c.public_key_pem, end='')"
+    )
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": stale.path, "PYTHONWARNINGS": "error"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(key)], env=env, text=True,
+                             capture_output=True, timeout=60, check=False)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert stale.ops[-1] == "Stop"
+        assert out.stdout == _keys.public_pem(rsa_key(2048, 6).public_key())
     finally:
         with contextlib.suppress(Exception), AgentConnection.open(stale.path) as conn:
             os.kill(conn.call(p.Hello(), p.HelloReply).pid, signal.SIGTERM)

@@ -40,7 +40,7 @@ __all__ = ["HttpxAdapter", "as_transport", "default_http"]
 
 
 class HttpxAdapter:
-    """The same interface through an ``httpx.AsyncClient`` (closed here only if ``owned``)."""
+    """The ``Transport`` through an ``httpx.AsyncClient`` (closed here only if ``owned``)."""
 
     def __init__(self, client: httpx.AsyncClient, *, owned: bool = False) -> None:
         self.client = client
