@@ -117,7 +117,15 @@ class Engine:
         url = f"{base_url}/pki/public_key"
         try:
             # The size is checked from Content-Length (or as it streams), not after a download.
-            response = await self._send(state, "GET", url, None, {}, limit=_MAX_ROUTER_KEY_BYTES)
+            response = await send_with_retries(
+                state.http,
+                self.retry,
+                "GET",
+                url,
+                body=None,
+                headers={},
+                limit=_MAX_ROUTER_KEY_BYTES,
+            )
         except ResponseTooLargeError as exc:
             raise SecurityError(
                 f"the router's /pki/public_key answer is too large to be a key "
@@ -147,7 +155,8 @@ class Engine:
 
     async def get(self, url: str, headers: dict[str, str]) -> Answer:
         """One GET on the pooled HTTP client, with the retry policy (nomyo-proxy's model list)."""
-        return await self._send(await self._loop_state(), "GET", url, None, headers)
+        http = (await self._loop_state()).http
+        return await send_with_retries(http, self.retry, "GET", url, body=None, headers=headers)
 
     # --- one request ---------------------------------------------------------------------
 
@@ -176,23 +185,24 @@ class Engine:
         origin = _wire.origin_of(base_url)
         url = f"{base_url}/v1/chat/secure_completion"
         router_key, fresh = await self.router_key(base_url)
-        sealed = await state.agent.seal(origin, router_key, plaintext, app)
-        headers = {
-            **(extra_headers or {}),
-            **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
-        }
-        response = await self._send(state, "POST", url, sealed.package, headers)
+
+        async def post(key: str) -> Answer:
+            sealed = await state.agent.seal(origin, key, plaintext, app)
+            headers = {
+                **(extra_headers or {}),
+                **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
+            }
+            return await send_with_retries(
+                state.http, self.retry, "POST", url, body=sealed.package, headers=headers
+            )
+
+        response = await post(router_key)
         if response.status_code == 400 and not fresh:
             # Maybe the router rotated its key since we cached it: ask again, and let the agent
             # judge a new key against its pin before anything is resent.
             new_key = await self.fetch_router_key(base_url)
             if new_key != router_key:
-                sealed = await state.agent.seal(origin, new_key, plaintext, app)
-                headers = {
-                    **(extra_headers or {}),
-                    **_wire.request_headers(payload_id, sealed.public_key_pem, api_key, tier),
-                }
-                response = await self._send(state, "POST", url, sealed.package, headers)
+                response = await post(new_key)
         if response.status_code != 200:
             retry_after = parse_retry_after(response.headers, self.retry.clock())
             raise _wire.error_for_status(response.status_code, response.content, retry_after)
@@ -202,20 +212,6 @@ class Engine:
         algorithm, processed_at = _wire.parse_package(package)
         opened = await (await self._loop_state()).agent.open(package, app)
         return _wire.finish_response(opened.plaintext, payload_id, algorithm, processed_at)
-
-    async def _send(
-        self,
-        state: LoopState,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        *,
-        limit: int | None = None,
-    ) -> Answer:
-        return await send_with_retries(
-            state.http, self.retry, method, url, body=body, headers=headers, limit=limit
-        )
 
     async def aclose(self) -> None:
         state, self._state = self._state, None
