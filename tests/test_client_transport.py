@@ -234,6 +234,17 @@ class TestTransportContract:
 
         self.exchange(make, handler, run, timeouts=Timeouts(connect=5, read=0.2, write=5))
 
+    def test_write_timeout_is_final(self, make: MakeTransport) -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(10)  # reads nothing: the client's send buffer fills up
+
+        async def run(t: nc.Transport, url: str) -> None:
+            with pytest.raises(_transport.TimedOut) as info:
+                await t.request("POST", url + "/", b"x" * (64 * 1024 * 1024), {})
+            assert info.value.retryable is False  # part of the request may have been read
+
+        self.exchange(make, handler, run, timeouts=Timeouts(connect=5, read=5, write=0.3))
+
     def test_refused_connection_is_retryable(self, make: MakeTransport) -> None:
         async def run() -> None:
             transport = make()
