@@ -21,7 +21,7 @@ import nomyo_client as nc
 from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
 from nomyo_client._errors import from_agent_error
-from support.client_fakes import ScriptedRouter
+from support.scripted_router import ScriptedRouter
 
 
 def _read_frame(conn: socket.socket) -> bytes:

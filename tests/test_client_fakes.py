@@ -1,6 +1,7 @@
-"""What the client tests talk to (``support/client_fakes.py``), checked on its own, so that a
-broken stand-in cannot make the client tests pass: the live agent is the real one, the router
-opens only what is really sealed to it, and the two faults do what their names say."""
+"""What the client tests talk to (``support/client_fakes.py``, ``support/scripted_router.py``),
+checked on its own, so that a broken stand-in cannot make the client tests pass: the live agent
+is the real one, the router opens only what is really sealed to it, and the two faults do what
+their names say."""
 
 from __future__ import annotations
 
@@ -13,14 +14,8 @@ from nomyo_agent import _envelope, _keys
 from nomyo_agent import errors as ae
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
-from support.client_fakes import (
-    ROUTER_PEM,
-    ROUTER_PEM_2,
-    CuttingRelay,
-    LiveAgent,
-    OtherVersionAgent,
-    ScriptedRouter,
-)
+from support.client_fakes import CuttingRelay, LiveAgent, OtherVersionAgent
+from support.scripted_router import ROUTER_PEM, ROUTER_PEM_2, ScriptedRouter
 from support.waiting import wait_until
 
 

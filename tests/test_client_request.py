@@ -20,16 +20,9 @@ from nomyo_agent import _keys
 from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
 from nomyo_client import SecureChatCompletion, SyncSecureChatCompletion
-from support.client_fakes import (
-    ROUTER_PEM,
-    ROUTER_PEM_2,
-    CuttingRelay,
-    LiveAgent,
-    OtherVersionAgent,
-    ScriptedRouter,
-    key_file_pem,
-)
+from support.client_fakes import CuttingRelay, LiveAgent, OtherVersionAgent, key_file_pem
 from support.keys import rsa_key
+from support.scripted_router import ROUTER_PEM, ROUTER_PEM_2, ScriptedRouter
 
 BASE = "https://router.test"
 MESSAGES = [{"role": "user", "content": "hello there"}]

@@ -20,7 +20,8 @@ from nomyo_agent import _envelope, _keys
 from nomyo_client import RetryPolicy, SecureChatCompletion
 from nomyo_client._retry import parse_retry_after
 from nomyo_client._wire import error_for_status
-from support.client_fakes import ROUTER_PEM, LiveAgent, ScriptedRouter
+from support.client_fakes import LiveAgent
+from support.scripted_router import ROUTER_PEM, ScriptedRouter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 NOW = 1_800_000_000.0

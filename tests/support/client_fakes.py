@@ -1,14 +1,11 @@
-"""What the client's unit tests talk to: the real agent behind a real socket, a scripted router,
-and two purpose-named faults.
+"""What the client's unit tests talk to on the agent side: the real agent behind a real socket,
+and two purpose-named faults (the router side is ``support.scripted_router``).
 
 - ``live_agent`` (fixture): the agent's real core (``support.core.Core``: ``Dispatcher`` over
   ``AgentState``, a memory key store, a 2048-bit identity from ``support.keys``) served by the
   agent's real ``AgentServer`` on a Unix socket in the test's folder, on its own thread and
   event loop. There is one implementation of the agent's behaviour: the tests read what it did
   from its own counters, pins and identity. ``empty_agent`` is the same with no identity.
-- ``ScriptedRouter``: a router as an ``httpx.MockTransport`` handler that opens what it is sent
-  and seals its answer with the package code the devserver uses (real RSA-OAEP and AES-GCM), so
-  that only a really sealed request gets an answer; ``script`` answers POSTs first, in order.
 - ``OtherVersionAgent``: a socket that answers ``Hello`` as an agent of another protocol
   version, and ``Stop`` by going away. The real agent cannot be made to speak another version.
 - ``CuttingRelay``: a relay in front of the live agent that, when armed, passes a request on and
@@ -21,47 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import threading
-import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._keystore import MemoryStore
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent._server import AgentServer
 from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import DecryptFailedError, KeyringLockedError
+from nomyo_agent.errors import KeyringLockedError
 from support.keys import rsa_key
 
 if TYPE_CHECKING:
     from support.core import Core  # the ``core`` fixture's; a plugin registered after this one
 
-__all__ = [
-    "ROUTER_PEM",
-    "ROUTER_PEM_2",
-    "CuttingRelay",
-    "LiveAgent",
-    "OtherVersionAgent",
-    "ScriptedRouter",
-    "key_file_pem",
-]
+__all__ = ["CuttingRelay", "LiveAgent", "OtherVersionAgent", "key_file_pem"]
 
 R = TypeVar("R", bound=p.Response)
 T = TypeVar("T")
-
-ROUTER_KEY, ROUTER_KEY_2 = rsa_key(2048, 1), rsa_key(2048, 2)
-ROUTER_PEM = _keys.public_pem(ROUTER_KEY.public_key())
-ROUTER_PEM_2 = _keys.public_pem(ROUTER_KEY_2.public_key())
-_ROUTER_KEYS = {ROUTER_PEM: ROUTER_KEY, ROUTER_PEM_2: ROUTER_KEY_2}
 
 
 def key_file_pem(index: int, password: bytes | None = None) -> bytes:
@@ -284,54 +264,3 @@ def cutting_relay(live_agent: LiveAgent, tmp_path: Path) -> Iterator[CuttingRela
 
     thread.run(stop())
     thread.close()
-
-
-# --- the router --------------------------------------------------------------------------------
-
-
-@dataclass
-class ScriptedRouter:
-    """A router as an httpx.MockTransport handler; see the module docstring."""
-
-    key: str = ROUTER_PEM
-    script: list[Callable[[httpx.Request], httpx.Response] | int] = field(default_factory=list)
-    posts: list[httpx.Request] = field(default_factory=list)
-    gets: int = 0
-    plaintexts: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "GET" and request.url.path.endswith("/pki/public_key"):
-            self.gets += 1
-            return httpx.Response(200, text=self.key)
-        assert request.url.path.endswith("/v1/chat/secure_completion")
-        self.posts.append(request)
-        if self.script:
-            step = self.script.pop(0)
-            if isinstance(step, int):
-                return httpx.Response(step, json={"detail": f"scripted {step}"})
-            return step(request)
-        return self.answer(request)
-
-    def answer(self, request: httpx.Request) -> httpx.Response:
-        private = _ROUTER_KEYS[self.key]  # a router serving another key answers by script only
-        try:
-            plaintext = _envelope.open_package(private, request.content).plaintext
-        except DecryptFailedError:
-            return httpx.Response(400, json={"detail": "decryption failed"})
-        payload = json.loads(plaintext)
-        self.plaintexts.append(payload)
-        completion = {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000,
-            "model": payload["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": payload["messages"][-1]["content"]}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            "_metadata": {"response_status": "success", "security_tier":
-                          request.headers.get("x-security-tier", "standard")},
-        }  # fmt: skip
-        recipient = _keys.load_router_key(urllib.parse.unquote(request.headers["x-public-key"]))
-        body = _envelope.seal(recipient, json.dumps(completion).encode(), processed_at=1700000001)
-        return httpx.Response(200, content=body)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self))
