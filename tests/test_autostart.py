@@ -11,17 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from nomyo_agent import _keys
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection
 from nomyo_devserver import DevServer
-from support.client_fakes import FakeAgent
+from support.client_fakes import OtherVersionAgent, key_file_pem
 from support.desktop import Session
+from support.keys import rsa_key
+from support.waiting import wait_until
 
 # A client: one request (the new agent has no identity, so NoIdentityError proves it got there),
 # then the agent's hello as the client saw it.
@@ -112,31 +114,55 @@ def test_autostart_off_starts_nothing(session_env: dict[str, str], router: DevSe
 
 
 def test_stale_autostarted_agent_is_replaced(
-    fake_agent: FakeAgent, desktop: Session, router: DevServer
+    other_version_agent: OtherVersionAgent, desktop: Session, router: DevServer
 ) -> None:
-    fake_agent.protocol = p.PROTOCOL_VERSION + 1  # an agent left over from another version
-    fake_agent.autostarted = True
-    env = {**desktop.env, "NOMYO_AGENT_SOCK": fake_agent.path, "PYTHONWARNINGS": "error"}
+    stale = other_version_agent  # an agent a client started, left over from another version
+    stale.autostarted = True
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": stale.path, "PYTHONWARNINGS": "error"}
     try:
         (result,) = run_clients(env, router.url, 1)
-        assert "Stop" in fake_agent.ops()
+        assert "Stop" in stale.ops
         assert result["protocol"] == p.PROTOCOL_VERSION
         assert result["outcome"] == "NoIdentityError"  # a real, fresh agent answered
-        assert result["pid"] != 1  # the fake says pid 1
+        assert result["pid"] != 1  # the stale one says pid 1
     finally:
-        with contextlib.suppress(Exception), AgentConnection.open(fake_agent.path) as conn:
+        with contextlib.suppress(Exception), AgentConnection.open(stale.path) as conn:
             os.kill(conn.call(p.Hello(), p.HelloReply).pid, signal.SIGTERM)
-        time.sleep(0.1)
+        wait_until("the new agent to go", lambda: not Path(stale.path).exists())
+
+
+def test_blocking_identity_calls_replace_a_stale_autostarted_agent_too(
+    other_version_agent: OtherVersionAgent, desktop: Session, tmp_path: Path
+) -> None:
+    # SecureCompletionClient's blocking methods take the same path to the agent as requests.
+    stale = other_version_agent
+    stale.autostarted = True
+    key = tmp_path / "private_key.pem"
+    key.write_bytes(key_file_pem(6))
+    code = (
+        "import sys, nomyo_client; c = nomyo_client.SecureCompletionClient('http://127.0.0.1:9',"
+        " allow_http=True); c.load_keys(sys.argv[1]); print(c.public_key_pem, end='')"
+    )
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": stale.path, "PYTHONWARNINGS": "error"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(key)], env=env, text=True,
+                             capture_output=True, timeout=60, check=False)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert stale.ops[-1] == "Stop"
+        assert out.stdout == _keys.public_pem(rsa_key(2048, 6).public_key())
+    finally:
+        with contextlib.suppress(Exception), AgentConnection.open(stale.path) as conn:
+            os.kill(conn.call(p.Hello(), p.HelloReply).pid, signal.SIGTERM)
+        wait_until("the new agent to go", lambda: not Path(stale.path).exists())
 
 
 def test_stale_agent_not_started_by_a_client_is_left_alone(
-    fake_agent: FakeAgent, desktop: Session, router: DevServer
+    other_version_agent: OtherVersionAgent, desktop: Session, router: DevServer
 ) -> None:
-    fake_agent.protocol = p.PROTOCOL_VERSION + 1
-    env = {**desktop.env, "NOMYO_AGENT_SOCK": fake_agent.path}
+    env = {**desktop.env, "NOMYO_AGENT_SOCK": other_version_agent.path}
     (result,) = run_clients(env, router.url, 1)
     assert result["outcome"] == "AgentProtocolError"
-    assert "Stop" not in fake_agent.ops()
+    assert "Stop" not in other_version_agent.ops
 
 
 # --- nothing from the caller's working directory runs -------------------------------------------

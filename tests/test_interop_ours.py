@@ -18,7 +18,8 @@ import pytest
 import nomyo_client as nc
 from nomyo_agent import _envelope
 from nomyo_agent import protocol as p
-from nomyo_client._transport import Answer, H11Pool
+from nomyo_client import Answer
+from nomyo_client._h11pool import H11Pool
 from nomyo_devserver import DevServer
 from support.agent import RunningAgent
 from support.peer import chat_op, run_peer

@@ -1,5 +1,5 @@
 """Each package's public names, pinned: a change here is an API change and must be deliberate.
-(The client's, with the seed API's names, is pinned in test_client_request.py.)"""
+The client's hold the seed API's names (``seeds/api-reference.md``) and the ``Transport`` seam."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ PUBLIC = {
     "nomyo_agent": [
         "AgentConnection", "AgentError", "AgentUnavailableError", "AsyncAgentConnection",
         "__version__", "protocol", "socket_path",
+    ],
+    "nomyo_client": [
+        "APIConnectionError", "APIError", "AgentDeniedError", "AgentError", "AgentLockedError",
+        "AgentProtocolError", "AgentUnavailableError", "Answer", "AuthenticationError",
+        "ForbiddenError", "IdentityExistsError", "InvalidRequestError", "NoIdentityError",
+        "RateLimitError", "ResponseTooLargeError", "RetryPolicy", "RouterKeyChangedError",
+        "SecureChatCompletion", "SecureCompletionClient", "SecurityError", "ServerError",
+        "ServiceUnavailableError", "SyncSecureChatCompletion", "TLSError", "Transport",
+        "TransportError",
     ],
     "nomyo_tray": ["main"],
     "nomyo_devserver": [

@@ -19,6 +19,11 @@ Example::
 
     asyncio.run(main())
 
+HTTP goes through a ``Transport`` (``request`` and ``aclose``; ``Answer`` is what ``request``
+returns, ``TransportError`` what it raises): the client's own keep-alive pool by default, or
+``http_client=`` an ``httpx.AsyncClient`` or any object of that protocol (docs/client.md, "Your
+own transport").
+
 Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``hint``)::
 
     APIError
@@ -29,6 +34,7 @@ Exceptions (every one has ``message``, ``status_code``, ``error_details`` and ``
      ├── ServerError                 500
      ├── ServiceUnavailableError     503
      ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     │    └── TLSError               the TLS handshake failed (.plain_http: no TLS there)
      ├── ResponseTooLargeError       the router's answer is over the 64 MiB cap
      ├── SecurityError               bad package, failed tag, plain HTTP refused
      │    └── RouterKeyChangedError  the agent refused a changed router key; nothing was sent
@@ -61,9 +67,11 @@ from nomyo_client._errors import (
     SecurityError,
     ServerError,
     ServiceUnavailableError,
+    TLSError,
 )
 from nomyo_client._retry import RetryPolicy
 from nomyo_client._sync import SyncSecureChatCompletion
+from nomyo_client._transport import Answer, Transport, TransportError
 
 __all__ = [
     "APIConnectionError",
@@ -73,6 +81,7 @@ __all__ = [
     "AgentLockedError",
     "AgentProtocolError",
     "AgentUnavailableError",
+    "Answer",
     "AuthenticationError",
     "ForbiddenError",
     "IdentityExistsError",
@@ -88,6 +97,9 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SyncSecureChatCompletion",
+    "TLSError",
+    "Transport",
+    "TransportError",
 ]
 
 from nomyo_agent import __version__ as __version__

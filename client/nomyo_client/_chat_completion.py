@@ -33,6 +33,8 @@ from nomyo_client._retry import RetryPolicy
 if TYPE_CHECKING:
     import httpx
 
+    from nomyo_client._transport import Transport
+
 __all__ = ["SecureChatCompletion"]
 
 # key_dir folders already warned about in this process (one warning each, not one per request).
@@ -73,7 +75,8 @@ class SecureChatCompletion:
         timeout: seconds (or an ``httpx.Timeout``) per HTTP exchange; default 600 s, 10 s to
             connect. Also the deadline of each agent call (default 120 s), so that a hung agent
             fails the request instead of hanging it.
-        http_client: an ``httpx.AsyncClient`` to use instead of the client's own (you close it).
+        http_client: an ``httpx.AsyncClient``, or any ``Transport``, to use instead of the
+            client's own HTTP pool (you close it).
         agent_socket: the agent's socket; default ``NOMYO_AGENT_SOCK`` or the per-user path.
         key_dir: a public-client ``client_keys`` folder: if the agent has no identity yet, its
             ``private_key.pem`` is imported into the agent on first use. If the agent already
@@ -93,7 +96,7 @@ class SecureChatCompletion:
         *,
         max_retries: int = 2,
         timeout: float | httpx.Timeout | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: httpx.AsyncClient | Transport | None = None,
         agent_socket: str | os.PathLike[str] | None = None,
         key_dir: str | os.PathLike[str] | None = None,
         retry: RetryPolicy | None = None,

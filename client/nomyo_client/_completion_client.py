@@ -10,29 +10,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
-from nomyo_agent.connection import AgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart, _hints, _wire
+from nomyo_client._agent import AgentLink
 from nomyo_client._engine import Engine
 from nomyo_client._errors import (
-    AgentProtocolError,
     APIError,
     IdentityExistsError,
     InvalidRequestError,
     NoIdentityError,
-    from_agent_error,
 )
+from nomyo_client._loop import shared_loop
 from nomyo_client._options import check_agent_socket, env_default
 from nomyo_client._retry import RetryPolicy
 
 if TYPE_CHECKING:
     import httpx
 
+    from nomyo_client._transport import Transport
+
 __all__ = ["SecureCompletionClient"]
+
+R = TypeVar("R", bound=p.Response)
 
 
 class SecureCompletionClient:
@@ -54,7 +56,7 @@ class SecureCompletionClient:
         max_retries: int = 2,
         *,
         timeout: float | httpx.Timeout | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: httpx.AsyncClient | Transport | None = None,
         agent_socket: str | os.PathLike[str] | None = None,
         autostart: bool | None = None,
     ) -> None:
@@ -80,29 +82,19 @@ class SecureCompletionClient:
 
     # --- identity (blocking, as in the seed) -------------------------------------------------
 
-    def _blocking_call(self, request: p.Request, expect: type[Any]) -> Any:
-        try:
-            try:
-                conn = AgentConnection.open(self._socket, timeout=120.0)
-            except agent_errors.AgentUnavailableError:
-                if not self._autostart:
-                    raise
-                _autostart.start_agent(self._socket)
-                conn = AgentConnection.open(self._socket, timeout=120.0)
-            from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - off the import path
+    def _blocking_call(self, request: p.Request, expect: type[R]) -> R:
+        """One agent exchange, blocking: through ``AgentLink`` on the process's loop thread, so
+        that connecting, auto-start, the ``Hello`` check and error translation are the async
+        path's own (and the connection is the one the blocking clients share)."""
 
-            with conn:
-                hello = conn.call(
-                    p.Hello(client="nomyo_client", pinentry=pinentry_here()), p.HelloReply
-                )
-                if hello.protocol != p.PROTOCOL_VERSION:
-                    raise AgentProtocolError(
-                        f"the agent speaks protocol {hello.protocol}, "
-                        f"this client speaks {p.PROTOCOL_VERSION}"
-                    )
-                return conn.call(request, expect)
-        except agent_errors.AgentError as exc:
-            raise from_agent_error(exc) from exc
+        async def call() -> R:
+            link = AgentLink(self._socket, autostart=self._autostart)
+            try:
+                return await link.call(request, expect)
+            finally:
+                await link.aclose()
+
+        return shared_loop().run(call())
 
     def generate_keys(
         self, save_to_file: bool = False, key_dir: str = "client_keys", password: str | None = None

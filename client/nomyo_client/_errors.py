@@ -10,6 +10,7 @@
      ├── ServerError                 500 (retried)
      ├── ServiceUnavailableError     503 (retried)
      ├── APIConnectionError          network failure or timeout (also a ConnectionError)
+     │    └── TLSError               the TLS handshake failed (.plain_http: no TLS there)
      ├── ResponseTooLargeError       the router's answer is over the client's 64 MiB cap
      ├── SecurityError               bad package, failed tag, wrong recipient, plain HTTP
      │    └── RouterKeyChangedError  the agent refused a router key that differs from its pin
@@ -28,6 +29,14 @@ what to do. Lower-layer errors (``nomyo_agent.errors``, httpx) are translated at
 ``raise X(...) from exc``, never leaked. The public ``nomyo`` client raises ``ValueError`` for a bad
 ``security_tier`` and ``ConnectionError`` when the router cannot be reached; the two mixins keep
 ``except ValueError`` / ``except ConnectionError`` in existing code working.
+
+Four names are also class names in ``nomyo_agent.errors``: ``AgentError``,
+``AgentUnavailableError``, ``NoIdentityError`` and ``IdentityExistsError``. Each here is the
+client's view of the agent error of that name, and ``from_agent_error`` turns the one into the
+other (``tests/test_client_agent_errors.py`` checks it, and that no other name is shared). They
+do not inherit from the agent's classes: the client's tree keeps the seed's base, and a client
+error must never be caught by the ``except nomyo_agent.errors...`` clauses that translate at the
+boundary. Code using this client catches these; the agent's are for ``AgentConnection`` users.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ __all__ = [
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
+    "TLSError",
     "from_agent_error",
 ]
 
@@ -127,6 +137,21 @@ class APIConnectionError(APIError, ConnectionError):
     """The router could not be reached, dropped the connection or did not answer in time."""
 
     default_hint = "check the base URL and your network"
+
+
+class TLSError(APIConnectionError):
+    """The TLS handshake with the router failed: its certificate does not verify, or
+    (``plain_http``) what answers there speaks plain HTTP. Nothing was sent, and trying again
+    cannot help, so it is not retried."""
+
+    default_hint = (
+        "check the router's certificate; for a private CA, point SSL_CERT_FILE at it "
+        "(or pass http_client=)"
+    )
+
+    def __init__(self, message: str, *, plain_http: bool, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.plain_http = plain_http
 
 
 class ResponseTooLargeError(APIError):

@@ -8,12 +8,11 @@ environment.
 
 from __future__ import annotations
 
-import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-from nomyo_client._errors import APIConnectionError, APIError
+from nomyo_client._errors import APIConnectionError, APIError, TLSError
 
 __all__ = ["explain"]
 
@@ -33,18 +32,6 @@ def _proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
     return proxies.get(parts.scheme.lower()) or proxies.get("all")
 
 
-def _caused_by_tls_mismatch(exc: BaseException) -> bool:
-    """A TLS handshake answered with something that is not TLS (``WRONG_VERSION_NUMBER``)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause).upper():
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return "WRONG_VERSION_NUMBER" in str(exc).upper()
-
-
 def explain(exc: APIError, base_url: str, proxies: Mapping[str, str] | None = None) -> APIError:
     """``exc`` with a hint that names the likely cause; returns ``exc`` itself."""
     parts = urllib.parse.urlsplit(base_url)
@@ -57,7 +44,7 @@ def explain(exc: APIError, base_url: str, proxies: Mapping[str, str] | None = No
         return exc
     if not isinstance(exc, APIConnectionError):
         return exc
-    if parts.scheme.lower() == "https" and _caused_by_tls_mismatch(exc):
+    if parts.scheme.lower() == "https" and isinstance(exc, TLSError) and exc.plain_http:
         plain = urllib.parse.urlunsplit(("http", parts.netloc, parts.path, "", ""))
         exc.hint = (
             f"the server at {parts.netloc} does not speak TLS: for a local development router "

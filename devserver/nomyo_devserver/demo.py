@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from nomyo_agent import protocol as p
-from nomyo_client._transport import Answer, H11Pool
+from nomyo_client import Answer
+from nomyo_client._h11pool import H11Pool
 from nomyo_devserver._devserver import DevServer
 from nomyo_devserver.session import AgentProcess, SessionError, open_agent, open_session
 
@@ -79,7 +80,7 @@ async def _chat(agent: AgentProcess, router: DevServer, prompt: str) -> dict[str
         allow_http=True,
         agent_socket=agent.path,
         autostart=False,
-        http_client=wire,  # type: ignore[arg-type]  # our own pool, recording
+        http_client=wire,  # our own pool, recording
     ) as client:
         started = time.perf_counter()
         first = await client.create(model="devserver/echo", messages=messages)

@@ -1,240 +1,266 @@
-"""In-test stand-ins for the client's unit tests: an agent on a real Unix socket speaking
-``nomyo_agent.protocol``, and a router as an ``httpx.MockTransport`` handler.
+"""What the client's unit tests talk to on the agent side: the real agent behind a real socket,
+and two purpose-named faults (the router side is ``support.scripted_router``).
 
-They "seal" with a transparent envelope (base64 plaintext, a SHA-256 tag, the recipient named in
-``encrypted_aes_key``) so that the client's logic can be tested on its own, quickly and without
-cryptography; the end-to-end tests use the real agent and devserver. The tests at the bottom
-check the stand-ins themselves (``tests/test_client_fakes.py``), so a broken fake cannot make
-the client tests pass. Registered in ``tests/conftest.py``: the ``fake_agent`` fixture is there
-for every test module.
+- ``live_agent`` (fixture): the agent's real core (``support.core.Core``: ``Dispatcher`` over
+  ``AgentState``, a memory key store, a 2048-bit identity from ``support.keys``) served by the
+  agent's real ``AgentServer`` on a Unix socket in the test's folder, on its own thread and
+  event loop. There is one implementation of the agent's behaviour: the tests read what it did
+  from its own counters, pins and identity. ``empty_agent`` is the same with no identity.
+- ``OtherVersionAgent``: a socket that answers ``Hello`` as an agent of another protocol
+  version, and ``Stop`` by going away. The real agent cannot be made to speak another version.
+- ``CuttingRelay``: a relay in front of the live agent that, when armed, passes a request on and
+  cuts the connection halfway through the reply. The real agent never does that on its own.
+
+Registered in ``tests/conftest.py``, so the fixtures are there for every test module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
+import dataclasses
 import threading
-import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from nomyo_agent import errors as ae
 from nomyo_agent import protocol as p
+from nomyo_agent._keystore import MemoryStore
+from nomyo_agent._secret import SecretBuffer
+from nomyo_agent._server import AgentServer
+from nomyo_agent.connection import AgentConnection
+from nomyo_agent.errors import KeyringLockedError
+from support.keys import rsa_key
 
-OUR_PEM = "-----BEGIN PUBLIC KEY-----\nOURKEY/fake+agent==\n-----END PUBLIC KEY-----\n"
-ROUTER_PEM = "-----BEGIN PUBLIC KEY-----\nROUTERKEY/one==\n-----END PUBLIC KEY-----\n"
-ROUTER_PEM_2 = "-----BEGIN PUBLIC KEY-----\nROUTERKEY/two==\n-----END PUBLIC KEY-----\n"
+if TYPE_CHECKING:
+    from support.core import Core  # the ``core`` fixture's; a plugin registered after this one
 
+__all__ = ["CuttingRelay", "LiveAgent", "OtherVersionAgent", "key_file_pem"]
 
-def fake_seal(plaintext: bytes, recipient: str, **overrides: Any) -> bytes:
-    package: dict[str, Any] = {
-        "version": "1.0",
-        "algorithm": "hybrid-aes256-rsa4096",
-        "encrypted_payload": {
-            "ciphertext": base64.b64encode(plaintext).decode(),
-            "nonce": base64.b64encode(bytes(12)).decode(),
-            "tag": base64.b64encode(hashlib.sha256(plaintext).digest()[:16]).decode(),
-        },
-        "encrypted_aes_key": base64.b64encode(recipient.encode()).decode(),
-        "key_algorithm": "RSA-OAEP-SHA256",
-        "payload_algorithm": "AES-256-GCM",
-    }
-    package.update(overrides)
-    return json.dumps(package).encode()
+R = TypeVar("R", bound=p.Response)
+T = TypeVar("T")
 
 
-def fake_open(package: bytes, recipient: str) -> bytes:
-    """The plaintext, or ValueError for anything a real open would refuse."""
-    data = json.loads(package)
-    if base64.b64decode(data["encrypted_aes_key"]).decode() != recipient:
-        raise ValueError("other recipient")
-    plaintext = base64.b64decode(data["encrypted_payload"]["ciphertext"])
-    if (
-        base64.b64decode(data["encrypted_payload"]["tag"])
-        != hashlib.sha256(plaintext).digest()[:16]
-    ):
-        raise ValueError("bad tag")
-    return plaintext
+def key_file_pem(index: int, password: bytes | None = None) -> bytes:
+    """A PKCS#8 PEM file as the public client leaves one (``client_keys/private_key.pem``)."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    return rsa_key(2048, index).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
 
 
-# --- the agent ---------------------------------------------------------------------------------
+# --- a loop on a thread, for servers the tests talk to -------------------------------------------
+
+
+class _NoSignalsLoop(asyncio.SelectorEventLoop):
+    """Signal handlers can only be set from the main thread: the server, told there are none
+    (as on Windows), serves until asked to stop instead."""
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        raise NotImplementedError
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        raise NotImplementedError
+
+
+class _Thread:
+    def __init__(self) -> None:
+        self.loop = _NoSignalsLoop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+# --- the agent -----------------------------------------------------------------------------------
 
 
 @dataclass
-class FakeAgent:
-    """A protocol-speaking agent on a Unix socket, run on its own thread and event loop."""
+class LiveAgent:
+    """The real agent core served on ``path``; ask it things with ``call``, as a client would."""
+
+    core: Core
+    path: str
+
+    def call(self, request: p.Request, expect: type[R]) -> R:
+        """One request on a connection of its own (agent errors are raised as agent errors)."""
+        with AgentConnection.open(self.path, timeout=10) as conn:
+            return conn.call(request, expect)
+
+    @property
+    def counters(self) -> p.Counters:
+        return self.core.state.counters.snapshot()
+
+    def fingerprint(self) -> str | None:
+        info = self.core.state.info
+        return None if info is None else info.fingerprint
+
+    def pinned(self) -> dict[str, str]:
+        return {pin.origin: pin.fingerprint for pin in self.call(p.PinsList(), p.PinsReply).pins}
+
+    def pin_policy(self, policy: str) -> None:
+        services = self.core.services
+        services.config = dataclasses.replace(services.config, pin_policy=policy)
+
+    def lock(self) -> None:
+        """What `nomyo-agent lock` does: no auto-unlock until the user unlocks."""
+        self.call(p.Lock(), p.Ok)
+
+    def keyring_locked(self) -> None:
+        """The login keyring gets locked (the next unlock cannot read the key)."""
+        self.core.services.keystore = _LockedKeyring()
+
+
+class _LockedKeyring(MemoryStore):
+    def load(self) -> SecretBuffer | None:
+        raise KeyringLockedError("the login keyring is locked")
+
+
+def _serve(core: Core) -> Iterator[LiveAgent]:
+    thread = _Thread()
+    ready = threading.Event()
+    server = AgentServer(
+        core.dispatcher, core.state, path=core.services.socket_path, on_ready=ready.set
+    )
+    running = asyncio.run_coroutine_threadsafe(server.run(), thread.loop)
+    try:
+        if not ready.wait(30):
+            running.result(timeout=1)  # why it did not start
+            pytest.fail("the agent did not start serving")
+        yield LiveAgent(core=core, path=core.services.socket_path)
+    finally:
+        thread.loop.call_soon_threadsafe(server.request_stop)
+        running.result(timeout=30)
+        thread.close()
+
+
+@pytest.fixture
+def live_agent(core: Core) -> Iterator[LiveAgent]:
+    """The real agent with a 2048-bit identity (locked, no passphrase: the first seal unlocks)."""
+    core.install_identity()
+    yield from _serve(core)
+
+
+@pytest.fixture
+def empty_agent(core: Core) -> Iterator[LiveAgent]:
+    """The real agent with no identity yet."""
+    yield from _serve(core)
+
+
+# --- faults the real agent cannot be made to produce ------------------------------------------
+
+
+@dataclass
+class OtherVersionAgent:
+    """An agent of another protocol version (``autostarted``: one a client started, which it may
+    stop and replace). It answers ``Hello`` and ``Stop`` only, and notes what it was sent."""
 
     path: str
-    protocol: int = p.PROTOCOL_VERSION
     autostarted: bool = False
-    pin_policy: str = "tofu"  # or "off": accept any router key
-    identity: bool = True
-    fail_next: list[ae.AgentError] = field(default_factory=list)  # raised for the next requests
-    drop_next: int = 0  # close the connection instead of answering this many requests
-    requests: list[p.Request] = field(default_factory=list)
-    connections: int = 0
-    pins: dict[str, str] = field(default_factory=dict)
-    imported: list[bytes] = field(default_factory=list)
-    on_stop: Callable[[], None] | None = None  # called after answering Stop
-
-    def handle(self, req: p.Request) -> p.Response:
-        self.requests.append(req)
-        if isinstance(req, p.Hello):
-            return p.HelloReply(
-                protocol=self.protocol, agent_version="fake", capabilities=[], pid=1,
-                autostarted=self.autostarted,
-            )  # fmt: skip
-        if self.fail_next:
-            return self.fail_next.pop(0).to_reply()
-        if isinstance(req, p.Seal):
-            if not self.identity:
-                return ae.NoIdentityError("no identity").to_reply()
-            pinned = self.pins.setdefault(req.origin, req.router_key_pem)
-            if pinned != req.router_key_pem and self.pin_policy != "off":
-                return ae.PinMismatchError(
-                    f"the router key of {req.origin} changed", origin=req.origin,
-                    fingerprint="ab" * 32,
-                ).to_reply()  # fmt: skip
-            return p.SealReply(
-                package=fake_seal(req.plaintext, req.router_key_pem),
-                public_key_pem=OUR_PEM, fingerprint="cd" * 32, pinned="known",
-            )  # fmt: skip
-        if isinstance(req, p.Open):
-            try:
-                return p.OpenReply(plaintext=fake_open(req.package, OUR_PEM))
-            except (ValueError, KeyError):
-                return ae.DecryptFailedError("decryption failed").to_reply()
-        if isinstance(req, p.Import):
-            self.imported.append(req.pem)
-            self.identity = True
-            return p.IdentityReply(
-                public_key_pem=OUR_PEM, fingerprint="cd" * 32, bits=4096,
-                passphrase_protected=False,
-            )  # fmt: skip
-        if isinstance(req, (p.PublicKey, p.Generate)):
-            if isinstance(req, p.PublicKey) and not self.identity:
-                return ae.NoIdentityError("no identity").to_reply()
-            self.identity = True
-            return p.IdentityReply(
-                public_key_pem=OUR_PEM, fingerprint="cd" * 32, bits=req.bits
-                if isinstance(req, p.Generate) else 4096, passphrase_protected=False,
-            )  # fmt: skip
-        if isinstance(req, p.Stop):
-            return p.Ok()
-        return ae.BadRequestError("not faked").to_reply()
-
-    def ops(self) -> list[str]:
-        return [type(r).__name__ for r in self.requests]
+    ops: list[str] = field(default_factory=list)
+    _server: asyncio.AbstractServer | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         frames = p.FrameReader()
         try:
             while data := await reader.read(65536):
                 for body in frames.feed(data):
-                    if self.drop_next:
-                        self.drop_next -= 1
-                        writer.close()
-                        return
                     request = p.decode_request(body)
-                    writer.write(p.encode_frame(self.handle(request)))
+                    self.ops.append(type(request).__name__)
+                    if isinstance(request, p.Hello):
+                        reply: p.Response = p.HelloReply(
+                            protocol=p.PROTOCOL_VERSION + 1, agent_version="0.0.1",
+                            capabilities=[], pid=1, autostarted=self.autostarted,
+                        )  # fmt: skip
+                    elif isinstance(request, p.Stop):
+                        reply = p.Ok()
+                    else:
+                        reply = p.Error(code=p.ErrorCode.UNSUPPORTED_PROTOCOL, message="old")
+                    writer.write(p.encode_frame(reply))
                     await writer.drain()
-                    if isinstance(request, p.Stop) and self.on_stop is not None:
-                        self.on_stop()
+                    if isinstance(request, p.Stop) and self._server is not None:
+                        self._server.close()  # as an agent does: its socket goes away
+                        Path(self.path).unlink(missing_ok=True)
                         return
-        except (ConnectionError, p.FrameError):
-            pass
         finally:
             writer.close()
 
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
 
-@pytest.fixture(name="fake_agent")
-def fake_agent_fixture(tmp_path: Path) -> Iterator[FakeAgent]:
-    agent = FakeAgent(path=str(tmp_path / "agent.sock"))
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    server: list[asyncio.AbstractServer] = []
 
-    async def start() -> None:
-        server.append(await asyncio.start_unix_server(agent._serve, agent.path))
-        started.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-
-    def stop_listening() -> None:  # as a real agent does on Stop: the socket goes away
-        server[0].close()
-        Path(agent.path).unlink(missing_ok=True)
-
-    agent.on_stop = stop_listening
+@pytest.fixture
+def other_version_agent(tmp_path: Path) -> Iterator[OtherVersionAgent]:
+    agent = OtherVersionAgent(path=str(tmp_path / "agent.sock"))
+    thread = _Thread()
+    thread.run(agent.start())
     yield agent
 
     async def stop() -> None:
-        server[0].close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if agent._server is not None:
+            agent._server.close()
 
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
-
-
-# --- the router --------------------------------------------------------------------------------
+    thread.run(stop())
+    thread.close()
 
 
 @dataclass
-class FakeRouter:
-    """A router as an httpx.MockTransport handler. ``script`` answers POSTs first, in order."""
+class CuttingRelay:
+    """A relay at ``path`` in front of the live agent. ``cut_next`` replies are cut halfway: the
+    agent did the work, the client got half a frame and then the end of the connection."""
 
-    key: str = ROUTER_PEM
-    script: list[Callable[[httpx.Request], httpx.Response] | int] = field(default_factory=list)
-    posts: list[httpx.Request] = field(default_factory=list)
-    gets: int = 0
-    plaintexts: list[dict[str, Any]] = field(default_factory=list)
+    path: str
+    agent: LiveAgent
+    cut_next: int = 0
+    connections: int = 0
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "GET" and request.url.path.endswith("/pki/public_key"):
-            self.gets += 1
-            return httpx.Response(200, text=self.key)
-        assert request.url.path.endswith("/v1/chat/secure_completion")
-        self.posts.append(request)
-        if self.script:
-            step = self.script.pop(0)
-            if isinstance(step, int):
-                return httpx.Response(step, json={"detail": f"scripted {step}"})
-            return step(request)
-        return self.answer(request)
-
-    def answer(self, request: httpx.Request) -> httpx.Response:
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_unix_connection(self.agent.path)
+        frames = p.FrameReader()
         try:
-            plaintext = fake_open(request.content, self.key)
-        except ValueError:
-            return httpx.Response(400, json={"detail": "decryption failed"})
-        payload = json.loads(plaintext)
-        self.plaintexts.append(payload)
-        completion = {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000,
-            "model": payload["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": payload["messages"][-1]["content"]}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            "_metadata": {"response_status": "success", "security_tier":
-                          request.headers.get("x-security-tier", "standard")},
-        }  # fmt: skip
-        recipient = urllib.parse.unquote(request.headers["x-public-key"])
-        body = fake_seal(json.dumps(completion).encode(), recipient, processed_at=1700000001)
-        return httpx.Response(200, content=body)
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                for _ in frames.feed(data):
+                    header = await up_reader.readexactly(4)
+                    reply = header + await up_reader.readexactly(int.from_bytes(header, "big"))
+                    if self.cut_next:
+                        self.cut_next -= 1
+                        writer.write(reply[: len(reply) // 2])
+                        await writer.drain()
+                        return
+                    writer.write(reply)
+                    await writer.drain()
+        finally:
+            up_writer.close()
+            writer.close()
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self))
+    async def start(self) -> asyncio.AbstractServer:
+        return await asyncio.start_unix_server(self._relay, self.path)
+
+
+@pytest.fixture
+def cutting_relay(live_agent: LiveAgent, tmp_path: Path) -> Iterator[CuttingRelay]:
+    relay = CuttingRelay(path=str(tmp_path / "relay.sock"), agent=live_agent)
+    thread = _Thread()
+    server = thread.run(relay.start())
+    yield relay
+
+    async def stop() -> None:
+        server.close()
+
+    thread.run(stop())
+    thread.close()
