@@ -6,6 +6,7 @@ their names say."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -62,6 +63,8 @@ def test_other_version_agent_speaks_another_version_and_goes_on_stop(
     with AgentConnection.open(other_version_agent.path, timeout=5) as conn:
         assert conn.call(p.Hello(), p.HelloReply).protocol == p.PROTOCOL_VERSION + 1
         conn.call(p.Stop(), p.Ok)
+    # The Ok is sent before the socket goes, as an agent's is: wait for it to go.
+    wait_until("the socket is gone", lambda: not Path(other_version_agent.path).exists())
     with pytest.raises(ae.AgentUnavailableError):
         AgentConnection.open(other_version_agent.path, timeout=5)
     assert other_version_agent.ops == ["Hello", "Stop"]
