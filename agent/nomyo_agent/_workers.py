@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -32,6 +33,7 @@ from nomyo_agent._dispatch import Work, attempt
 __all__ = ["INLINE_MAX_BYTES", "CryptoPool", "reply_estimate"]
 
 INLINE_MAX_BYTES = 256 * 1024  # above this a seal or open always leaves the event loop
+SWITCH_INTERVAL = 0.001  # seconds: see _flush
 
 Done = Callable[[p.Response | Exception], None]
 
@@ -93,6 +95,10 @@ class CryptoPool:
         batch, self._batch = self._batch, []
         loop = asyncio.get_running_loop()
         if self._executor is None:
+            # With workers, the event loop shares the GIL. A waiting thread asks the holder to
+            # let go only after the switch interval (5 ms by default), so a small request's
+            # reply could wait that long behind a large payload's slices: ask sooner.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="nomyo-crypto")
         for work, done in batch:
             self.in_flight += 1
