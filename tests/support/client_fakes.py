@@ -27,6 +27,7 @@ import pytest
 
 from nomyo_agent import errors as ae
 from nomyo_agent import protocol as p
+from nomyo_agent.package import ALGORITHM, VERSION
 
 OUR_PEM = "-----BEGIN PUBLIC KEY-----\nOURKEY/fake+agent==\n-----END PUBLIC KEY-----\n"
 ROUTER_PEM = "-----BEGIN PUBLIC KEY-----\nROUTERKEY/one==\n-----END PUBLIC KEY-----\n"
@@ -53,6 +54,8 @@ def fake_seal(plaintext: bytes, recipient: str, **overrides: Any) -> bytes:
 def fake_open(package: bytes, recipient: str) -> bytes:
     """The plaintext, or ValueError for anything a real open would refuse."""
     data = json.loads(package)
+    if (data["version"], data["algorithm"]) != (VERSION, ALGORITHM):
+        raise ValueError("downgrade")
     if base64.b64decode(data["encrypted_aes_key"]).decode() != recipient:
         raise ValueError("other recipient")
     plaintext = base64.b64decode(data["encrypted_payload"]["ciphertext"])
@@ -108,7 +111,10 @@ class FakeAgent:
             )  # fmt: skip
         if isinstance(req, p.Open):
             try:
-                return p.OpenReply(plaintext=fake_open(req.package, OUR_PEM))
+                return p.OpenReply(
+                    plaintext=fake_open(req.package, OUR_PEM),
+                    processed_at=json.loads(req.package).get("processed_at"),
+                )
             except (ValueError, KeyError):
                 return ae.DecryptFailedError("decryption failed").to_reply()
         if isinstance(req, p.Import):
