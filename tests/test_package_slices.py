@@ -92,6 +92,9 @@ def test_sliced_open_opens_what_the_one_shot_seal_wrote(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pk, "SLICE_BYTES", step)
         assert open_package(key, package) == _envelope.Opened(plaintext, 1.5)
+        # As the agent has it: a view into the request's frame.
+        framed = bytearray(b"xx" + package + b"yy")
+        assert open_package(key, memoryview(framed)[2:-2]).plaintext == plaintext
         tampered = bytearray(package)
         tampered[package.index(b'"tag":"') + 7] ^= 0x01  # A<->@ etc.: refused either way
         with pytest.raises(DecryptFailedError):

@@ -45,7 +45,13 @@ from nomyo_agent._dispatch import Dispatcher, Work, attempt
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
 from nomyo_agent._state import AgentState, Peer
-from nomyo_agent._workers import CryptoPool, reply_estimate
+from nomyo_agent._workers import (
+    WRITE_SLICE,
+    CryptoPool,
+    decode_request,
+    frame_parts,
+    reply_estimate,
+)
 from nomyo_agent.errors import BadRequestError, InternalError
 
 __all__ = ["AgentServer", "bind_socket"]
@@ -313,6 +319,8 @@ class _Connection(asyncio.Protocol):
         self.reserved = 0  # budget bytes granted for the frame being received
         self.awaiting_budget = 0  # bytes this connection queued for, 0 when not queued
         self.reply_charge = 0  # budget bytes charged for an untaken reply
+        # A large reply's slices not yet handed to the transport (see _send).
+        self.outgoing: collections.deque[bytes | memoryview] = collections.deque()
         self._reading = True
 
     # --- asyncio callbacks ------------------------------------------------------------------
@@ -354,6 +362,7 @@ class _Connection(asyncio.Protocol):
         for _, share in self.pending:
             budget.release(share)
         self.pending.clear()
+        self.outgoing.clear()
         if self.reserved:
             budget.release(self.reserved)
             self.reserved = 0
@@ -371,6 +380,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.reply_charge:
             return
         self.reply_charge = self.transport.get_write_buffer_size()
+        self.reply_charge += sum(len(piece) for piece in self.outgoing)
         self.server.budget.charge(self.reply_charge)
         self._set_reading()
         loop = asyncio.get_running_loop()
@@ -380,6 +390,7 @@ class _Connection(asyncio.Protocol):
         self._drained()
         if self.transport is not None and not self.transport.is_closing():
             self.last_active = time.monotonic()
+            self._write_out()
             self._set_reading()
             self._pump()
 
@@ -459,6 +470,7 @@ class _Connection(asyncio.Protocol):
             and not self.pending
             and not self.frames.pending
             and not self.awaiting_budget
+            and not self.outgoing
             and (transport is None or transport.get_write_buffer_size() == 0)
         )
 
@@ -484,7 +496,7 @@ class _Connection(asyncio.Protocol):
         server, transport = self.server, self.transport
         assert transport is not None
         assert self.peer is not None
-        while self.pending and not self.busy and not self.reply_charge:
+        while self.pending and not self.busy and not self.reply_charge and not self.outgoing:
             if transport.is_closing():
                 return
             if server.crypto.full and p.op_of(self.pending[0][0][:64]) in _CRYPTO_OPS:
@@ -492,7 +504,7 @@ class _Connection(asyncio.Protocol):
                 return
             body, share = self.pending.popleft()
             try:
-                request = p.decode_request(body)
+                request, viewed = decode_request(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 server.state.counters.errors += 1
                 self._done(body, share)
@@ -505,8 +517,10 @@ class _Connection(asyncio.Protocol):
             if isinstance(request, p.Hello) and request.pinentry is not None:
                 self.peer = dataclasses.replace(self.peer, where=request.pinentry)
             if server.dispatcher.immediate(request, self.peer):
-                # The request holds its own copy of every field: the frame can go first.
-                wipe(body)
+                # The request holds its own copy of every field (unless a large payload is a view
+                # into the frame): the frame can go first.
+                if not viewed:
+                    wipe(body)
                 started = server.dispatcher.start_now(request, self.peer)
                 if isinstance(started, Work) and server.crypto.take_inline(started):
                     started = server.dispatcher.record(started, attempt(started.run))
@@ -518,7 +532,11 @@ class _Connection(asyncio.Protocol):
                     server.budget.charge(held - share)
                     self.busy = True  # replies go out in request order
                     server.begin_request()
-                    server.crypto.submit(started, functools.partial(self._worked, started, held))
+                    server.crypto.submit(
+                        started,
+                        functools.partial(self._worked, started, held),
+                        wipe_after=body if viewed else None,
+                    )
                     continue
                 self._done(body, share)
                 self._send(started)
@@ -555,12 +573,32 @@ class _Connection(asyncio.Protocol):
     def _send(self, reply: p.Response) -> None:
         if self.transport is not None and not self.transport.is_closing():
             try:
-                frame = p.encode_frame(reply)
+                parts = frame_parts(reply)
             except p.FrameTooLarge as exc:  # cannot happen within the request caps; say so
                 log.warning("could not send a reply: %s", exc)
-                frame = p.encode_frame(InternalError("the reply is too large to send").to_reply())
-            self.transport.write(frame)
+                parts = [p.encode_frame(InternalError("the reply is too large to send").to_reply())]
+            if len(parts) == 1:
+                self.transport.write(parts[0])
+            else:
+                # A large payload goes out a slice at a time, each as the transport's buffer
+                # drains (resume_writing): the transport would copy all of it into its buffer
+                # at once, on the event loop, holding the GIL for as long as that takes.
+                for part in parts:
+                    view = memoryview(part)
+                    self.outgoing.extend(
+                        view[i : i + WRITE_SLICE] for i in range(0, len(view), WRITE_SLICE)
+                    )
+                self._write_out()
             self.last_active = time.monotonic()
+
+    def _write_out(self) -> None:
+        """Hand the transport slices of the reply until its buffer is over its high-water mark
+        (it then calls pause_writing, and resume_writing once drained)."""
+        transport = self.transport
+        while self.outgoing and transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size() > WRITE_HIGH:
+                return
+            transport.write(self.outgoing.popleft())
 
     # --- watch -------------------------------------------------------------------
 

@@ -124,11 +124,12 @@ class Parsed:
 
 
 def check(
-    raw: bytes | bytearray | memoryview, *, slice_bytes: int = SLICE_BYTES
+    raw: bytes | bytearray | memoryview, *, slice_bytes: int | None = None
 ) -> Parsed | Defect:
-    """Parse and check everything that needs no key (``slice_bytes``: for the tests)."""
-    data = raw if isinstance(raw, (bytes, bytearray)) else bytes(raw)
-    cut = _ciphertext_span(data, slice_bytes) if len(data) > slice_bytes else None
+    """Parse and check everything that needs no key (``slice_bytes``: SLICE_BYTES by default)."""
+    step = slice_bytes or SLICE_BYTES
+    data = raw if isinstance(raw, (bytes, bytearray)) else _copy(raw, step)
+    cut = _ciphertext_span(data, step) if len(data) > step else None
     skeleton = data if cut is None else data[: cut[0]] + data[cut[1] :]
     try:
         package = _decoder.decode(skeleton)
@@ -142,7 +143,7 @@ def check(
     payload = package.encrypted_payload
     ciphertext: bytes | bytearray = payload.ciphertext
     if cut is not None:
-        decoded = _b64decode(memoryview(data)[cut[0] : cut[1]], slice_bytes)
+        decoded = _b64decode(memoryview(data)[cut[0] : cut[1]], step)
         if decoded is None:
             return Defect("shape", "not a package: the ciphertext is not valid base64")
         ciphertext = decoded
@@ -172,6 +173,15 @@ def check(
         package.encrypted_aes_key,
         None if stamp is msgspec.UNSET else stamp,
     )
+
+
+def _copy(view: memoryview, step: int) -> bytearray:
+    """``bytearray(view)``, one slice at a time (in the agent, a view into a request frame)."""
+    flat = view if view.format == "B" else view.cast("B")
+    out = bytearray()
+    for offset in range(0, len(flat), step):
+        out += flat[offset : offset + step]
+    return out
 
 
 def _find(data: bytes | bytearray, needle: bytes, start: int, end: int, step: int) -> int:
