@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nomyo_agent import _envelope, _secret
+from nomyo_agent import package as pk
 from nomyo_agent._envelope import Opened, diagnose, open_package, seal
 from nomyo_agent.errors import DecryptFailedError
 from support.keys import rsa_key
@@ -148,8 +149,15 @@ def test_the_aes_key_and_the_unwrapped_key_are_wiped(
     assert all(obj == bytes(32) for obj in wiped)  # both zeroed in place
     refused(key, sealed[:-40])
     refused(key, edit(sealed, lambda d: d["encrypted_payload"].update(tag="A" * 22 + "==")))
-    # The tag failure still wiped its unwrapped key, and the unauthenticated plaintext too.
-    assert sorted(len(obj) for obj in wiped[2:]) == [len(b"secret text"), 32]
+    assert [len(obj) for obj in wiped[2:]] == [32]  # the tag failure still wiped its key
+    # Opened in slices, the slices opened before the tag failed are wiped too: unauthenticated
+    # plaintext never lingers.
+    monkeypatch.setattr(pk, "SLICE_BYTES", 12)
+    long = b"secret text, more secret text"
+    sealed = seal(key.public_key(), long)
+    del wiped[:]
+    refused(key, edit(sealed, lambda d: d["encrypted_payload"].update(tag="A" * 22 + "==")))
+    assert sorted(len(obj) for obj in wiped) == [5, 12, 12, 32]
     assert all(not any(obj) for obj in wiped)
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import GCM
 
@@ -81,15 +82,20 @@ def seal(
     nonce = os.urandom(pk.NONCE_BYTES)
     view, step = memoryview(plaintext).cast("B"), pk.SLICE_BYTES
     try:
-        encryptor = Cipher(AES(key), GCM(nonce)).encryptor()
-        # GCM is a stream: each slice's ciphertext is as long as the slice, and every slice but
-        # the last is whole base64 quanta (SLICE_BYTES is a multiple of 3), so the slices'
-        # base64 joins into the whole's.
-        text = [
-            pk.b64encode(encryptor.update(view[i : i + step])) for i in range(0, len(view), step)
-        ]
-        encryptor.finalize()
-        tag = encryptor.tag
+        if len(view) <= step:  # one slice: the one-shot AEAD is the cheaper call
+            sealed = memoryview(AESGCM(key).encrypt(nonce, view, None))
+            text, tag = [pk.b64encode(sealed[: -pk.TAG_BYTES])], bytes(sealed[-pk.TAG_BYTES :])
+        else:
+            encryptor = Cipher(AES(key), GCM(nonce)).encryptor()
+            # GCM is a stream: each slice's ciphertext is as long as the slice, and every slice
+            # but the last is whole base64 quanta (SLICE_BYTES is a multiple of 3), so the
+            # slices' base64 joins into the whole's.
+            text = [
+                pk.b64encode(encryptor.update(view[i : i + step]))
+                for i in range(0, len(view), step)
+            ]
+            encryptor.finalize()
+            tag = encryptor.tag
         wrapped = recipient.encrypt(key, _OAEP)
     finally:
         wipe(key)
@@ -130,18 +136,20 @@ def _open(private_key: rsa.RSAPrivateKey, package: bytes | bytearray | memoryvie
     try:
         if len(key) != pk.KEY_BYTES:
             raise _Malformed("the unwrapped key is not 32 bytes")
-        decryptor = Cipher(AES(key), GCM(parsed.nonce, parsed.tag)).decryptor()
         view, step = memoryview(parsed.ciphertext), pk.SLICE_BYTES
+        if len(view) <= step:  # one slice: the one-shot AEAD authenticates before it returns
+            sealed = parsed.ciphertext + parsed.tag
+            return Opened(AESGCM(key).decrypt(parsed.nonce, sealed, None), parsed.processed_at)
+        decryptor = Cipher(AES(key), GCM(parsed.nonce, parsed.tag)).decryptor()
         opened.extend(decryptor.update(view[i : i + step]) for i in range(0, len(view), step))
         decryptor.finalize()  # raises InvalidTag: nothing was handed out yet
-        plaintext = opened[0] if len(opened) == 1 else b"".join(opened)
+        plaintext = b"".join(opened)
     except BaseException:
         for piece in opened:  # unauthenticated plaintext does not linger
             wipe(piece)
         raise
     finally:
         wipe(key)
-    if len(opened) > 1:
-        for piece in opened:  # copies of the plaintext returned: nothing more of it stays here
-            wipe(piece)
+    for piece in opened:  # copies of the plaintext returned: nothing more of it stays here
+        wipe(piece)
     return Opened(plaintext, parsed.processed_at)
