@@ -16,6 +16,12 @@ Rules of this module:
   and goes to a pool of worker threads, one per core. RSA and AES release the GIL, so two cores
   open about twice as many packages a second, and a small open never waits behind a large one
   on the event loop.
+- No payload over ``SPLICE_BYTES`` is copied on the event loop, where one copy of megabytes
+  holds the GIL (and so every thread) for milliseconds, tens of them on a busy machine: a large
+  seal or open is decoded with its payload as a view into its frame (``decode_request``; the
+  frame is wiped on the worker after the work), and a large reply is framed around its payload
+  (``frame_parts``), which the server writes a slice at a time. The worker seals and opens in
+  slices too (``_envelope``, ``package``), so that it never holds the GIL for long either.
 """
 
 from __future__ import annotations
