@@ -72,17 +72,42 @@ def test_encrypted_chat_through_agent_and_devserver(
     assert ready_agent.status().counters.opens == 9
 
 
+NOT_A_PACKAGE = (
+    "the router's answer is not a valid encrypted package",
+    "is the base URL a NOMYO router? the answer was dropped unread",
+)
+DOWNGRADE = (
+    "the router's package is refused",
+    "a downgrade is refused; update the client if the router really moved on",
+)
+UNOPENED = (
+    "the router's answer could not be decrypted or authenticated",
+    "the answer was not sealed to this identity, or it was altered in transit",
+)
+
+
 @pytest.mark.parametrize(
-    "hook",
-    ["garbage", "truncated", "bad-tag", "other-recipient", "bad-version", "bad-algorithm"],
+    ("hook", "named"),
+    [
+        ("garbage", NOT_A_PACKAGE),
+        ("truncated", NOT_A_PACKAGE),
+        ("bad-tag", UNOPENED),
+        ("other-recipient", UNOPENED),
+        ("bad-version", DOWNGRADE),
+        ("bad-algorithm", DOWNGRADE),
+    ],
 )
 def test_bad_packages_are_security_errors_not_retried(
-    ready_agent: RunningAgent, router: DevServer, hook: str
+    ready_agent: RunningAgent, router: DevServer, hook: str, named: tuple[str, str]
 ) -> None:
+    # The agent alone parses the answer; when it cannot open it, the client names a structural
+    # defect (public) the way it did when it parsed the package itself.
     sleeps = Sleeps()
     with pytest.raises(nc.SecurityError) as info:
         chat(make(ready_agent, router, sleeps), model=f"devserver/{hook}")
     assert not isinstance(info.value, nc.RouterKeyChangedError)
+    assert info.value.message.startswith(named[0])
+    assert info.value.hint == named[1]
     assert router.stats()["completions"] == 1  # one attempt, no retry
     assert sleeps == []
 

@@ -20,6 +20,7 @@ import nomyo_devserver
 RUNNABLE = [
     "nomyo_agent.protocol",
     "nomyo_agent._envelope",
+    "nomyo_agent.package",
     "nomyo_agent._secret",
     "nomyo_agent.origins",
     "nomyo_agent._assuan",

@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nomyo_agent import _envelope, _secret
+from nomyo_agent import package as pk
 from nomyo_agent._envelope import Opened, diagnose, open_package, seal
 from nomyo_agent.errors import DecryptFailedError
 from support.keys import rsa_key
-from support.peer import peer_key_dir, run_peer
+from support.peer import peer_key_dir, peer_private_key, run_peer
 
 OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
@@ -148,7 +149,16 @@ def test_the_aes_key_and_the_unwrapped_key_are_wiped(
     assert all(obj == bytes(32) for obj in wiped)  # both zeroed in place
     refused(key, sealed[:-40])
     refused(key, edit(sealed, lambda d: d["encrypted_payload"].update(tag="A" * 22 + "==")))
-    assert len(wiped) == 3  # the tag failure still wiped its unwrapped key
+    assert [len(obj) for obj in wiped[2:]] == [32]  # the tag failure still wiped its key
+    # Opened in slices, the slices opened before the tag failed are wiped too: unauthenticated
+    # plaintext never lingers.
+    monkeypatch.setattr(pk, "SLICE_BYTES", 12)
+    long = b"secret text, more secret text"
+    sealed = seal(key.public_key(), long)
+    del wiped[:]
+    refused(key, edit(sealed, lambda d: d["encrypted_payload"].update(tag="A" * 22 + "==")))
+    assert sorted(len(obj) for obj in wiped) == [5, 12, 12, 32]
+    assert all(not any(obj) for obj in wiped)
 
 
 # --- refusals: one opaque error for everything ------------------------------------------------
@@ -301,13 +311,6 @@ def test_non_packages_are_refused(key: rsa.RSAPrivateKey, data: bytes) -> None:
 # --- the public client, which nobody here wrote ---------------------------------------------
 
 
-def _load_peer_key() -> rsa.RSAPrivateKey:
-    with open(f"{peer_key_dir()}/private_key.pem", "rb") as f:
-        loaded = serialization.load_pem_private_key(f.read(), password=None)
-    assert isinstance(loaded, rsa.RSAPrivateKey)
-    return loaded
-
-
 @pytest.mark.slow
 def test_the_public_client_and_we_open_each_others_packages(key: rsa.RSAPrivateKey) -> None:
     router_pem = (
@@ -315,7 +318,7 @@ def test_the_public_client_and_we_open_each_others_packages(key: rsa.RSAPrivateK
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    peer = _load_peer_key()
+    peer = peer_private_key()
     request = {"model": "m", "messages": [{"role": "user", "content": "héllo ✓"}], "n": 1}
     answer = {"id": "x", "object": "chat.completion", "choices": [], "_metadata": {"a": 1}}
     ours = seal(peer.public_key(), json.dumps(answer).encode(), processed_at=1700000123.5)

@@ -45,7 +45,8 @@ def test_exported_names_are_pinned_and_all_exist(name: str) -> None:
 def test_the_agent_package_and_its_protocol_import_without_cryptography() -> None:
     """Clients, the CLI's client commands and the tray import these: no key library behind them."""
     code = (
-        "import sys, nomyo_agent, nomyo_agent.protocol, nomyo_agent.connection, nomyo_agent.errors;"
+        "import sys, nomyo_agent, nomyo_agent.protocol, nomyo_agent.connection, nomyo_agent.errors,"
+        " nomyo_agent.package;"
         "print(sorted(m for m in sys.modules if m.startswith('cryptography')))"
     )
     out = subprocess.run(

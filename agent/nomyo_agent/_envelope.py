@@ -1,18 +1,22 @@
-"""The hybrid package of PROTOCOL.md: AES-256-GCM for the message, RSA-OAEP for its key.
+"""The hybrid package of PROTOCOL.md sealed and opened: AES-256-GCM for the message, RSA-OAEP for
+its key. (The package's JSON and its checks are ``package.py``'s, which needs no cryptography.)
 
 Rules of this module:
 
 - It is pure: bytes in, bytes out, no I/O, no clock (``processed_at`` is the caller's value).
   The agent and the development router both use it, so both speak the same bytes.
-- The wire form is exactly PROTOCOL.md's: the JSON keys and values it names, in its order,
-  standard padded base64, the 16-byte GCM tag carried apart from the ciphertext, no associated
-  data, RSA-OAEP with MGF1-SHA256, SHA-256 and no label. Every ``seal`` draws a fresh 32-byte
-  key and a fresh 12-byte nonce from the OS; nothing is ever reused.
-- ``open_package`` parses strictly: unknown keys, duplicate keys, wrong JSON types, another
-  version or algorithm (downgrades), a nonce that is not 12 bytes, a tag that is not 16, or a
-  wrapped key that is not exactly the modulus size are all refused *before* any private-key
-  operation. Every failure, whatever the step, raises the same ``DecryptFailedError`` with the
-  same message and no chained cause, so callers cannot become an oracle for which step failed.
+- The wire form is exactly PROTOCOL.md's: standard padded base64, the 16-byte GCM tag carried
+  apart from the ciphertext, no associated data, RSA-OAEP with MGF1-SHA256, SHA-256 and no
+  label. Every ``seal`` draws a fresh 32-byte key and a fresh 12-byte nonce from the OS; nothing
+  is ever reused.
+- ``open_package`` refuses everything ``package.check`` refuses, and a wrapped key that is not
+  exactly the modulus size, *before* any private-key operation. Every failure, whatever the
+  step, raises the same ``DecryptFailedError`` with the same message and no chained cause, so
+  callers cannot become an oracle for which step failed.
+- AES-GCM runs in slices of ``package.SLICE_BYTES`` (as the base64 does): between slices the
+  interpreter may switch threads, so a large payload on a worker never holds the GIL for long.
+  Opened slices stay here until ``finalize`` has checked the tag: unauthenticated plaintext is
+  never handed out, and on a failure it is wiped.
 - The AES key and the unwrapped key bytes are wiped with ``_secret.wipe`` as soon as the cipher
   no longer needs them.
 
@@ -26,37 +30,22 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
-import msgspec
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers.modes import GCM
 
+from nomyo_agent import package as pk
 from nomyo_agent._secret import wipe
 from nomyo_agent.errors import DecryptFailedError
 
-__all__ = [
-    "ALGORITHM",
-    "KEY_ALGORITHM",
-    "PAYLOAD_ALGORITHM",
-    "VERSION",
-    "Opened",
-    "diagnose",
-    "open_package",
-    "seal",
-]
+__all__ = ["Opened", "diagnose", "open_package", "seal"]
 
-VERSION = "1.0"
-ALGORITHM = "hybrid-aes256-rsa4096"
-KEY_ALGORITHM = "RSA-OAEP-SHA256"
-PAYLOAD_ALGORITHM = "AES-256-GCM"
-
-_KEY_BYTES = 32
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
 )
@@ -75,35 +64,8 @@ class Opened:
     processed_at: float | None
 
 
-# Field order is the wire order of PROTOCOL.md. msgspec writes ``bytes`` (and memoryviews) as
-# standard padded base64 and reads it back strictly (alphabet and padding checked).
-class _Payload(msgspec.Struct, forbid_unknown_fields=True):
-    ciphertext: bytes
-    nonce: bytes
-    tag: bytes
-
-
-# Unknown top-level members are ignored, as the public client ignores them: a router that adds a
-# field (metadata of its own) must not break our client. The encrypted payload stays closed.
-class _Package(msgspec.Struct, omit_defaults=True):
-    version: str
-    algorithm: str
-    encrypted_payload: _Payload
-    encrypted_aes_key: bytes
-    key_algorithm: str | msgspec.UnsetType = msgspec.UNSET
-    payload_algorithm: str | msgspec.UnsetType = msgspec.UNSET
-    processed_at: float | msgspec.UnsetType | None = msgspec.UNSET
-
-
-_decoder = msgspec.json.Decoder(_Package)
-_MEMBER_NAMES = tuple(
-    f'"{name}"'.encode() for name in (*_Package.__struct_fields__, *_Payload.__struct_fields__)
-)
-_encoder = msgspec.json.Encoder()
-
-
 class _Malformed(Exception):
-    """Internal: why a package is not well-formed (never shown by ``open_package``)."""
+    """Internal: why a package cannot be opened (never shown by ``open_package``)."""
 
 
 def seal(
@@ -116,58 +78,28 @@ def seal(
 
     ``processed_at`` (Unix seconds) is added when given, as routers do on their answers.
     """
-    key = os.urandom(_KEY_BYTES)  # bytes we own, so that wipe may zero them in place
-    nonce = os.urandom(_NONCE_BYTES)
+    key = os.urandom(pk.KEY_BYTES)  # bytes we own, so that wipe may zero them in place
+    nonce = os.urandom(pk.NONCE_BYTES)
+    view, step = memoryview(plaintext).cast("B"), pk.SLICE_BYTES
     try:
-        sealed = memoryview(AESGCM(key).encrypt(nonce, plaintext, None))
+        if len(view) <= step:  # one slice: the one-shot AEAD is the cheaper call
+            sealed = memoryview(AESGCM(key).encrypt(nonce, view, None))
+            text, tag = [pk.b64encode(sealed[: -pk.TAG_BYTES])], bytes(sealed[-pk.TAG_BYTES :])
+        else:
+            encryptor = Cipher(AES(key), GCM(nonce)).encryptor()
+            # GCM is a stream: each slice's ciphertext is as long as the slice, and every slice
+            # but the last is whole base64 quanta (SLICE_BYTES is a multiple of 3), so the
+            # slices' base64 joins into the whole's.
+            text = [
+                pk.b64encode(encryptor.update(view[i : i + step]))
+                for i in range(0, len(view), step)
+            ]
+            encryptor.finalize()
+            tag = encryptor.tag
         wrapped = recipient.encrypt(key, _OAEP)
     finally:
         wipe(key)
-    package = _Package(
-        version=VERSION,
-        algorithm=ALGORITHM,
-        encrypted_payload=_Payload(
-            ciphertext=sealed[:-_TAG_BYTES],  # type: ignore[arg-type]  # msgspec encodes views
-            nonce=nonce,
-            tag=sealed[-_TAG_BYTES:],  # type: ignore[arg-type]
-        ),
-        encrypted_aes_key=wrapped,
-        key_algorithm=KEY_ALGORITHM,
-        payload_algorithm=PAYLOAD_ALGORITHM,
-        processed_at=msgspec.UNSET if processed_at is None else float(processed_at),
-    )
-    return _encoder.encode(package)
-
-
-def _parse(package: bytes | bytearray | memoryview) -> _Package:
-    """Decode and check everything that needs no key; raises ``_Malformed`` with a reason."""
-    try:
-        parsed = _decoder.decode(package)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
-        raise _Malformed(f"not a package: {exc}") from None
-    # Duplicate keys: msgspec keeps the last one silently, so a stale first "version" could hide.
-    # A member name in quotes cannot occur in base64 or in our fixed values, so each known name
-    # must appear at most once in the raw text.
-    raw = package if isinstance(package, (bytes, bytearray)) else bytes(package)
-    if any(raw.count(name) > 1 for name in _MEMBER_NAMES):
-        raise _Malformed("not a package: a key appears twice")
-    if parsed.version != VERSION:
-        raise _Malformed(f"unsupported version {parsed.version!r}, expected {VERSION!r}")
-    if parsed.algorithm != ALGORITHM:
-        raise _Malformed(f"unsupported algorithm {parsed.algorithm!r}, expected {ALGORITHM!r}")
-    if parsed.key_algorithm not in (msgspec.UNSET, KEY_ALGORITHM):
-        raise _Malformed(f"unsupported key_algorithm {parsed.key_algorithm!r}")
-    if parsed.payload_algorithm not in (msgspec.UNSET, PAYLOAD_ALGORITHM):
-        raise _Malformed(f"unsupported payload_algorithm {parsed.payload_algorithm!r}")
-    payload = parsed.encrypted_payload
-    if len(payload.nonce) != _NONCE_BYTES:
-        raise _Malformed(f"the nonce has {len(payload.nonce)} bytes, expected {_NONCE_BYTES}")
-    if len(payload.tag) != _TAG_BYTES:
-        raise _Malformed(f"the tag has {len(payload.tag)} bytes, expected {_TAG_BYTES}")
-    stamp = parsed.processed_at
-    if isinstance(stamp, float) and not math.isfinite(stamp):
-        raise _Malformed("processed_at is not a finite number")
-    return parsed
+    return pk.build(text, nonce=nonce, tag=tag, wrapped=wrapped, processed_at=processed_at)
 
 
 def diagnose(package: bytes | bytearray | memoryview) -> str | None:
@@ -177,11 +109,8 @@ def diagnose(package: bytes | bytearray | memoryview) -> str | None:
     naming its defect reveals nothing; whether the key unwrapped or the tag matched is never
     told here or anywhere.
     """
-    try:
-        _parse(package)
-    except _Malformed as exc:
-        return str(exc)
-    return None
+    checked = pk.check(package)
+    return checked.reason if isinstance(checked, pk.Defect) else None
 
 
 def open_package(private_key: rsa.RSAPrivateKey, package: bytes | bytearray | memoryview) -> Opened:
@@ -197,18 +126,30 @@ def open_package(private_key: rsa.RSAPrivateKey, package: bytes | bytearray | me
 
 
 def _open(private_key: rsa.RSAPrivateKey, package: bytes | bytearray | memoryview) -> Opened:
-    parsed = _parse(package)
-    wrapped = parsed.encrypted_aes_key
-    if len(wrapped) != (private_key.key_size + 7) // 8:
+    parsed = pk.check(package)
+    if isinstance(parsed, pk.Defect):
+        raise _Malformed(parsed.reason)
+    if len(parsed.wrapped) != (private_key.key_size + 7) // 8:
         raise _Malformed("the wrapped key does not match the key size")
-    key = private_key.decrypt(wrapped, _OAEP)
+    key = private_key.decrypt(parsed.wrapped, _OAEP)
+    opened: list[bytes] = []
     try:
-        if len(key) != _KEY_BYTES:
+        if len(key) != pk.KEY_BYTES:
             raise _Malformed("the unwrapped key is not 32 bytes")
-        payload = parsed.encrypted_payload
-        # AESGCM may read the key lazily on first use: wipe only after decrypting.
-        plaintext = AESGCM(key).decrypt(payload.nonce, payload.ciphertext + payload.tag, None)
+        view, step = memoryview(parsed.ciphertext), pk.SLICE_BYTES
+        if len(view) <= step:  # one slice: the one-shot AEAD authenticates before it returns
+            sealed = parsed.ciphertext + parsed.tag
+            return Opened(AESGCM(key).decrypt(parsed.nonce, sealed, None), parsed.processed_at)
+        decryptor = Cipher(AES(key), GCM(parsed.nonce, parsed.tag)).decryptor()
+        opened.extend(decryptor.update(view[i : i + step]) for i in range(0, len(view), step))
+        decryptor.finalize()  # raises InvalidTag: nothing was handed out yet
+        plaintext = b"".join(opened)
+    except BaseException:
+        for piece in opened:  # unauthenticated plaintext does not linger
+            wipe(piece)
+        raise
     finally:
         wipe(key)
-    stamp = parsed.processed_at
-    return Opened(plaintext, None if stamp is msgspec.UNSET else stamp)
+    for piece in opened:  # copies of the plaintext returned: nothing more of it stays here
+        wipe(piece)
+    return Opened(plaintext, parsed.processed_at)

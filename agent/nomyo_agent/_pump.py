@@ -33,7 +33,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent._dispatch import Kind, Later, Work, attempt, kind_of, kind_of_op, peer_for
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
-from nomyo_agent._workers import reply_estimate
+from nomyo_agent._workers import WRITE_SLICE, decode_request, frame_parts, reply_estimate
 from nomyo_agent.errors import BadRequestError, InternalError
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ class Connection(asyncio.Protocol):
         self.reserved = 0  # budget bytes granted for the frame being received
         self.awaiting_budget = 0  # bytes this connection queued for, 0 when not queued
         self.reply_charge = 0  # budget bytes charged for an untaken reply
+        # A large reply's slices not yet handed to the transport (see _send).
+        self.outgoing: collections.deque[bytes | bytearray | memoryview] = collections.deque()
         self._reading = True
 
     # --- asyncio callbacks ------------------------------------------------------------------
@@ -138,6 +140,7 @@ class Connection(asyncio.Protocol):
         for _, share in self.pending:
             budget.release(share)
         self.pending.clear()
+        self.outgoing.clear()
         if self.reserved:
             budget.release(self.reserved)
             self.reserved = 0
@@ -155,6 +158,7 @@ class Connection(asyncio.Protocol):
         if self.transport is None or self.reply_charge:
             return
         self.reply_charge = self.transport.get_write_buffer_size()
+        self.reply_charge += sum(len(piece) for piece in self.outgoing)
         self.server.budget.charge(self.reply_charge)
         self._set_reading()
         loop = asyncio.get_running_loop()
@@ -164,6 +168,7 @@ class Connection(asyncio.Protocol):
         self._drained()
         if self.transport is not None and not self.transport.is_closing():
             self.last_active = time.monotonic()
+            self._write_out()
             self._set_reading()
             self._pump()
 
@@ -243,6 +248,7 @@ class Connection(asyncio.Protocol):
             and not self.pending
             and not self.frames.pending
             and not self.awaiting_budget
+            and not self.outgoing
             and (transport is None or transport.get_write_buffer_size() == 0)
         )
 
@@ -269,7 +275,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         assert self.peer is not None
         dispatcher = server.dispatcher
-        while self.pending and not self.busy and not self.reply_charge:
+        while self.pending and not self.busy and not self.reply_charge and not self.outgoing:
             if transport.is_closing():
                 return
             if server.crypto.full:
@@ -279,13 +285,15 @@ class Connection(asyncio.Protocol):
                     return
             body, share = self.pending.popleft()
             try:
-                request = p.decode_request(body)
+                request, viewed = decode_request(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 server.state.counters.errors += 1
                 self._done(body, share)
                 self._send(BadRequestError(f"invalid request: {exc}").to_reply())
                 continue
-            wipe(body)  # the request holds its own copy of every field
+            if not viewed:
+                wipe(body)  # the request holds its own copy of every field
+            # else a large payload is a view into the frame: it is wiped once the work is done.
             kind = kind_of(request)
             if kind.watch:
                 self._done(body, share)
@@ -295,7 +303,8 @@ class Connection(asyncio.Protocol):
             step = dispatcher.start(request, self.peer)
             if isinstance(step, Later):
                 self.busy = True
-                server.track(asyncio.ensure_future(self._later(step, kind, share)))
+                frame = body if viewed else None
+                server.track(asyncio.ensure_future(self._later(step, kind, share, frame)))
                 return
             if isinstance(step, Work) and server.crypto.take_inline(step):
                 step = dispatcher.record(step, attempt(step.run))
@@ -307,7 +316,11 @@ class Connection(asyncio.Protocol):
                 server.budget.charge(held - share)
                 self.busy = True  # replies go out in request order
                 server.begin_request()
-                server.crypto.submit(step, functools.partial(self._worked, step, held))
+                server.crypto.submit(
+                    step,
+                    functools.partial(self._worked, step, held),
+                    wipe_after=body if viewed else None,
+                )
                 return
             self._done(body, share)
             self._answer(step, kind)
@@ -324,11 +337,15 @@ class Connection(asyncio.Protocol):
         if share:
             self.server.budget.release(share)
 
-    async def _later(self, step: Later, kind: Kind, share: int) -> None:
+    async def _later(
+        self, step: Later, kind: Kind, share: int, frame: bytearray | None = None
+    ) -> None:
         self.server.begin_request()
         try:
             reply = await step.run()
         finally:
+            if frame is not None:
+                wipe(frame)  # the request's payload was a view into it
             self.server.end_request()
             if share:
                 self.server.budget.release(share)
@@ -344,12 +361,32 @@ class Connection(asyncio.Protocol):
     def _send(self, reply: p.Response) -> None:
         if self.transport is not None and not self.transport.is_closing():
             try:
-                frame = p.encode_frame(reply)
+                parts = frame_parts(reply)
             except p.FrameTooLarge as exc:  # cannot happen within the request caps; say so
                 log.warning("could not send a reply: %s", exc)
-                frame = p.encode_frame(InternalError("the reply is too large to send").to_reply())
-            self.transport.write(frame)
+                parts = [p.encode_frame(InternalError("the reply is too large to send").to_reply())]
+            if len(parts) == 1:
+                self.transport.write(parts[0])
+            else:
+                # A large payload goes out a slice at a time, each as the transport's buffer
+                # drains (resume_writing): the transport would copy all of it into its buffer
+                # at once, on the event loop, holding the GIL for as long as that takes.
+                for part in parts:
+                    view = memoryview(part)
+                    self.outgoing.extend(
+                        view[i : i + WRITE_SLICE] for i in range(0, len(view), WRITE_SLICE)
+                    )
+                self._write_out()
             self.last_active = time.monotonic()
+
+    def _write_out(self) -> None:
+        """Hand the transport slices of the reply until its buffer is over its high-water mark
+        (it then calls pause_writing, and resume_writing once drained)."""
+        transport = self.transport
+        while self.outgoing and transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size() > WRITE_HIGH:
+                return
+            transport.write(self.outgoing.popleft())
 
     # --- watch -------------------------------------------------------------------
 

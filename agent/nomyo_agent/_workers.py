@@ -16,6 +16,12 @@ Rules of this module:
   and goes to a pool of worker threads, one per core. RSA and AES release the GIL, so two cores
   open about twice as many packages a second, and a small open never waits behind a large one
   on the event loop.
+- No payload over ``SPLICE_BYTES`` is copied on the event loop, where one copy of megabytes
+  holds the GIL (and so every thread) for milliseconds, tens of them on a busy machine: a large
+  seal or open is decoded with its payload as a view into its frame (``decode_request``; the
+  frame is wiped on the worker after the work), and a large reply is framed around its payload
+  (``frame_parts``), which the server writes a slice at a time. The worker seals and opens in
+  slices too (``_envelope``, ``package``), so that it never holds the GIL for long either.
 """
 
 from __future__ import annotations
@@ -23,15 +29,37 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import msgspec
+
 from nomyo_agent import protocol as p
 from nomyo_agent._dispatch import Work, attempt
+from nomyo_agent._secret import wipe
 
-__all__ = ["INLINE_MAX_BYTES", "CryptoPool", "reply_estimate"]
+__all__ = [
+    "INLINE_MAX_BYTES",
+    "SPLICE_BYTES",
+    "WRITE_SLICE",
+    "CryptoPool",
+    "decode_request",
+    "frame_parts",
+    "reply_estimate",
+]
 
 INLINE_MAX_BYTES = 256 * 1024  # above this a seal or open always leaves the event loop
+SWITCH_INTERVAL = 0.001  # seconds: see _flush
+# A reply whose payload is over SPLICE_BYTES is written from the payload itself, WRITE_SLICE at a
+# time. (Below, one copy into the transport's buffer costs well under a millisecond, and takes
+# less memory than the payload held until sent plus a buffer of up to two slices.)
+SPLICE_BYTES = 2 * 1024 * 1024
+WRITE_SLICE = 256 * 1024
+
+# The one large member of each reply that can carry a payload, and its msgpack key.
+_LARGE = {p.OpenReply: "plaintext", p.SealReply: "package"}
+_EMPTY_BIN = b"\xc4\x00"  # msgpack bin 8 of length 0
 
 Done = Callable[[p.Response | Exception], None]
 
@@ -42,11 +70,81 @@ def reply_estimate(size: int) -> int:
     return size * 3 // 2 + 4096
 
 
+# Seal and Open as the wire has them, but with the payload as a view into the frame: decoding a
+# large one then copies nothing on the event loop. tests/test_workers.py checks that they keep
+# the fields of p.Seal and p.Open.
+class _SealView(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="seal"
+):
+    origin: str
+    router_key_pem: str
+    plaintext: memoryview
+    app: str = ""
+
+
+class _OpenView(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="open"
+):
+    package: memoryview
+    app: str = ""
+
+
+_view_decoder = msgspec.msgpack.Decoder(_SealView | _OpenView)
+
+
+def decode_request(body: bytearray) -> tuple[p.Request, bool]:
+    """``p.decode_request(body)``, and whether the request's payload is a view into ``body``
+    (a seal or open over ``SPLICE_BYTES``): ``body`` must then be kept, unchanged, until the
+    request is done, and wiped only after."""
+    if len(body) <= SPLICE_BYTES or p.op_of(body[:64]) not in ("seal", "open"):
+        return p.decode_request(body), False
+    try:
+        view = _view_decoder.decode(body)
+    except msgspec.MsgspecError:
+        raise
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"invalid message: {exc}") from exc
+    fields = msgspec.structs.asdict(view)
+    # msgspec does not check types on construction: the view stands in for the bytes.
+    request = p.Seal(**fields) if isinstance(view, _SealView) else p.Open(**fields)
+    return request, True
+
+
+def frame_parts(reply: p.Response) -> list[bytes | bytearray | memoryview]:
+    """The frame of ``reply`` as pieces that join into ``p.encode_frame(reply)``: a large
+    payload is not copied into the frame but handed on as a view, so that the event loop
+    never spends milliseconds (or, when the machine is busy, tens of them) copying it while
+    holding the GIL. Raises ``p.FrameTooLarge`` as ``encode_frame`` does."""
+    name = _LARGE.get(type(reply))
+    large: bytes | None = getattr(reply, name) if name else None
+    if name is None or large is None or len(large) <= SPLICE_BYTES:
+        return [p.encode_frame(reply)]
+    # The reply with an empty payload, whose bin 8 header is swapped for the bin 32 header
+    # msgpack gives a payload of this size (over 64 KiB); the payload itself goes in between.
+    small = p.encode(msgspec.structs.replace(reply, **{name: b""}))
+    key = msgspec.msgpack.encode(name) + _EMPTY_BIN
+    at = small.index(key) + len(key) - len(_EMPTY_BIN)
+    head = small[:at] + b"\xc6" + len(large).to_bytes(4, "big")
+    tail = small[at + len(_EMPTY_BIN) :]
+    length = len(head) + len(large) + len(tail)
+    if length > p.MAX_FRAME_BYTES:
+        raise p.FrameTooLarge(length)
+    return [p.HEADER.pack(length) + head, memoryview(large), tail]
+
+
+def _run(work: Work, frame: bytearray | None) -> p.Response | Exception:
+    try:
+        return attempt(work.run)
+    finally:
+        if frame is not None:
+            wipe(frame)
+
+
 class CryptoPool:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 2
         self._executor: ThreadPoolExecutor | None = None
-        self._batch: list[tuple[Work, Done]] = []
+        self._batch: list[tuple[Work, Done, bytearray | None]] = []
         self.in_flight = 0  # on worker threads now
         self._waiting: dict[object, Callable[[], None]] = {}  # connections, in arrival order
         self.offloaded = 0  # ever, for status and the tests
@@ -79,10 +177,11 @@ class CryptoPool:
         self.inline += 1
         return True
 
-    def submit(self, work: Work, done: Done) -> None:
+    def submit(self, work: Work, done: Done, wipe_after: bytearray | None = None) -> None:
         """Run ``work`` on a worker at the end of this turn; ``done(outcome)`` is called on the
-        event loop."""
-        self._batch.append((work, done))
+        event loop. ``wipe_after`` (the frame a view came from) is wiped on the worker once the
+        work is done: zeroing megabytes there keeps the event loop free."""
+        self._batch.append((work, done, wipe_after))
         if len(self._batch) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -93,11 +192,15 @@ class CryptoPool:
         batch, self._batch = self._batch, []
         loop = asyncio.get_running_loop()
         if self._executor is None:
+            # With workers, the event loop shares the GIL. A waiting thread asks the holder to
+            # let go only after the switch interval (5 ms by default), so a small request's
+            # reply could wait that long behind a large payload's slices: ask sooner.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="nomyo-crypto")
-        for work, done in batch:
+        for work, done, frame in batch:
             self.in_flight += 1
             self.offloaded += 1
-            future = loop.run_in_executor(self._executor, attempt, work.run)
+            future = loop.run_in_executor(self._executor, _run, work, frame)
             future.add_done_callback(functools.partial(self._finished, done))
 
     def _finished(self, done: Done, future: Future[p.Response | Exception]) -> None:

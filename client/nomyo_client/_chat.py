@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nomyo_agent import __version__
+from nomyo_agent.package import TIERS
 from nomyo_client._chat_completion import SecureChatCompletion
 from nomyo_client._errors import (
     AgentError,
@@ -29,7 +30,7 @@ from nomyo_client._errors import (
     InvalidRequestError,
     SecurityError,
 )
-from nomyo_client._wire import TIERS, check_base_url
+from nomyo_client._wire import check_base_url
 
 __all__ = ["EXIT_CODES", "main"]
 

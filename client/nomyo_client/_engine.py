@@ -209,9 +209,14 @@ class Engine:
         return await self.open(response.content, payload_id, app=app)
 
     async def open(self, package: bytes, payload_id: str, *, app: str = "") -> dict[str, Any]:
-        algorithm, processed_at = _wire.parse_package(package)
-        opened = await (await self._loop_state()).agent.open(package, app)
-        return _wire.finish_response(opened.plaintext, payload_id, algorithm, processed_at)
+        try:
+            opened = await (await self._loop_state()).agent.open(package, app)
+        except SecurityError:
+            # The agent parsed it and says only that it did not open (no oracle); its structure
+            # is public, and a garbage or downgraded answer is better named as such.
+            _wire.refuse_package(package)
+            raise
+        return _wire.finish_response(opened.plaintext, payload_id, opened.processed_at)
 
     async def aclose(self) -> None:
         state, self._state = self._state, None

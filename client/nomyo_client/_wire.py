@@ -10,8 +10,9 @@ an ``InvalidRequestError``: no ``ValueError``, ``TypeError``, ``RecursionError``
 text stays UTF-8; what ``json.dumps`` refuses, or would turn into invalid JSON (NaN) or invalid
 Unicode (a lone surrogate), is refused, never coerced (msgspec would turn a set into an array,
 bytes into base64, a ``Decimal`` into a string and NaN into ``null``, silently). A router
-answer is checked for the package's shape, version and algorithm before the agent is asked to
-open it.
+answer is parsed once, by the agent that opens it (the package format is
+``nomyo_agent.package``'s); only when the agent could not open it does ``refuse_package`` look
+at its structure, to name a router that did not send a package, or sent an older one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any, Final
 import msgspec
 
 from nomyo_agent import errors as agent_errors
+from nomyo_agent import package
 from nomyo_agent.origins import DEFAULT_PORTS, canonical_origin
+from nomyo_agent.package import ALGORITHM, TIERS, VERSION
 from nomyo_client._errors import (
     APIError,
     AuthenticationError,
@@ -53,13 +56,10 @@ __all__ = [
     "finish_response",
     "new_payload_id",
     "origin_of",
-    "parse_package",
+    "refuse_package",
     "request_headers",
 ]
 
-VERSION: Final = "1.0"
-ALGORITHM: Final = "hybrid-aes256-rsa4096"
-TIERS: Final = ("standard", "high", "maximum")
 MAX_PAYLOAD_BYTES: Final = 10 * 1024 * 1024
 NON_PAYLOAD_KEYS: Final = frozenset({"security_tier", "api_key", "base_url"})
 
@@ -272,47 +272,31 @@ def error_for_status(status: int, body: bytes, retry_after: float | None = None)
     return error
 
 
-class _Sealed(msgspec.Struct):
-    ciphertext: str
-    nonce: str
-    tag: str
-
-
-class _Package(msgspec.Struct):
-    version: str
-    algorithm: str
-    encrypted_payload: _Sealed
-    encrypted_aes_key: str
-    processed_at: int | float | None = None
-
-
-_package_decoder = msgspec.json.Decoder(_Package)
-
-
-def parse_package(body: bytes) -> tuple[str, int | float | None]:
-    """Check a 200 answer's package; returns its ``algorithm`` and ``processed_at``."""
-    try:
-        package = _package_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+def refuse_package(body: bytes) -> None:
+    """Raise the ``SecurityError`` that names what is wrong with the structure of an answer the
+    agent could not open; return when it is a package (then the key or the tag was wrong)."""
+    checked = package.check(body)
+    if not isinstance(checked, package.Defect) or checked.kind == "defect":
+        return
+    if checked.kind == "shape":
         raise SecurityError(
             "the router's answer is not a valid encrypted package",
             status_code=200,
             hint="is the base URL a NOMYO router? the answer was dropped unread",
-        ) from exc
-    if package.version != VERSION or package.algorithm != ALGORITHM:
-        raise SecurityError(
-            f"the router's package uses version {package.version!r} and algorithm "
-            f"{package.algorithm!r}; only {VERSION!r} with {ALGORITHM!r} is accepted",
-            status_code=200,
-            hint="a downgrade is refused; update the client if the router really moved on",
         )
-    return package.algorithm, package.processed_at
+    raise SecurityError(
+        f"the router's package is refused ({checked.reason}); only version {VERSION!r} with "
+        f"{ALGORITHM!r} is accepted",
+        status_code=200,
+        hint="a downgrade is refused; update the client if the router really moved on",
+    )
 
 
 def finish_response(
-    plaintext: bytes, payload_id: str, algorithm: str, processed_at: int | float | None
+    plaintext: bytes, payload_id: str, processed_at: float | None
 ) -> dict[str, Any]:
-    """The decrypted completion with the ``_metadata`` fields the public client adds."""
+    """The decrypted completion with the ``_metadata`` fields the public client adds (an
+    opened package always has ``ALGORITHM``: the agent refuses any other)."""
     try:
         response = msgspec.json.decode(plaintext)
     except msgspec.DecodeError as exc:
@@ -326,6 +310,6 @@ def finish_response(
         payload_id=payload_id,
         processed_at=processed_at,
         is_encrypted=True,
-        encryption_algorithm=algorithm,
+        encryption_algorithm=ALGORITHM,
     )
     return response

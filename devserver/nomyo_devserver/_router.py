@@ -34,13 +34,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from nomyo_agent._envelope import diagnose, open_package, seal
 from nomyo_agent._keys import MIN_BITS
 from nomyo_agent.errors import DecryptFailedError
+from nomyo_agent.package import TIERS
 from nomyo_devserver import _echo, _hooks
 from nomyo_devserver._keystore import RouterKeys
 from nomyo_devserver._upstream import Upstream, UpstreamError
 
 __all__ = ["TIERS", "UNDECRYPTABLE", "Reply", "Router"]
 
-TIERS = ("standard", "high", "maximum")
 UNDECRYPTABLE = (
     "the package could not be decrypted with this router's key (sealed to another key, or altered)"
 )

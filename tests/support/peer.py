@@ -30,7 +30,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["chat_op", "peer_key_dir", "peer_python", "run_peer", "run_public_client"]
+__all__ = [
+    "chat_op",
+    "peer_key_dir",
+    "peer_private_key",
+    "peer_python",
+    "run_peer",
+    "run_public_client",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,6 +138,14 @@ def peer_key_dir() -> str:
         f.write(private)
     Path(folder, "public_key.pem").write_bytes(public)
     return folder
+
+
+def peer_private_key() -> rsa.RSAPrivateKey:
+    """The peer's identity (``peer_key_dir``), for sealing answers to it."""
+    with open(f"{peer_key_dir()}/private_key.pem", "rb") as f:
+        loaded = serialization.load_pem_private_key(f.read(), password=None)
+    assert isinstance(loaded, rsa.RSAPrivateKey)
+    return loaded
 
 
 def run_peer(

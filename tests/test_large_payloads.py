@@ -1,0 +1,44 @@
+"""Payloads of megabytes through a real agent: sealed and opened on a worker, decoded as a view
+into their frame and written back a slice at a time (_workers.py), whole and in order."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nomyo_agent import _keys
+from nomyo_agent import protocol as p
+from nomyo_agent._envelope import open_package, seal
+from nomyo_agent._workers import SPLICE_BYTES
+from nomyo_agent.errors import DecryptFailedError
+from support.agent import RunningAgent
+from support.keys import rsa_key
+
+
+def test_megabyte_seals_and_opens_come_back_whole(agent: RunningAgent) -> None:
+    agent.keygen()
+    router = rsa_key(2048, 0)
+    plaintext = os.urandom(2 * SPLICE_BYTES).hex().encode()  # a view, and replies in slices
+    with agent.connect(timeout=60) as conn:
+        ours = _keys.load_router_key(conn.call(p.PublicKey(), p.IdentityReply).public_key_pem)
+        sealed = conn.call(
+            p.Seal(
+                origin="http://127.0.0.1:1",
+                router_key_pem=_keys.public_pem(router.public_key()),
+                plaintext=plaintext,
+            ),
+            p.SealReply,
+        )
+        assert open_package(router, sealed.package).plaintext == plaintext
+        answer = seal(ours, plaintext, processed_at=3.0)
+        opened = conn.call(p.Open(package=answer), p.OpenReply)
+        assert (opened.plaintext, opened.processed_at) == (plaintext, 3.0)
+        tampered = answer[: len(answer) // 2]
+        with pytest.raises(DecryptFailedError):
+            conn.call(p.Open(package=tampered), p.OpenReply)
+        # The connection goes on: the next (small) request is answered after the large ones.
+        again = conn.call(p.Open(package=seal(ours, b"small")), p.OpenReply)
+        assert again.plaintext == b"small"
+    counters = agent.status().counters
+    assert (counters.seals, counters.opens, counters.errors) == (1, 2, 1)
