@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from nomyo_agent._launch import start_error
-from nomyo_agent.paths import user_dirs
 from nomyo_client import (
     AgentError,
     APIConnectionError,
@@ -51,7 +50,7 @@ def agent_cli(agent: RunningAgent, *args: str, stdin: str = "") -> tuple[int, st
 
 def test_a_failed_start_reports_its_own_error_not_the_logs_old_lines(desktop: Session) -> None:
     env = dict(desktop.env)
-    log = user_dirs("linux", env).log / "agent.log"
+    log = Path(env["XDG_STATE_HOME"]) / "nomyo-agent" / "log" / "agent.log"
     log.parent.mkdir(parents=True)
     log.write_text(
         "nomyo-agent: an error of a start last week\nhint: an old hint\n"

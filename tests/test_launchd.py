@@ -23,6 +23,7 @@ from nomyo_agent import _launchd, _service_plan, _units
 from nomyo_agent import _proxy_service as _ps
 from nomyo_agent._libc import c_function
 from nomyo_agent.errors import AgentError
+from support.userdirs import as_user
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "launchd" / f"{_units.LABEL}.plist"
@@ -114,17 +115,19 @@ def test_socket_key_matches_the_plist() -> None:
     assert _launchd.SOCKET_NAME == _units.SOCKET_NAME
 
 
-def test_shipped_plists_are_the_installer_rendering() -> None:
+def test_shipped_plists_are_the_installer_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
     home = Path("/Users/USERNAME")
-    plan = _service_plan.plan("darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"])
+    as_user(monkeypatch, {"HOME": str(home)})
+    plan = _service_plan.plan("darwin", [f"{home}/.local/bin/nomyo-agent"])
     assert SHIPPED.read_bytes() == plan.files[0].content
     assert SHIPPED_ENV.read_bytes() == plan.files[1].content
 
 
-def test_plist_names_what_the_installer_writes() -> None:
+def test_plist_names_what_the_installer_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     home = Path("/Users/ada")
+    as_user(monkeypatch, {"HOME": str(home)})
     argv = ["/opt/nomyo/bin/nomyo-agent"]
-    plan = _service_plan.plan("darwin", {"HOME": str(home), "UID": "501"}, argv)
+    plan = _service_plan.plan("darwin", argv, uid=501)
     file, env_file = plan.files
     assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.agent.plist"
     doc = plistlib.loads(file.content)
@@ -154,42 +157,43 @@ def test_plist_names_what_the_installer_writes() -> None:
     assert plan.undo == "/opt/nomyo/bin/nomyo-agent uninstall-service"
 
 
-def test_plist_with_an_explicit_socket() -> None:
-    plan = _service_plan.plan(
-        "darwin", {"HOME": "/Users/ada"}, ["/x/nomyo-agent"], socket="/s/a.sock"
-    )
+def test_plist_with_an_explicit_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_user(monkeypatch, {"HOME": "/Users/ada"})
+    plan = _service_plan.plan("darwin", ["/x/nomyo-agent"], socket="/s/a.sock")
     doc = plistlib.loads(plan.files[0].content)
     assert doc["Sockets"]["agent"]["SockPathName"] == "/s/a.sock"
 
 
-def test_socket_path_too_long_for_macos() -> None:
-    home = "/Users/" + "a" * 80
+def test_socket_path_too_long_for_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_user(monkeypatch, {"HOME": "/Users/" + "a" * 80})
     with pytest.raises(AgentError, match="longer than macOS allows"):
-        _service_plan.plan("darwin", {"HOME": home}, ["/x/nomyo-agent"])
+        _service_plan.plan("darwin", ["/x/nomyo-agent"])
 
 
-def test_clients_default_to_the_launchagents_socket_on_macos() -> None:
+def test_clients_default_to_the_launchagents_socket_on_macos(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from nomyo_agent import paths
 
-    home = Path("/Users/someone")
-    expected = _service_plan.launchd_socket_path(home)
-    assert paths.default_socket_path({"HOME": str(home)}, platform="darwin") == expected
+    as_user(monkeypatch, {"HOME": "/Users/someone"})
+    expected = _service_plan.launchd_socket_path()
+    assert paths.default_socket_path({}, platform="darwin") == expected
     assert expected == "/Users/someone/Library/Application Support/nomyo-agent/agent.sock"
 
 
-def test_shipped_proxy_plist_is_the_installer_rendering() -> None:
+def test_shipped_proxy_plist_is_the_installer_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
     home = Path("/Users/USERNAME")
-    plan = _service_plan.plan(
-        "darwin", {"HOME": str(home)}, [f"{home}/.local/bin/nomyo-agent"], proxy=True
-    )
+    as_user(monkeypatch, {"HOME": str(home)})
+    plan = _service_plan.plan("darwin", [f"{home}/.local/bin/nomyo-agent"], proxy=True)
     assert (ROOT / "launchd" / f"{_ps.PROXY_LABEL}.plist").read_bytes() == plan.files[2].content
 
 
-def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes() -> None:
+def test_proxy_plist_listens_on_loopback_and_names_the_socket_the_proxy_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     home = Path("/Users/ada")
-    plan = _service_plan.plan(
-        "darwin", {"HOME": str(home), "UID": "501"}, ["/opt/nomyo/bin/nomyo-agent"], proxy=True
-    )
+    as_user(monkeypatch, {"HOME": str(home)})
+    plan = _service_plan.plan("darwin", ["/opt/nomyo/bin/nomyo-agent"], proxy=True, uid=501)
     file = plan.files[2]
     assert file.path == home / "Library" / "LaunchAgents" / "ai.nomyo.proxy.plist"
     doc = plistlib.loads(file.content)

@@ -1,68 +1,98 @@
-"""``paths`` owns every location on every platform: checked per platform against each OS's
-conventions (written out here), against platformdirs (whose conventions ``paths`` states without
-importing it), and by a scan that finds no other module building these paths itself."""
+"""``paths`` owns every location on every platform: the folders platformdirs answers, checked
+per platform against the concrete folders docs/running.md lists (platformdirs' class for each
+platform, chosen by ``user_dirs(platform)``, with the environment set here); the socket rules,
+which are ours; platformdirs kept off the clients' start-up path; and a scan that finds no
+other module building these paths itself."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path, PureWindowsPath
 
-import platformdirs.macos
-import platformdirs.unix
 import platformdirs.windows
 import pytest
 
 from nomyo_agent import paths
 from nomyo_agent.paths import user_dirs
+from support.userdirs import as_user
 
 ROOT = Path(__file__).resolve().parents[1]
 ADA = {"HOME": "/home/ada"}
-XDG_VARS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "XDG_DATA_HOME")
 
 
-# --- each OS's conventions, spelled out -----------------------------------------------------
+# --- each platform's folders, concretely (docs/running.md, "Where files live") --------------
 
 
-def test_linux_follows_the_xdg_base_directory_spec() -> None:
-    dirs = user_dirs("linux", ADA)
+def test_linux_follows_the_xdg_base_directory_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_user(monkeypatch, ADA)
+    dirs = user_dirs("linux")
     assert str(dirs.config) == "/home/ada/.config/nomyo-agent"
     assert str(dirs.state) == "/home/ada/.local/state/nomyo-agent"
     assert str(dirs.log) == "/home/ada/.local/state/nomyo-agent/log"
     assert str(dirs.systemd_units) == "/home/ada/.config/systemd/user"
     assert str(dirs.xdg_autostart) == "/home/ada/.config/autostart"
-    moved = user_dirs("linux", {**ADA, "XDG_CONFIG_HOME": "/c", "XDG_STATE_HOME": "/s"})
+    as_user(monkeypatch, {**ADA, "XDG_CONFIG_HOME": "/c", "XDG_STATE_HOME": "/s"})
+    moved = user_dirs("linux")
     assert (str(moved.config), str(moved.state), str(moved.log)) == (
         "/c/nomyo-agent", "/s/nomyo-agent", "/s/nomyo-agent/log",
     )  # fmt: skip
     assert str(moved.systemd_units) == "/c/systemd/user"
+    assert str(moved.xdg_autostart) == "/c/autostart"
 
 
-def test_relative_xdg_variables_are_ignored_as_the_spec_says() -> None:
-    dirs = user_dirs("linux", {**ADA, "XDG_CONFIG_HOME": "rel", "XDG_STATE_HOME": "./s"})
-    assert dirs == user_dirs("linux", ADA)
+def test_relative_xdg_variables_are_ignored_as_the_spec_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    as_user(monkeypatch, ADA)
+    default = user_dirs("linux")
+    as_user(monkeypatch, {**ADA, "XDG_CONFIG_HOME": "rel", "XDG_STATE_HOME": "./s"})
+    assert user_dirs("linux") == default
     assert paths.runtime_dir({"XDG_RUNTIME_DIR": "run"}) is None
 
 
-def test_macos_uses_the_library_folders() -> None:
-    dirs = user_dirs("darwin", {"HOME": "/Users/ada", "XDG_CONFIG_HOME": "/ignored"})
+def test_macos_uses_the_library_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_user(monkeypatch, {"HOME": "/Users/ada"})  # macOS sets no XDG_* variable
+    dirs = user_dirs("darwin")
     support = "/Users/ada/Library/Application Support/nomyo-agent"
     assert (str(dirs.config), str(dirs.state)) == (support, support)
     assert str(dirs.log) == "/Users/ada/Library/Logs/nomyo-agent"
     assert str(dirs.launch_agents) == "/Users/ada/Library/LaunchAgents"
-    assert paths.darwin_socket_path(Path("/Users/ada")) == f"{support}/agent.sock"
-    assert paths.default_socket_path({"HOME": "/Users/ada"}, "darwin") == f"{support}/agent.sock"
+    assert paths.darwin_socket_path() == f"{support}/agent.sock"
+    assert paths.default_socket_path({}, "darwin") == f"{support}/agent.sock"
 
 
-def test_windows_uses_the_local_application_data_folder() -> None:
-    env = {
+def test_windows_uses_the_local_application_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
         "USERPROFILE": r"C:\Users\ada",
         "LOCALAPPDATA": r"C:\Users\ada\AppData\Local",
         "APPDATA": r"C:\Users\ada\AppData\Roaming",
-    }
-    dirs = user_dirs("win32", env)
+    }.items():
+        monkeypatch.setenv(name, value)
+    if sys.platform != "win32":
+        # Off Windows platformdirs cannot ask the shell; its own fallback reads the variables.
+        monkeypatch.setattr(
+            platformdirs.windows,
+            "get_win_folder",
+            platformdirs.windows.get_win_folder_from_env_vars,
+        )
+    dirs = user_dirs("win32")
     local = PureWindowsPath(r"C:\Users\ada\AppData\Local\nomyo-agent")
     assert PureWindowsPath(dirs.config) == PureWindowsPath(dirs.state) == local
     assert PureWindowsPath(dirs.log) == local / "Logs"
+
+
+def test_the_current_process_gets_its_own_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_user(monkeypatch, {"HOME": "/home/bob", "XDG_STATE_HOME": "/st"})
+    if sys.platform.startswith("linux"):
+        assert paths.state_dir() == Path("/st/nomyo-agent")
+        assert paths.config_path() == Path("/home/bob/.config/nomyo-agent/config.toml")
+        assert paths.log_path() == Path("/st/nomyo-agent/log/agent.log")
+        assert paths.log_path("nomyo-proxy.log").parent == paths.log_path().parent
+
+
+# --- the socket: our rules ------------------------------------------------------------------
 
 
 def test_the_socket_follows_the_runtime_folder_then_the_temp_folder() -> None:
@@ -80,69 +110,29 @@ def test_starters_lock_beside_the_socket() -> None:
     )
 
 
-def test_the_current_process_gets_its_own_folders(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", "/home/bob")
-    for var in XDG_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", "/st")
-    if paths.sys.platform.startswith("linux"):
-        assert paths.state_dir() == Path("/st/nomyo-agent")
-        assert paths.config_path() == Path("/home/bob/.config/nomyo-agent/config.toml")
-        assert paths.log_path() == Path("/st/nomyo-agent/log/agent.log")
-        assert paths.log_path("nomyo-proxy.log").parent == paths.log_path().parent
-
-
-# --- the same answers as platformdirs -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "env",
-    [ADA, {**ADA, "XDG_CONFIG_HOME": "/x/conf", "XDG_STATE_HOME": "/x/state"}],
-    ids=["defaults", "xdg"],
-)
-def test_linux_agrees_with_platformdirs(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+@pytest.mark.parametrize("runtime", [True, False], ids=["runtime-dir", "temp-dir"])
+def test_a_client_finding_its_socket_does_not_import_platformdirs(
+    monkeypatch: pytest.MonkeyPatch, runtime: bool
 ) -> None:
-    for var in XDG_VARS:
-        monkeypatch.delenv(var, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    theirs = platformdirs.unix.Unix(paths.APP, appauthor=False)
-    ours = user_dirs("linux", env)
-    assert str(ours.config) == theirs.user_config_dir
-    assert str(ours.state) == theirs.user_state_dir
-    assert str(ours.log) == theirs.user_log_dir
-
-
-def test_macos_agrees_with_platformdirs(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in XDG_VARS:  # platformdirs 4.x also reads XDG_* on macOS; macOS sets none
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", "/Users/ada")
-    theirs = platformdirs.macos.MacOS(paths.APP, appauthor=False)
-    ours = user_dirs("darwin", {"HOME": "/Users/ada"})
-    assert str(ours.config) == theirs.user_config_dir
-    assert str(ours.state) == theirs.user_state_dir
-    assert str(ours.log) == theirs.user_log_dir
-
-
-def test_windows_agrees_with_platformdirs(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {
-        "LOCALAPPDATA": r"C:\Users\ada\AppData\Local",
-        "APPDATA": r"C:\Users\ada\AppData\Roaming",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    # Off Windows platformdirs cannot ask the shell; its own fallback reads the same variables.
-    monkeypatch.setattr(
-        platformdirs.windows,
-        "get_win_folder",
-        platformdirs.windows.get_win_folder_from_env_vars,
+    """Clients pay for platformdirs only when they need a folder (and on macOS, for the socket)."""
+    env = {"HOME": "/home/ada", "PATH": "/usr/bin:/bin"}
+    if runtime:
+        env["XDG_RUNTIME_DIR"] = "/run/user/7"
+    code = (
+        "import sys, nomyo_client\n"
+        "from nomyo_agent import paths\n"
+        "print(paths.socket_path())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'platformdirs'))\n"
+        "paths.state_dir()\n"
+        "print('platformdirs' in sys.modules)\n"
     )
-    theirs = platformdirs.windows.Windows(paths.APP, appauthor=False)
-    ours = user_dirs("win32", env)
-    assert PureWindowsPath(ours.config) == PureWindowsPath(theirs.user_config_dir)
-    assert PureWindowsPath(ours.state) == PureWindowsPath(theirs.user_state_dir)
-    assert PureWindowsPath(ours.log) == PureWindowsPath(theirs.user_log_dir)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    sock, loaded, after = out.stdout.splitlines()
+    assert sock.endswith("/nomyo-agent/agent.sock") or "/nomyo-agent-" in sock
+    assert loaded == "[]"
+    assert after == "True"  # the test would pass vacuously if the probe could not see it
 
 
 # --- nobody else builds these paths ---------------------------------------------------------

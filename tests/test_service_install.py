@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import platformdirs
 import pytest
 
 from nomyo_agent import _service_plan
 from nomyo_agent.errors import AgentError
 from support.agent import RunningAgent
+from support.userdirs import as_user
 
 
 @pytest.fixture
@@ -72,9 +72,8 @@ def test_install_without_a_manager_writes_and_says_how_to_start(home: Path) -> N
         "hint: in your desktop session, run: systemctl --user daemon-reload && "
     )
     assert result.stdout.rstrip().splitlines()[-1] == f"to undo: {plan.undo}"
-    # ReadWritePaths= needs the state folder to exist; it is the agent's own (platformdirs).
-    state = Path(platformdirs.user_state_dir("nomyo-agent", appauthor=False))
-    assert state == home / ".local" / "state" / "nomyo-agent"
+    # ReadWritePaths= needs the state folder to exist; it is the agent's own.
+    state = home / ".local" / "state" / "nomyo-agent"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert f"ReadWritePaths={state}\n" in (units / "nomyo-agent.service").read_text()
 
@@ -117,29 +116,31 @@ def test_a_shell_nomyo_agent_sock_is_not_baked_in(
     assert "elsewhere" not in result.stdout
 
 
-def test_program_argv_prefers_the_console_script(tmp_path: Path) -> None:
+def test_program_argv_prefers_the_console_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert _service_plan.program_argv() == [str(Path(sys.executable).parent / "nomyo-agent")]
     bare = tmp_path / "bin" / "python3"
     bare.parent.mkdir()
     bare.symlink_to(sys.executable)
     # No script beside this interpreter: fall back to `python -m`, keeping the venv path as is.
     assert _service_plan.program_argv(str(bare)) == [str(bare), "-P", "-m", "nomyo_agent"]
-    plan = _service_plan.plan(
-        "linux", {"HOME": str(tmp_path)}, _service_plan.program_argv(str(bare))
-    )
+    as_user(monkeypatch, {"HOME": str(tmp_path)})
+    plan = _service_plan.plan("linux", _service_plan.program_argv(str(bare)))
     assert f"ExecStart={bare} -P -m nomyo_agent serve\n" in plan.files[1].content.decode()
     assert plan.undo == f"{bare} -P -m nomyo_agent uninstall-service"
 
 
-def test_plan_follows_the_xdg_variables(tmp_path: Path) -> None:
-    env = {"HOME": "/home/ada", "XDG_CONFIG_HOME": "/cfg", "XDG_STATE_HOME": "/st"}
-    plan = _service_plan.plan("linux", env, ["/x/nomyo-agent"])
+def test_plan_follows_the_xdg_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    as_user(monkeypatch, {"HOME": "/home/ada", "XDG_CONFIG_HOME": "/cfg", "XDG_STATE_HOME": "/st"})
+    plan = _service_plan.plan("linux", ["/x/nomyo-agent"])
     assert [f.path for f in plan.files] == [
         Path("/cfg/systemd/user/nomyo-agent.socket"),
         Path("/cfg/systemd/user/nomyo-agent.service"),
     ]
     assert "ReadWritePaths=/st/nomyo-agent\n" in plan.files[1].content.decode()
-    relative = _service_plan.plan("linux", {"HOME": "/home/ada", "XDG_STATE_HOME": "rel"}, ["/x"])
+    as_user(monkeypatch, {"HOME": "/home/ada", "XDG_STATE_HOME": "rel"})
+    relative = _service_plan.plan("linux", ["/x"])
     assert (
         "ReadWritePaths=/home/ada/.local/state/nomyo-agent\n" in relative.files[1].content.decode()
     )
@@ -147,5 +148,5 @@ def test_plan_follows_the_xdg_variables(tmp_path: Path) -> None:
 
 def test_unsupported_platform_is_a_clear_error() -> None:
     with pytest.raises(AgentError, match="does not support win32 yet") as info:
-        _service_plan.plan("win32", {"HOME": "C:/Users/ada"}, ["nomyo-agent.exe"])
+        _service_plan.plan("win32", ["nomyo-agent.exe"])
     assert "nomyo-agent start" in (info.value.hint or "")

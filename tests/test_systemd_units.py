@@ -17,6 +17,7 @@ from nomyo_agent import _proxy_service as _ps
 from nomyo_agent import _service_plan, _units
 from nomyo_proxy._cli import DEFAULT_PORT
 from support.desktop import require_programs
+from support.userdirs import as_user
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "systemd"
@@ -82,10 +83,13 @@ def write_and_verify(env: dict[str, str], plan: _service_plan.Plan) -> None:
     assert result.stderr.strip() == "", result.stderr
 
 
-def test_installer_units_verify_clean(user_env: dict[str, str], tmp_path: Path) -> None:
+def test_installer_units_verify_clean(
+    user_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # What install-service writes for *this* venv, with its absolute paths, verifies too.
     env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service_plan.plan("linux", env, _service_plan.program_argv())
+    as_user(monkeypatch, env)
+    plan = _service_plan.plan("linux", _service_plan.program_argv())
     write_and_verify(env, plan)
     service = plan.files[1].content.decode()
     assert f"ExecStart={VENV_SCRIPT} serve\n" in service
@@ -135,19 +139,22 @@ def test_exec_quote(arg: str, quoted: str) -> None:
     assert _units.exec_quote(arg) == quoted
 
 
-def test_exec_quote_survives_systemd(user_env: dict[str, str], tmp_path: Path) -> None:
+def test_exec_quote_survives_systemd(
+    user_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A program path with a space and a percent sign: systemd must parse back the same path.
     odd = tmp_path / "my tools" / "50%"
     odd.mkdir(parents=True)
     (odd / "nomyo-agent").symlink_to(VENV_SCRIPT)
     env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service_plan.plan("linux", env, [str(odd / "nomyo-agent")])
+    as_user(monkeypatch, env)
+    plan = _service_plan.plan("linux", [str(odd / "nomyo-agent")])
     for file in plan.files:
         file.path.parent.mkdir(parents=True, exist_ok=True)
         file.path.write_bytes(file.content)
     result = analyze(env, "verify", "--user", *(str(f.path) for f in plan.files))
     assert result.stderr.strip() == "", result.stderr
-    missing = _service_plan.plan("linux", env, [str(tmp_path / "my tools" / "nope")])
+    missing = _service_plan.plan("linux", [str(tmp_path / "my tools" / "nope")])
     for file in missing.files:
         file.path.write_bytes(file.content)
     result = analyze(env, "verify", "--user", *(str(f.path) for f in missing.files))
@@ -186,10 +193,11 @@ def test_shipped_proxy_units_verify_clean(user_env: dict[str, str]) -> None:
 
 
 def test_install_service_proxy_writes_units_that_verify(
-    user_env: dict[str, str], tmp_path: Path
+    user_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = dict(user_env, XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    plan = _service_plan.plan("linux", env, _service_plan.program_argv(), proxy=True)
+    as_user(monkeypatch, env)
+    plan = _service_plan.plan("linux", _service_plan.program_argv(), proxy=True)
     names = [f.path.name for f in plan.files]
     assert names == [_units.SOCKET_UNIT, _units.SERVICE_UNIT, *PROXY_UNITS]
     write_and_verify(env, plan)

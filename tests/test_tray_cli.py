@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nomyo_tray._cli import autostart_path, desktop_entry
+from support.userdirs import as_user
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -65,12 +66,15 @@ def test_bad_backend_is_a_usage_error(env: dict[str, str]) -> None:
     assert run("--backend", "win32", env=env).returncode == 2
 
 
-def test_install_and_uninstall_autostart(env: dict[str, str], tmp_path: Path) -> None:
+def test_install_and_uninstall_autostart(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sock = tmp_path / "my agent.sock"  # a space, to check the Exec quoting
     out = run("--install-autostart", "--backend", "xorg", "--socket", str(sock), env=env)
     assert out.returncode == 0, out.stderr
     path = tmp_path / "cfg" / "autostart" / "nomyo-tray.desktop"
-    assert path == autostart_path(env)
+    as_user(monkeypatch, env)
+    assert path == autostart_path()
     assert str(path) in out.stdout
     entry = configparser.ConfigParser(interpolation=None)
     entry.optionxform = str  # type: ignore[assignment,method-assign]

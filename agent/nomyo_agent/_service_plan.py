@@ -2,14 +2,15 @@
 anything: the files (their paths from ``paths``, their text from ``_units`` and
 ``_proxy_service``) and the commands that start and undo them.
 
-Rules: ``plan()`` is a pure function of a platform, an environment and a program, so the
-installer can print it (``--print``) and the tests can check Linux and macOS plans anywhere;
+Rules: ``plan()`` is a function of a platform, this process's environment (the folders, from
+``paths``) and a program, writing nothing, so the installer can print it (``--print``) and the
+tests can check Linux and macOS plans anywhere (with ``HOME`` and ``XDG_*`` set for the test);
 every path in it is absolute and resolved at install time (the program of *this* installation,
 this user's state folder), since neither systemd nor launchd knows our venv.
 
 Example::
 
-    the_plan = plan("linux", {"HOME": "/home/ada"}, ["/home/ada/.local/bin/nomyo-agent"])
+    the_plan = plan("linux", ["/home/ada/.local/bin/nomyo-agent"])
     [f.path.name for f in the_plan.files]   # ['nomyo-agent.socket', 'nomyo-agent.service']
 """
 
@@ -19,7 +20,7 @@ import dataclasses
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,24 +80,24 @@ def program_argv(executable: str | None = None) -> list[str]:
 
 def plan(
     platform: str = sys.platform,
-    env: Mapping[str, str] | None = None,
     argv: Sequence[str] | None = None,
     socket: str | None = None,
     *,
     proxy: bool = False,
+    uid: int | None = None,
 ) -> Plan:
-    """Compute the files and commands for ``platform`` (``linux`` or ``darwin``); with
-    ``proxy``, nomyo-proxy's socket-activated unit or LaunchAgent too (``_proxy_service``)."""
-    env = os.environ if env is None else env
+    """Compute the files and commands for ``platform`` (``linux`` or ``darwin``) in this
+    process's user's folders; with ``proxy``, nomyo-proxy's socket-activated unit or
+    LaunchAgent too (``_proxy_service``). ``uid`` (default: ours) names launchd's domain."""
     argv = list(argv) if argv is not None else program_argv()
-    dirs = user_dirs(platform, env)
     if platform.startswith("linux"):
+        dirs = user_dirs(platform)
         the_plan = _systemd_plan(dirs, argv, socket)
         return _with_systemd_proxy(the_plan, dirs, argv) if proxy else the_plan
     if platform == "darwin":
-        uid = env.get("UID") or str(os.getuid())
-        the_plan = _launchd_plan(dirs, argv, socket, uid)
-        return _with_launchd_proxy(the_plan, dirs, argv, uid) if proxy else the_plan
+        dirs, user = user_dirs(platform), str(os.getuid() if uid is None else uid)
+        the_plan = _launchd_plan(dirs, argv, socket, user)
+        return _with_launchd_proxy(the_plan, dirs, argv, user) if proxy else the_plan
     raise ServiceError(
         f"install-service does not support {platform} yet",
         hint="start the agent at login with `nomyo-agent start`, or let clients auto-start it",
@@ -159,14 +160,14 @@ def _with_launchd_proxy(the_plan: Plan, dirs: UserDirs, argv: Sequence[str], uid
     )
 
 
-def launchd_socket_path(home: Path) -> str:
+def launchd_socket_path() -> str:
     """Where the LaunchAgent listens: a folder of the user's that macOS never purges, and the
     path clients find by default on macOS (``paths.darwin_socket_path``)."""
-    return darwin_socket_path(home)
+    return darwin_socket_path()
 
 
 def _launchd_plan(dirs: UserDirs, argv: Sequence[str], socket: str | None, uid: str) -> Plan:
-    path = socket or launchd_socket_path(dirs.home)
+    path = socket or launchd_socket_path()
     if len(os.fsencode(path)) >= MACOS_SUN_PATH:
         raise UsageError(
             f"the socket path {path} is longer than macOS allows ({MACOS_SUN_PATH - 1} bytes)",

@@ -1,34 +1,35 @@
 """Every folder and file location the agent, its clients, the installer and the tray use.
 
-The one place that knows each platform's conventions; everyone else asks here (a test greps the
-packages for ``XDG_``, ``Library/`` and ``APPDATA`` elsewhere). Standard library only and pure:
-``user_dirs(platform, env)`` is a function of its inputs, so the installer can plan for another
-platform and the tests can check each one anywhere. Clients import this on their start-up path,
-which is why it states platformdirs' conventions (``appauthor=False``, not roaming) instead of
-importing platformdirs: that costs about 9 ms of CPU per process here, platformdirs reads only
-this process's environment (the installer plans for a given one), and its rules move between
-releases (4.x reads ``XDG_*`` on macOS too). ``tests/test_paths.py`` holds the two to the same
-answers.
+The one place that knows where things live; everyone else asks here (a test scans the packages
+for ``XDG_``, ``Library/``, ``APPDATA`` and ``platformdirs`` elsewhere).
 
-==========  ==============================  =================================  ==================
-folder      Linux and other Unixes (XDG)    macOS                              Windows
-==========  ==============================  =================================  ==================
-config      $XDG_CONFIG_HOME/nomyo-agent    ~/Library/Application Support/...  %LOCALAPPDATA%\\...
-state       $XDG_STATE_HOME/nomyo-agent     ~/Library/Application Support/...  %LOCALAPPDATA%\\...
-log         (state)/log                     ~/Library/Logs/nomyo-agent         (state)\\Logs
-==========  ==============================  =================================  ==================
+The config, state and log folders are platformdirs' (``appauthor=False``, not roaming): a
+well-kept library already knows each platform's conventions and follows them as they move, so
+we do not write them out again. ``user_dirs(platform)`` asks platformdirs' class for that
+platform, which reads this process's environment (``HOME``, ``XDG_*``, ``%LOCALAPPDATA%``), so
+the installer can plan for another platform and the tests choose one by setting the
+environment. platformdirs is imported inside the functions that need a folder, never at module
+level: clients import this module on their start-up path and need only the socket, and the
+import costs about 9 ms of CPU per process (A/B over 10 runs); ``tests/test_paths.py`` checks
+that ``import nomyo_client`` and a socket lookup do not load it (on Linux and Windows).
 
-XDG variables count only when absolute (the XDG Base Directory spec); the defaults are
-``~/.config`` and ``~/.local/state``. The service manager's folders follow from the same roots:
-systemd user units in ``$XDG_CONFIG_HOME/systemd/user``, XDG autostart entries in
-``$XDG_CONFIG_HOME/autostart``, LaunchAgents in ``~/Library/LaunchAgents``.
+What stays ours, derived here in one place because it is no platform convention platformdirs
+knows: systemd's user units in ``<config root>/systemd/user`` and XDG autostart entries in
+``<config root>/autostart``, where the config root is platformdirs' ``user_config_dir``
+without an app name (``$XDG_CONFIG_HOME``, default ``~/.config``); LaunchAgents in
+``~/Library/LaunchAgents``. docs/running.md's "Where files live" lists the concrete folders,
+which the per-platform tests pin (so a platformdirs release that moves one is noticed).
 
-The socket, as ARCHITECTURE.md fixes it and as ``SSH_AUTH_SOCK`` works for ssh:
+The socket is our protocol, not a platform convention, so its rules are written here, as
+ARCHITECTURE.md fixes them and as ``SSH_AUTH_SOCK`` works for ssh:
 
 1. ``NOMYO_AGENT_SOCK`` (for the agent and every client alike);
 2. ``$XDG_RUNTIME_DIR/nomyo-agent/agent.sock`` (Linux desktops, systemd's ``%t``);
 3. on macOS, ``agent.sock`` in the state folder, where the LaunchAgent that
-   ``nomyo-agent install-service`` writes listens;
+   ``nomyo-agent install-service`` writes listens. The state folder is platformdirs' (which
+   honours ``XDG_STATE_HOME`` on macOS too), so a macOS client without ``NOMYO_AGENT_SOCK``
+   imports platformdirs: a hand-written copy would be a second home that could disagree with
+   the installer's, and a LaunchAgent-started session has ``NOMYO_AGENT_SOCK`` set anyway;
 4. a private ``0700`` folder ``nomyo-agent-<uid>`` in the temp dir (minimal Linux sessions);
 5. on Windows, the named pipe ``\\\\.\\pipe\\nomyo-agent-<user>``.
 """
@@ -41,6 +42,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from platformdirs.api import PlatformDirsABC
 
 __all__ = [
     "APP",
@@ -69,23 +74,23 @@ SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 @dataclass(frozen=True)
 class UserDirs:
-    """One user's folders on one platform (see the table in the module docstring)."""
+    """One user's folders on one platform (docs/running.md, "Where files live")."""
 
     home: Path
     config: Path  # config.toml, proxy.env
     state: Path  # pins, public key, audit log, proxy tokens, identity.key (file key store)
     log: Path  # agent.log, nomyo-proxy.log
-    config_home: Path  # the user's configuration root ($XDG_CONFIG_HOME; ~/Library on macOS)
+    config_root: Path  # platformdirs' user_config_dir without an app name ($XDG_CONFIG_HOME)
 
     @property
     def systemd_units(self) -> Path:
         """Where systemd looks for a user's own units."""
-        return self.config_home / "systemd" / "user"
+        return self.config_root / "systemd" / "user"
 
     @property
     def xdg_autostart(self) -> Path:
         """Desktop entries that XDG desktops start at login."""
-        return self.config_home / "autostart"
+        return self.config_root / "autostart"
 
     @property
     def launch_agents(self) -> Path:
@@ -93,35 +98,32 @@ class UserDirs:
         return self.home / "Library" / "LaunchAgents"
 
 
-def _xdg(env: Mapping[str, str], var: str, default: Path) -> Path:
-    value = env.get(var, "")
-    return Path(value) if value and os.path.isabs(value) else default
-
-
-def user_dirs(platform: str = sys.platform, env: Mapping[str, str] | None = None) -> UserDirs:
-    """The folders of the user whose environment is ``env`` (default: this process's)."""
-    env = os.environ if env is None else env
+def _platformdirs(platform: str) -> type[PlatformDirsABC]:
+    """platformdirs' class for ``platform``: any of them runs anywhere, which lets the installer
+    plan for another platform."""
     if platform == "win32":
-        home = Path(env.get("USERPROFILE") or Path.home())
-        local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
-        app = local / APP
-        roaming = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
-        return UserDirs(home=home, config=app, state=app, log=app / "Logs", config_home=roaming)
-    home = Path(env.get("HOME") or Path.home())
+        from platformdirs.windows import Windows  # noqa: PLC0415 - lazily: see the docstring
+
+        return Windows
     if platform == "darwin":
-        library = home / "Library"
-        support = library / "Application Support" / APP
-        return UserDirs(
-            home=home,
-            config=support,
-            state=support,
-            log=library / "Logs" / APP,
-            config_home=library,
-        )
-    config_home = _xdg(env, "XDG_CONFIG_HOME", home / ".config")
-    state = _xdg(env, "XDG_STATE_HOME", home / ".local" / "state") / APP
+        from platformdirs.macos import MacOS  # noqa: PLC0415
+
+        return MacOS
+    from platformdirs.unix import Unix  # noqa: PLC0415
+
+    return Unix
+
+
+def user_dirs(platform: str = sys.platform) -> UserDirs:
+    """This process's user's folders on ``platform`` (default: this one), from its environment."""
+    kind = _platformdirs(platform)
+    app = kind(APP, appauthor=False, roaming=False)
     return UserDirs(
-        home=home, config=config_home / APP, state=state, log=state / "log", config_home=config_home
+        home=Path.home(),
+        config=Path(app.user_config_dir),
+        state=Path(app.user_state_dir),
+        log=Path(app.user_log_dir),
+        config_root=Path(kind(appauthor=False, roaming=False).user_config_dir),
     )
 
 
@@ -147,13 +149,15 @@ def runtime_dir(env: Mapping[str, str] | None = None) -> Path | None:
     return Path(value) if value and os.path.isabs(value) else None
 
 
-def darwin_socket_path(home: Path) -> str:
+def darwin_socket_path() -> str:
     """macOS: one fixed path per user, so that launchd's plist and every client agree on it."""
-    return str(user_dirs("darwin", {"HOME": str(home)}).state / "agent.sock")
+    return str(user_dirs("darwin").state / "agent.sock")
 
 
 def default_socket_path(env: Mapping[str, str] | None = None, platform: str = sys.platform) -> str:
-    """The path the agent uses when ``NOMYO_AGENT_SOCK`` is not set."""
+    """The path the agent uses when ``NOMYO_AGENT_SOCK`` is not set: ``env`` (default: this
+    process's) gives ``XDG_RUNTIME_DIR`` and ``TMPDIR``; the macOS state folder is this
+    process's user's (platformdirs reads only ``os.environ``)."""
     env = os.environ if env is None else env
     if sys.platform == "win32":  # a literal test, so that mypy --platform win32 narrows
         from nomyo_agent._winpipe import default_pipe_name  # noqa: PLC0415 - Windows only
@@ -163,7 +167,7 @@ def default_socket_path(env: Mapping[str, str] | None = None, platform: str = sy
     if runtime is not None:
         return str(runtime / APP / "agent.sock")
     if platform == "darwin":
-        return darwin_socket_path(Path(env.get("HOME") or Path.home()))
+        return darwin_socket_path()
     tmp = env.get("TMPDIR")
     if not tmp:
         import tempfile  # noqa: PLC0415 - ~3 ms that every client start would pay otherwise

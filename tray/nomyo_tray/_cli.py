@@ -56,9 +56,9 @@ def _fail(message: str, hint: str = "") -> int:
     return 1
 
 
-def autostart_path(env: dict[str, str] | None = None) -> Path:
+def autostart_path() -> Path:
     """``$XDG_CONFIG_HOME/autostart/nomyo-tray.desktop`` (default ``~/.config``; ``paths``)."""
-    return user_dirs("linux", env).xdg_autostart / DESKTOP_FILE
+    return user_dirs("linux").xdg_autostart / DESKTOP_FILE
 
 
 def _exec_quote(arg: str) -> str:
