@@ -1,15 +1,12 @@
 """nomyo-proxy's pure parts, no processes: the SSE replay of a completion, the Host parsing, the
 mapping of client errors to statuses, the token store's file and its "last used" resolution,
-the transport that sends an answer's head and body together, the choice of server stack."""
+the choice of server stack."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,7 +15,7 @@ from nomyo_proxy import TokenError, TokenStore
 from nomyo_proxy._app import host_name
 from nomyo_proxy._cli import is_loopback, loop_factory, split_listen
 from nomyo_proxy._errors import ConfigError, for_client_error
-from nomyo_proxy._protocol import OneSendPerTurn, http_protocol
+from nomyo_proxy._protocol import http_protocol
 from nomyo_proxy._stream import DONE, sse_events
 
 COMPLETION = {
@@ -185,47 +182,6 @@ def test_a_corrupt_token_file_is_an_error_never_an_empty_list(tmp_path: Path) ->
     path.chmod(0o600)
     with pytest.raises(TokenError, match="cannot read the token file"):
         TokenStore(path).list()
-
-
-class Sends:
-    """A real transport that also keeps what each of its sends carried."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.sends: list[bytes] = []
-
-    def writelines(self, parts: list[bytes]) -> None:
-        self.sends.append(b"".join(parts))
-        self.transport.writelines(parts)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-def test_the_writes_of_one_turn_leave_in_one_send() -> None:
-    async def scenario() -> tuple[list[bytes], bytes]:
-        loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        theirs.setblocking(False)
-        transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
-        sends = Sends(transport)
-        wrapped = OneSendPerTurn(sends)  # type: ignore[arg-type]
-        wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        wrapped.write(memoryview(b"the body"))
-        assert sends.sends == []  # nothing left yet: the turn is not over
-        await asyncio.sleep(0)  # one turn of the loop
-        wrapped.write(b" and a last part")
-        wrapped.close()  # sends what was written before it
-        assert wrapped.is_closing()  # everything else is the transport's own
-        received = b""
-        while chunk := await loop.sock_recv(theirs, 4096):
-            received += chunk
-        theirs.close()
-        return sends.sends, received
-
-    sends, received = asyncio.run(scenario())
-    assert sends == [b"HTTP/1.1 200 OK\r\n\r\nthe body", b" and a last part"]
-    assert received == b"HTTP/1.1 200 OK\r\n\r\nthe body and a last part"
 
 
 def test_the_server_stack_is_the_fast_one_where_installed() -> None:

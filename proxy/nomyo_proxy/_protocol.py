@@ -5,11 +5,11 @@ client that connects and then sends its request line and headers slowly, or not 
 its connection and a file descriptor for as long as it likes. Here the head of each request must
 arrive within ``head_timeout`` seconds of the connection or of the previous answer, or the
 connection is closed. The HTTP itself stays uvicorn's (httptools' C parser, or h11); only a timer
-is added, the same for both.
+is added, the same on either.
 
 ``http_protocol(name, seconds)`` picks the class: ``auto`` is httptools when it can be imported
-(uvicorn's own ``standard`` choice, about a fifth of the proxy's CPU time less per request than
-h11), else h11, which is pure Python and installs everywhere.
+(uvicorn's own ``standard`` choice: about a tenth less of the proxy's CPU per request than h11,
+docs/proxy.md), else h11, which is pure Python and installs everywhere.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nomyo_proxy._errors import ConfigError
 
-__all__ = ["HTTP_CHOICES", "HeadDeadline", "OneSendPerTurn", "http_protocol"]
+__all__ = ["HTTP_CHOICES", "HeadDeadline", "http_protocol"]
 
 HTTP_CHOICES = ("auto", "h11", "httptools")
 
 
 class HeadDeadline:
-    """Mixed in before a uvicorn HTTP protocol class; both keep the request's cycle in
-    ``self.cycle`` and call ``on_response_complete`` after each answer."""
+    """The head deadline, mixed in before a uvicorn HTTP protocol class: both keep the request's
+    cycle in ``self.cycle`` and call ``on_response_complete`` after each answer."""
 
     head_timeout = 30.0
     _head_due: asyncio.TimerHandle | None = None
@@ -38,7 +38,7 @@ class HeadDeadline:
     cycle: Any
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(OneSendPerTurn(transport))  # type: ignore[misc]
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
     def on_response_complete(self) -> None:
@@ -81,35 +81,3 @@ def http_protocol(name: str, seconds: float) -> type[asyncio.Protocol]:
     """The protocol class for uvicorn's ``http=`` setting: ``name``'s parser, this deadline."""
     base = _base(name)
     return type(f"HeadDeadline{base.__name__}", (HeadDeadline, base), {"head_timeout": seconds})
-
-
-class OneSendPerTurn:
-    """A transport whose writes made in one turn of the event loop leave in one send.
-
-    uvicorn writes an answer's head and its body (and each Server-Sent Event) separately, each a
-    system call and each a wake-up for the app on the other end, which then parses a head with no
-    body yet. The proxy writes a whole answer in one turn, so the app gets it in one segment.
-    Everything but ``write`` and ``close`` is the wrapped transport's own.
-    """
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._parts:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._parts.append(bytes(data))
-
-    def _flush(self) -> None:
-        if self._parts:
-            parts, self._parts = self._parts, []
-            if not self._transport.is_closing():
-                self._transport.writelines(parts)
-
-    def close(self) -> None:
-        self._flush()  # what was written before close() still leaves, as with a plain transport
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
