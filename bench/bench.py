@@ -10,7 +10,9 @@ model and an RSA-4096 key, in one run:
   public client: its default, a fresh RSA-4096 key per process, and with a saved ``key_dir``);
 - ``import`` time of each package alone;
 - nomyo-proxy: the same sequential and concurrent runs with the official ``openai`` SDK through
-  the proxy, against ``SecureChatCompletion`` on the same router in the same run;
+  the proxy, against ``SecureChatCompletion`` on the same router in the same run, plus where
+  the time goes: the CPU each process spends per request (app, proxy, agent, router) and the
+  share of the sequential budget that the SDK itself takes;
 - every failed request is counted; any failure makes the exit status 1.
 
 The bench sets up its own agent (temp socket, temp XDG folders, its own private D-Bus and
@@ -102,6 +104,7 @@ async def main():
     for _ in range(cfg["warmup"]):
         await one()
     out["latencies"].clear()
+    cpu_started = time.process_time()
     if cfg["mode"] == "seq":
         for _ in range(cfg["n"]):
             await one()
@@ -110,6 +113,7 @@ async def main():
             started = time.perf_counter()
             await asyncio.gather(*(one() for _ in range(cfg["concurrency"])))
             out["rounds"].append(time.perf_counter() - started)
+    out["cpu"] = time.process_time() - cpu_started
     if hasattr(client, "aclose"):
         await client.aclose()
     print(json.dumps(out), flush=True)
@@ -196,6 +200,7 @@ def measure(
     *,
     proxy: Side,
     raw: Side,
+    meter: CpuMeter,
 ) -> None:
     prompt = ("The quick brown fox jumps over the lazy dog. " * 100)[:4096]
     common = {"url": url, "model": MODEL, "prompt": prompt}
@@ -225,11 +230,12 @@ def measure(
          statistics.median(seq["raw"]), "ms")  # fmt: skip
 
     print("measuring: concurrent ...", file=sys.stderr, flush=True)
+    per_turn = args.rounds // args.turns
     for _ in range(args.turns):
         for side in (public, ours, proxy):
             extra = {"key_dir": key_dir} if side is public else {}
-            out, _ = side.run(mode="conc", concurrency=16, rounds=args.rounds // args.turns,
-                              warmup=1, **common, **extra)  # fmt: skip
+            out = meter.run(side, 16 * per_turn, 16, mode="conc", concurrency=16,
+                            rounds=per_turn, warmup=1, **common, **extra)  # fmt: skip
             rounds[side.name] += out["rounds"]
     tput = {name: 16 * len(times) / sum(times) for name, times in rounds.items()}
     row("16 concurrent, throughput", tput["public"], tput["ours"], "rps", lower_is_better=False)
@@ -267,6 +273,9 @@ def measure(
     )
     _table(_PROXY_HEAD, proxy_rows)
     print("targets: sequential median at most 1.15x, throughput at least 0.9x (docs/proxy.md)")
+    _table(_CPU_HEAD, meter.rows(ours.name, proxy.name))
+    for line in _shares(seq, meter, ours.name, proxy.name, raw.name):
+        print(line)
     for side in (public, ours, proxy, raw):
         for error in side.errors[:3]:
             print(f"{side.name} failure: {error}", file=sys.stderr)
@@ -289,11 +298,92 @@ def _table(head: tuple[str, str, str, str], rows: list[tuple[str, str, str, str]
 
 _HEAD = ("measurement", "public nomyo 0.2.9", "nomyo_client (agent)", "ratio")
 _PROXY_HEAD = ("nomyo-proxy", "SecureChatCompletion", "openai SDK via proxy", "ratio")
+_CPU_HEAD = ("CPU per request, 16 concurrent", "SecureChatCompletion", "openai SDK via proxy", "")
+
+
+def _cpu_of(pid: int) -> float:
+    """A process's CPU seconds so far (user + system), from the kernel's accounting (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Where a request's CPU goes: the app (its own measure of the counted requests), the proxy
+    and the agent (their processes' accounting over the whole run, warm-up included), and the
+    router (the devserver runs in this process, which otherwise only waits)."""
+
+    PARTS = ("app", "nomyo-proxy", "agent", "router (devserver)")
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.spent: dict[str, dict[str, float]] = {}
+        self.served: dict[str, tuple[int, int]] = {}  # side -> (counted, counted + warm-up)
+
+    def _now(self) -> dict[str, float]:
+        return {"router (devserver)": time.process_time()} | {
+            name: _cpu_of(pid) for name, pid in self.pids.items()
+        }
+
+    def run(self, side: Side, counted: int, uncounted: int, **cfg: Any) -> dict[str, Any]:
+        before = self._now()
+        out, _ = side.run(**cfg)
+        after = self._now()
+        spent = self.spent.setdefault(side.name, dict.fromkeys(self.PARTS, 0.0))
+        for name, value in after.items():
+            spent[name] += value - before[name]
+        spent["app"] += out["cpu"]
+        done, everything = self.served.get(side.name, (0, 0))
+        self.served[side.name] = (done + counted, everything + counted + uncounted)
+        return out
+
+    def per_request(self, side: str) -> dict[str, float]:
+        counted, everything = self.served[side]
+        return {
+            name: value / (counted if name == "app" else everything)
+            for name, value in self.spent[side].items()
+        }
+
+    def rows(self, library: str, proxied: str) -> list[tuple[str, str, str, str]]:
+        lib, via = self.per_request(library), self.per_request(proxied)
+        rows = [
+            (name, "-" if name == "nomyo-proxy" else _ms(lib[name]), _ms(via[name]), "")
+            for name in self.PARTS
+        ]
+        lib_total = sum(v for k, v in lib.items() if k != "nomyo-proxy")
+        via_total = sum(via.values())
+        cores = os.cpu_count() or 1
+        rows.append(("total", _ms(lib_total), _ms(via_total), f"{lib_total / via_total:.2f}x"))
+        rows.append((f"  ({cores} cores / total)", f"{cores / lib_total:.0f} req/s",
+                     f"{cores / via_total:.0f} req/s", ""))  # fmt: skip
+        return rows
+
+
+def _shares(
+    seq: dict[str, list[float]], meter: CpuMeter, library: str, proxied: str, raw: str
+) -> list[str]:
+    """The budgets the targets leave, against what the proxy and the SDK take of them."""
+    lib, sdk, bare = (statistics.median(seq[name]) for name in (library, proxied, raw))
+    via, ours = meter.per_request(proxied), meter.per_request(library)
+    lib_total = sum(v for k, v in ours.items() if k != "nomyo-proxy")
+    without_proxy = sum(v for k, v in via.items() if k != "nomyo-proxy")
+    return [
+        f"sequential: 1.15x leaves {_ms(0.15 * lib)} over the library's {_ms(lib)}; the proxy's "
+        f"hop took {_ms(bare - lib)} (http.client, no SDK), the SDK's own work {_ms(sdk - bare)} "
+        "more (SDK minus http.client through the same proxy)",
+        f"16 concurrent: bound by CPU here, the proxied path spends {_ms(sum(via.values()))} per "
+        f"request against the library's {_ms(lib_total)}; with a proxy that cost nothing it would "
+        f"still be {_ms(without_proxy)}, {lib_total / without_proxy:.2f}x, since the SDK spends "
+        f"{_ms(via['app'])} where the library spends {_ms(ours['app'])}",
+    ]
 
 
 @contextlib.contextmanager
-def running_proxy(url: str, env: dict[str, str], folder: Path) -> Iterator[tuple[str, str]]:
-    """``nomyo-proxy serve`` in front of the devserver; yields its base URL and a fresh token."""
+def running_proxy(url: str, env: dict[str, str], folder: Path) -> Iterator[tuple[str, str, int]]:
+    """``nomyo-proxy serve`` in front of the devserver; yields its base URL, a fresh token and
+    its pid."""
     script = str(Path(sys.executable).parent / "nomyo-proxy")
     token = subprocess.run(
         [script, "token", "create", "bench"], env=env, capture_output=True, text=True, check=True
@@ -309,7 +399,7 @@ def running_proxy(url: str, env: dict[str, str], folder: Path) -> Iterator[tuple
         line = proc.stdout.readline()
         if not line.startswith(b"NOMYO_PROXY_URL="):
             raise SessionError(f"nomyo-proxy did not start:\n{log.read_text()}", "see its log")
-        yield line.decode().strip().split("=", 1)[1], token
+        yield line.decode().strip().split("=", 1)[1], token, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -338,11 +428,13 @@ def main() -> int:
                 public.errors.clear()
                 with (
                     DevServer(key_bits=4096) as server,
-                    running_proxy(server.url, env, Path(tmp)) as (proxy_url, token),
+                    running_proxy(server.url, env, Path(tmp)) as (proxy_url, token, pid),
                 ):
                     proxy = Side("proxy", sys.executable, env).bind(proxy_url, token)
                     raw = Side("raw", sys.executable, env).bind(proxy_url, token)
-                    measure(server.url, ours, public, str(key_dir), args, proxy=proxy, raw=raw)
+                    meter = CpuMeter({"nomyo-proxy": pid, "agent": agent.pid})
+                    measure(server.url, ours, public, str(key_dir), args, proxy=proxy, raw=raw,
+                            meter=meter)  # fmt: skip
     except SessionError as exc:
         print(f"bench: error: {exc}\nhint: {exc.hint}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """nomyo-proxy's pure parts, no processes: the SSE replay of a completion, the Host parsing, the
-mapping of client errors to statuses, the token store's file and its "last used" resolution."""
+mapping of client errors to statuses, the token store's file and its "last used" resolution,
+the choice of server stack."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 import nomyo_client as nc
 from nomyo_proxy import TokenError, TokenStore
 from nomyo_proxy._app import host_name
-from nomyo_proxy._cli import is_loopback, split_listen
+from nomyo_proxy._cli import is_loopback, loop_factory, split_listen
 from nomyo_proxy._errors import ConfigError, for_client_error
+from nomyo_proxy._protocol import http_protocol
 from nomyo_proxy._stream import DONE, sse_events
 
 COMPLETION = {
@@ -180,3 +182,15 @@ def test_a_corrupt_token_file_is_an_error_never_an_empty_list(tmp_path: Path) ->
     path.chmod(0o600)
     with pytest.raises(TokenError, match="cannot read the token file"):
         TokenStore(path).list()
+
+
+def test_the_server_stack_is_the_fast_one_where_installed() -> None:
+    import uvloop
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert issubclass(http_protocol("auto", 5), HttpToolsProtocol)
+    assert issubclass(http_protocol("h11", 5), H11Protocol)
+    assert http_protocol("h11", 5).head_timeout == 5  # type: ignore[attr-defined]
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None  # asyncio's own loop

@@ -22,14 +22,26 @@ from support.proxy import RunningProxy, proxy_cli, proxy_env
 BODY = {"model": "devserver/echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@pytest.fixture
+# Every refusal holds on both server stacks: the default (httptools' parser, uvloop) and the
+# pure-Python one it falls back to where those are not installed (h11, asyncio's loop).
+STACKS = {"default": (), "pure-python": ("--http", "h11", "--loop", "asyncio")}
+
+
+@pytest.fixture(params=sorted(STACKS))
 def proxy(
+    request: pytest.FixtureRequest,
     ready_agent: RunningAgent,
     devserver: RunningDevServer,
     make_proxy: Callable[..., RunningProxy],
 ) -> RunningProxy:
     return make_proxy(
-        ready_agent, devserver, "--allow-origin", "http://localhost:5173", "--request-timeout", "2"
+        ready_agent,
+        devserver,
+        "--allow-origin",
+        "http://localhost:5173",
+        "--request-timeout",
+        "2",
+        *STACKS[request.param],
     )
 
 
@@ -154,6 +166,16 @@ def test_a_slow_body_times_out_without_holding_up_others(proxy: RunningProxy) ->
     slow.close()
     assert reply.startswith(b"HTTP/1.1 408")
     assert b"did not arrive within 2 s" in reply
+
+
+def test_the_stack_is_the_one_asked_for(
+    proxy: RunningProxy, request: pytest.FixtureRequest
+) -> None:
+    assert post(proxy, proxy.token("t")).status_code == 200
+    maps = Path(f"/proc/{proxy.process.pid}/maps").read_text()
+    fast = "pure-python" not in request.node.callspec.id
+    assert ("/uvloop/" in maps) is fast
+    assert ("/httptools/" in maps) is fast
 
 
 def test_the_proxy_never_loads_cryptography(proxy: RunningProxy, ready_agent: RunningAgent) -> None:

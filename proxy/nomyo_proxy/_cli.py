@@ -24,14 +24,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nomyo_client import APIError
 from nomyo_client import _wire as wire
 from nomyo_proxy._app import ProxyApp, Settings
 from nomyo_proxy._errors import ConfigError, ProxyError
-from nomyo_proxy._protocol import with_head_timeout
+from nomyo_proxy._protocol import HTTP_CHOICES, http_protocol
 from nomyo_proxy._tokens import TokenStore, default_token_path
 
 __all__ = ["DEFAULT_PORT", "main"]
@@ -39,6 +39,7 @@ __all__ = ["DEFAULT_PORT", "main"]
 DEFAULT_PORT = 12480
 DEFAULT_ROUTER = "https://api.nomyo.ai"
 KEYRING_SERVICE = "nomyo-proxy"
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
 
 log = logging.getLogger("nomyo_proxy")
 
@@ -94,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a request's head, then its body, must each arrive within this time (default 30)",
     )  # fmt: skip
     serve.add_argument("--agent-socket", help="the agent's socket (default: as every client)")
+    serve.add_argument(
+        "--http", choices=HTTP_CHOICES, default="auto",
+        help="the HTTP parser: httptools (C) where installed, else h11 (pure Python)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--loop", choices=LOOP_CHOICES, default="auto",
+        help="the event loop: uvloop where installed, else asyncio's own",
+    )  # fmt: skip
     serve.add_argument(
         "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
         help="info logs one line per request: path, app, status, time (default warning)",
@@ -305,6 +314,21 @@ def _bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for ``auto`` where it can be imported (not on Windows), else asyncio's."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        if name == "uvloop":
+            raise ConfigError(
+                "--loop uvloop: uvloop is not installed", hint="pip install uvloop, or --loop auto"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - token commands need none of it
 
@@ -336,10 +360,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc), hint=getattr(exc, "hint", "") or "") from exc
     config = uvicorn.Config(
         app,
-        http=with_head_timeout(args.request_timeout),
-        loop="asyncio",
+        http=http_protocol(args.http, args.request_timeout),
         lifespan="on",
         access_log=False,
+        # No X-Forwarded-* rewriting: nothing trusted stands in front of the proxy, and the
+        # middleware would only cost time on every request.
+        proxy_headers=False,
         log_level=args.log_level.lower(),
         timeout_keep_alive=30,
         ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
@@ -347,5 +373,6 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     print(f"NOMYO_PROXY_URL={url}", flush=True)
-    asyncio.run(server.serve(sockets=[sock]))
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        runner.run(server.serve(sockets=[sock]))
     return 0
