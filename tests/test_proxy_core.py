@@ -194,3 +194,41 @@ def test_the_server_stack_is_the_fast_one_where_installed() -> None:
     assert http_protocol("h11", 5).head_timeout == 5  # type: ignore[attr-defined]
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("asyncio") is None  # asyncio's own loop
+
+
+def test_a_token_revoked_while_the_proxy_records_a_use_stays_revoked(tmp_path: Path) -> None:
+    """The proxy rewrites the file to record a use; a revoke by ``nomyo-proxy token revoke``
+    landing between its read and its write must not be undone by that write. The clock the proxy
+    reads between the two is where the other process's revoke is made to land."""
+    path = tmp_path / "proxy-tokens.json"
+    cli = TokenStore(path)
+    editor, script = cli.create("editor"), cli.create("script")
+    revoked: list[str] = []
+
+    def clock() -> float:
+        if not revoked:
+            TokenStore(path).revoke("script")  # the other process, mid-update
+            revoked.append("script")
+        return 1000.0
+
+    proxy = TokenStore(path, clock)
+    assert proxy.check(editor) == "editor"
+    assert revoked == ["script"]
+    assert sorted(TokenStore(path).list()) == ["editor"]
+    assert proxy.check(script) is None
+
+
+def test_a_token_created_while_the_proxy_records_a_use_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "proxy-tokens.json"
+    editor = TokenStore(path).create("editor")
+    created: list[str] = []
+
+    def clock() -> float:
+        if not created:
+            created.append(TokenStore(path).create("script"))
+        return 1000.0
+
+    proxy = TokenStore(path, clock)
+    assert proxy.check(editor) == "editor"
+    assert proxy.check(created[0]) == "script"
+    assert TokenStore(path).list()["editor"].last_used == 1000.0
