@@ -6,6 +6,9 @@ Rules of this module:
   plain SHA-256 is the right hash (a slow password hash would only slow every request down).
 - The file (``proxy-tokens.json`` in the agent's state folder, 0600) holds names, hashes and
   dates, never a token; it is rewritten whole through ``nomyo_agent._files.atomic_write``.
+- Every change (create, revoke, a use recorded) is a read-modify-write under an exclusive lock
+  on ``proxy-tokens.json.lock``, re-reading the file inside the lock: a revoke by the CLI that
+  lands while a proxy records a use stays revoked, and two changes never drop each other.
 - ``check`` compares digests in constant time and re-reads the file when it changed on disk, so
   ``nomyo-proxy token revoke`` takes effect on a running proxy at its next request.
 - "last used" is kept to the minute: the file is rewritten at most once a minute per token,
@@ -21,12 +24,12 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
-from nomyo_agent._files import atomic_write
+from nomyo_agent._files import atomic_write, exclusive_lock
 from nomyo_proxy._errors import TokenError
 
 __all__ = ["NAME_PATTERN", "TOKEN_PREFIX", "TokenInfo", "TokenStore", "default_token_path"]
@@ -87,9 +90,20 @@ class TokenStore:
             self._stamp = stamp
         return self._tokens
 
-    def _save(self) -> None:
-        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(self._tokens)))
-        self._stamp = _stamp(self.path.stat())
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[dict[str, TokenInfo]]:
+        """Lock the file against other writers, re-read it, let the caller change it, write it.
+
+        Not written when the caller raises. The lock file sits beside the token file, because
+        the token file itself is replaced (renamed over) on every write.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with exclusive_lock(self.path.with_name(self.path.name + ".lock")):
+            self._stamp = None  # whatever is on disk now, even if it looks unchanged
+            tokens = self._load()
+            yield tokens
+            atomic_write(self.path, msgspec.json.format(msgspec.json.encode(tokens)))
+            self._stamp = _stamp(self.path.stat())
 
     def create(self, name: str) -> str:
         """A new token for ``name`` (returned once, never stored); refuses an existing name."""
@@ -98,22 +112,20 @@ class TokenStore:
                 f"invalid token name {name!r}",
                 hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             )
-        tokens = self._load()
-        if name in tokens:
-            raise TokenError(
-                f"a token named {name} exists already",
-                hint=f"revoke it first: nomyo-proxy token revoke {name}",
-            )
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        tokens[name] = TokenInfo(digest=_digest(token), created=self._clock())
-        self._save()
+        with self._change() as tokens:
+            if name in tokens:
+                raise TokenError(
+                    f"a token named {name} exists already",
+                    hint=f"revoke it first: nomyo-proxy token revoke {name}",
+                )
+            token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            tokens[name] = TokenInfo(digest=_digest(token), created=self._clock())
         return token
 
     def revoke(self, name: str) -> None:
-        tokens = self._load()
-        if tokens.pop(name, None) is None:
-            raise TokenError(f"no token named {name}", hint="see nomyo-proxy token list")
-        self._save()
+        with self._change() as tokens:
+            if tokens.pop(name, None) is None:
+                raise TokenError(f"no token named {name}", hint="see nomyo-proxy token list")
 
     def list(self) -> dict[str, TokenInfo]:
         return dict(sorted(self._load().items()))
@@ -135,10 +147,14 @@ class TokenStore:
     def _used(self, name: str) -> None:
         info = self._tokens[name]
         now = self._clock()
-        if info.last_used is None or now - info.last_used >= LAST_USED_RESOLUTION:
-            info.last_used = now
-            with contextlib.suppress(OSError):  # a full disk must not refuse a valid token
-                self._save()
+        if info.last_used is not None and now - info.last_used < LAST_USED_RESOLUTION:
+            return
+        # A full disk or a file broken since the check must not refuse a valid token; the next
+        # request's check reports a broken file.
+        with contextlib.suppress(OSError, TokenError), self._change() as tokens:
+            current = tokens.get(name)
+            if current is not None and current.digest == info.digest:  # not revoked meanwhile
+                current.last_used = now
 
 
 def default_token_path() -> Path:
