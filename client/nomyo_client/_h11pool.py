@@ -26,6 +26,7 @@ from typing import Any
 import h11
 
 from nomyo_agent import __version__
+from nomyo_agent.origins import DEFAULT_PORTS
 from nomyo_client._transport import (
     Answer,
     AnswerTooLarge,
@@ -41,7 +42,6 @@ from nomyo_client._transport import (
 
 __all__ = ["H11Pool"]
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = f"nomyo-client/{__version__}".encode()
 
 
@@ -119,9 +119,9 @@ class H11Pool:
     ) -> Answer:
         parts = urllib.parse.urlsplit(url)
         scheme, host = parts.scheme, parts.hostname or ""
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in DEFAULT_PORTS:
             raise ProtocolFailure(f"unsupported URL scheme {scheme!r}")
-        key = (scheme, host, parts.port or _DEFAULT_PORTS[scheme])
+        key = (scheme, host, parts.port or DEFAULT_PORTS[scheme])
         idle = self._idle.get(key, [])
         if idle:
             # One turn of the loop reads an EOF that is already waiting: once a request is
