@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import tracemalloc
 from pathlib import Path
 
 from nomyo_agent._files import atomic_write
@@ -59,3 +60,21 @@ def test_racing_creators_leave_one_whole_file(tmp_path: Path) -> None:
     assert sorted(results) == [False] * 7 + [True]
     assert path.read_bytes() in payloads
     assert os.listdir(tmp_path) == ["key"]
+
+
+def test_the_data_is_not_copied_into_a_write_buffer(tmp_path: Path) -> None:
+    """The identity file's PEM goes through here: a buffered write would leave a copy of it in
+    a buffer nobody wipes. tracemalloc sees every allocation of the interpreter; at no moment
+    may the write hold as much as the secret again (a buffered writer takes 4 or 8 KiB)."""
+    secret = bytearray(os.urandom(3000))
+    target = tmp_path / "identity.key"
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        atomic_write(target, memoryview(secret))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert target.read_bytes() == secret
+    assert peak - base < len(secret)

@@ -17,6 +17,7 @@ import os
 import stat
 from pathlib import Path
 
+from nomyo_agent._files import atomic_write
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent.errors import CorruptIdentityError, KeyringUnavailableError
 
@@ -90,16 +91,8 @@ class FileStore:
 
     def save(self, pem: bytes | bytearray | memoryview) -> None:
         self._folder()
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            # 0600 from creation (O_EXCL: never through a link someone left at that name).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(fd, "wb", buffering=0) as fh:
-                fh.write(memoryview(pem).cast("B"))
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)  # a reader sees the old key or the new one, whole
+            atomic_write(self.path, pem)  # 0600 from creation; a reader sees old or new, whole
         except OSError as exc:
             raise KeyringUnavailableError(
                 f"cannot write {self.path}: {exc.strerror}",

@@ -98,9 +98,12 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # 0600 from creation
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        # Unbuffered: the bytes go from the caller's buffer to the kernel, never through a copy
+        # in a write buffer that nobody wipes (the data may be a private key).
+        with os.fdopen(fd, "wb", buffering=0) as fh:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[fh.write(view) :]
             if mode != 0o600 and sys.platform != "win32":
                 os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
