@@ -137,9 +137,10 @@ class Connection(asyncio.Protocol):
         self._disarm()
         budget = self.server.budget
         budget.cancel(self)
-        for _, share in self.pending:
-            budget.release(share)
+        for body, share in self.pending:
+            self._done(body, share)  # wiped: it was never decoded
         self.pending.clear()
+        self.frames.discard()  # a half-read frame may hold a passphrase or a PEM too
         self.outgoing.clear()
         if self.reserved:
             budget.release(self.reserved)
