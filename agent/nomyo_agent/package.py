@@ -70,7 +70,7 @@ TAG_BYTES: Final = 16
 TIERS: Final = ("standard", "high", "maximum")  # X-Security-Tier, the client's security_tier
 # 3 * 4 * 2**16 bytes: whole base64 quanta both ways, and about a quarter of a millisecond of
 # base64 or AES-GCM work on this class of machine, so that no slice holds the GIL for long.
-SLICE_BYTES: Final = 786_432
+SLICE_BYTES: Final = 196_608
 
 
 # Field order is the wire order of PROTOCOL.md. msgspec writes ``bytes`` (and memoryviews) as
