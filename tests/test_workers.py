@@ -97,6 +97,12 @@ def test_a_small_request_beside_large_work_in_flight_still_runs_inline() -> None
         small, small_on = work()
         offer(pool, small, finished.append)
         assert small_on == [loop_thread]
+        await asyncio.sleep(0)
+        big2, _ = work(INLINE_MAX_BYTES + 1, gate=gate)
+        offer(pool, big2, finished.append)  # a large one about to leave does not count either
+        small2, small2_on = work()
+        offer(pool, small2, finished.append)
+        assert small2_on == [loop_thread]
         await asyncio.sleep(0)  # a new turn: the inline slot is free again
         slow, slow_on = work(gate=gate)
         pool.submit(slow, finished.append)  # a small one on a worker, as when requests queue
@@ -104,7 +110,7 @@ def test_a_small_request_beside_large_work_in_flight_still_runs_inline() -> None
         after, after_on = work()
         offer(pool, after, finished.append)  # it queues behind the small one in flight
         gate.set()
-        while len(finished) < 4:
+        while len(finished) < 6:
             await asyncio.sleep(0.01)
         assert after_on[0].startswith("nomyo-crypto")
         assert big_on[0].startswith("nomyo-crypto")

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 INLINE_MAX_BYTES = 256 * 1024  # above this a seal or open always leaves the event loop
-SWITCH_INTERVAL = 0.001  # seconds: see _flush
+SWITCH_INTERVAL = 0.00025  # seconds: see _flush
 # A reply whose payload is over SPLICE_BYTES is written from the payload itself, WRITE_SLICE at a
 # time. (Below, one copy into the transport's buffer costs well under a millisecond, and takes
 # less memory than the payload held until sent plus a buffer of up to two slices.)
@@ -174,10 +174,13 @@ class CryptoPool:
 
     def take_inline(self, work: Work) -> bool:
         """Whether the caller should run ``work`` right now, on the event loop: the first small
-        one of this turn, with nothing in flight. (The caller runs it; nothing to hand back.)"""
-        if self._inline_this_turn or self._batch or work.size > INLINE_MAX_BYTES:
+        one of this turn, with no small one in flight or about to leave (large ones do not
+        count). (The caller runs it; nothing to hand back.)"""
+        if self._inline_this_turn or work.size > INLINE_MAX_BYTES:
             return False
-        if self.in_flight > self.large_in_flight:  # small ones queue: join them
+        if self.in_flight > self.large_in_flight or any(
+            queued.size <= INLINE_MAX_BYTES for queued, _, _ in self._batch
+        ):  # small ones queue: join them
             return False
         self._inline_this_turn = True
         asyncio.get_running_loop().call_soon(self._next_turn)
