@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -94,6 +95,7 @@ def test_a_small_request_beside_large_work_in_flight_still_runs_inline() -> None
         offer(pool, big, finished.append)
         await asyncio.sleep(0)  # the batch leaves at the end of the turn
         assert (pool.in_flight, pool.large_in_flight) == (1, 1)
+        assert sys.getswitchinterval() == pytest.approx(_workers.LARGE_SWITCH_INTERVAL)
         small, small_on = work()
         offer(pool, small, finished.append)
         assert small_on == [loop_thread]
@@ -116,6 +118,7 @@ def test_a_small_request_beside_large_work_in_flight_still_runs_inline() -> None
         assert big_on[0].startswith("nomyo-crypto")
         assert slow_on[0].startswith("nomyo-crypto")
         assert (pool.in_flight, pool.large_in_flight) == (0, 0)
+        assert sys.getswitchinterval() == pytest.approx(_workers.SWITCH_INTERVAL)  # no large work
         pool.shutdown()
 
     asyncio.run(go())
