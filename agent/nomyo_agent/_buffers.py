@@ -12,7 +12,9 @@ Rules of this module:
   and a move leaves an unwiped copy of what it held. Over ``FRESH_FROM`` bytes its memory is
   a mapping of its own (the agent fixes glibc's mmap threshold, ``_libc.return_large_buffers``),
   whose pages the kernel zeroes as they are first written: the cost of the zero-fill is spread
-  over the writes that fill the buffer, and nothing of an earlier buffer can show through.
+  over the writes that fill the buffer, and nothing of an earlier buffer can show through. (In
+  a process that leaves glibc's threshold to float, a client, the memory may come from the heap
+  and hold bytes this process freed; they are overwritten before anything is read or sent.)
   Below, it is ``bytearray(n)``: zeroing that little costs less than the call to avoid it.
 - ``join(pieces)`` is ``b"".join(pieces)``; from ``FRESH_FROM`` bytes on, a ``bytearray`` copied
   ``SLICE`` bytes at a time, so that the interpreter may switch threads between the copies.
