@@ -15,8 +15,9 @@ Rules of this module:
   callers cannot become an oracle for which step failed.
 - AES-GCM runs in slices of ``package.SLICE_BYTES`` (as the base64 does): between slices the
   interpreter may switch threads, so a large payload on a worker never holds the GIL for long.
-  Opened slices stay here until ``finalize`` has checked the tag: unauthenticated plaintext is
-  never handed out, and on a failure it is wiped.
+  Slices are decrypted into one buffer (``_buffers.fresh``, no join at the end) that stays here
+  until ``finalize`` has checked the tag: unauthenticated plaintext is never handed out, and on
+  a failure it is wiped.
 - The AES key and the unwrapped key bytes are wiped with ``_secret.wipe`` as soon as the cipher
   no longer needs them.
 
@@ -35,11 +36,12 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext, Cipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 from cryptography.hazmat.primitives.ciphers.modes import GCM
 
+from nomyo_agent import _buffers
 from nomyo_agent import package as pk
 from nomyo_agent._secret import wipe
 from nomyo_agent.errors import DecryptFailedError
@@ -49,6 +51,7 @@ __all__ = ["Opened", "diagnose", "open_package", "seal"]
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
 )
+_BLOCK = 16  # AES's block, in bytes
 _FAILED = "the encrypted package could not be opened"
 _FAILED_HINT = (
     "it was altered, truncated, not a package, or sealed to another key; "
@@ -60,7 +63,7 @@ _FAILED_HINT = (
 class Opened:
     """An opened package: the plaintext and the sender's ``processed_at`` (None if absent)."""
 
-    plaintext: bytes
+    plaintext: bytes | bytearray  # a bytearray when large (decrypted into place)
     processed_at: float | None
 
 
@@ -73,8 +76,9 @@ def seal(
     plaintext: bytes | bytearray | memoryview,
     *,
     processed_at: float | None = None,
-) -> bytes:
-    """Encrypt ``plaintext`` to ``recipient``; returns the package JSON as UTF-8 bytes.
+) -> bytes | bytearray:
+    """Encrypt ``plaintext`` to ``recipient``; returns the package JSON as UTF-8 bytes (in a
+    ``bytearray`` when large, joined a slice at a time).
 
     ``processed_at`` (Unix seconds) is added when given, as routers do on their answers.
     """
@@ -132,7 +136,7 @@ def _open(private_key: rsa.RSAPrivateKey, package: bytes | bytearray | memoryvie
     if len(parsed.wrapped) != (private_key.key_size + 7) // 8:
         raise _Malformed("the wrapped key does not match the key size")
     key = private_key.decrypt(parsed.wrapped, _OAEP)
-    opened: list[bytes] = []
+    plaintext: bytearray | None = None
     try:
         if len(key) != pk.KEY_BYTES:
             raise _Malformed("the unwrapped key is not 32 bytes")
@@ -141,15 +145,37 @@ def _open(private_key: rsa.RSAPrivateKey, package: bytes | bytearray | memoryvie
             sealed = parsed.ciphertext + parsed.tag
             return Opened(AESGCM(key).decrypt(parsed.nonce, sealed, None), parsed.processed_at)
         decryptor = Cipher(AES(key), GCM(parsed.nonce, parsed.tag)).decryptor()
-        opened.extend(decryptor.update(view[i : i + step]) for i in range(0, len(view), step))
+        # Each slice is decrypted straight into its place (no join of megabytes at the end).
+        plaintext = _buffers.fresh(len(view))
+        _decrypt_into(decryptor, view, plaintext, step)
         decryptor.finalize()  # raises InvalidTag: nothing was handed out yet
-        plaintext = b"".join(opened)
     except BaseException:
-        for piece in opened:  # unauthenticated plaintext does not linger
-            wipe(piece)
+        if plaintext is not None:  # unauthenticated plaintext does not linger
+            wipe(plaintext)
         raise
     finally:
         wipe(key)
-    for piece in opened:  # copies of the plaintext returned: nothing more of it stays here
-        wipe(piece)
     return Opened(plaintext, parsed.processed_at)
+
+
+def _decrypt_into(
+    decryptor: AEADDecryptionContext, view: memoryview, out: bytearray, step: int
+) -> None:
+    """Decrypt ``view`` into ``out`` (as long as it) a slice at a time."""
+    room = memoryview(out)
+    try:
+        for offset in range(0, len(view), step):
+            piece = view[offset : offset + step]
+            # update_into wants room for a block more than the slice; the last slice gets it
+            # via update and a copy.
+            if offset + len(piece) + _BLOCK - 1 <= len(out):
+                written = decryptor.update_into(piece, room[offset:])
+            else:
+                chunk = decryptor.update(piece)
+                room[offset : offset + len(chunk)] = chunk
+                written = len(chunk)
+                wipe(chunk)
+            if written != len(piece):  # GCM is a stream cipher: never happens
+                raise _Malformed("the cipher returned a slice of another length")
+    finally:
+        room.release()

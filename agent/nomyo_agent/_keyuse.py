@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from nomyo_agent import _envelope, _identity, _keys
 from nomyo_agent import protocol as p
@@ -93,7 +93,10 @@ class KeyUse:
 
         def open_it() -> p.Response:
             opened = _envelope.open_package(private_key, package)
-            return p.OpenReply(plaintext=opened.plaintext, processed_at=opened.processed_at)
+            # A large payload comes as a bytearray (decrypted into place, never joined): msgspec
+            # encodes it as it does bytes, and does not check types on construction.
+            plaintext = cast(bytes, opened.plaintext)
+            return p.OpenReply(plaintext=plaintext, processed_at=opened.processed_at)
 
         return Work(open_it, "open", peer, request.app, len(package))
 
@@ -138,7 +141,7 @@ class KeyUse:
 
         def seal_it() -> p.Response:
             return p.SealReply(
-                package=_envelope.seal(router_key, plaintext),
+                package=cast(bytes, _envelope.seal(router_key, plaintext)),  # as in open_it
                 public_key_pem=info.public_key_pem,
                 fingerprint=info.fingerprint,
                 pinned=pinned,  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ Rules:
 - Memory is bounded across connections (``_budget``): a large frame is buffered only once the
   process-wide budget grants its length; a peer that leaves a reply untaken is read no further
   and is closed after ``REPLY_TIMEOUT``. Every frame is wiped once decoded (it may hold a
-  passphrase or a PEM; the dispatcher wipes the decoded copies).
+  passphrase or a PEM; the dispatcher wipes the decoded copies), and so are the frames a closing
+  connection leaves undecoded or half-read.
 - A watcher whose unsent events pass ``WATCH_BACKLOG`` is dropped, rather than let a stuck tray
   grow the agent's memory.
 """
@@ -137,9 +138,10 @@ class Connection(asyncio.Protocol):
         self._disarm()
         budget = self.server.budget
         budget.cancel(self)
-        for _, share in self.pending:
-            budget.release(share)
+        for body, share in self.pending:
+            self._done(body, share)  # wiped: it was never decoded
         self.pending.clear()
+        self.frames.discard()  # a half-read frame may hold a passphrase or a PEM too
         self.outgoing.clear()
         if self.reserved:
             budget.release(self.reserved)

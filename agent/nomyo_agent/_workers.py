@@ -9,11 +9,15 @@ Rules of this module:
   whose next frame is one more waits (``wait``), its frame still undecoded and counted in the
   memory budget, and is woken when a worker frees up. Decoded work would otherwise pile up in
   memory faster than the workers turn it into replies.
-- The first small request of a turn of the event loop, with nothing in flight, runs right
+- The first small request of a turn of the event loop, with no small one in flight, runs right
   there, inline: an idle agent answers as fast as before, with no thread hop and no extra turn.
-  Anything else (a second request in the same turn, which means requests queue; anything while
-  workers are busy; a payload over ``INLINE_MAX_BYTES``) is collected until the end of the turn
-  and goes to a pool of worker threads, one per core. RSA and AES release the GIL, so two cores
+  Large work in flight does not count: beside it, a small open that went to a worker waited for
+  the GIL three times (to start, to finish, and the loop to answer), each behind the large
+  work's slices, which made the p99 of small opens beside 8 MiB payloads about 9 ms agent-side
+  where inline it is about 7. Anything else (a second request in the same turn, which means
+  requests queue; anything while small ones are on the workers; a payload over
+  ``INLINE_MAX_BYTES``) is collected until the end of the turn and goes to a pool of worker
+  threads, one per core. RSA and AES release the GIL, so two cores
   open about twice as many packages a second, and a small open never waits behind a large one
   on the event loop.
 - No payload over ``SPLICE_BYTES`` is copied on the event loop, where one copy of megabytes
@@ -50,7 +54,8 @@ __all__ = [
 ]
 
 INLINE_MAX_BYTES = 256 * 1024  # above this a seal or open always leaves the event loop
-SWITCH_INTERVAL = 0.001  # seconds: see _flush
+SWITCH_INTERVAL = 0.001  # seconds, once there are workers: see _flush
+LARGE_SWITCH_INTERVAL = 0.00025  # seconds, while large work is on them
 # A reply whose payload is over SPLICE_BYTES is written from the payload itself, WRITE_SLICE at a
 # time. (Below, one copy into the transport's buffer costs well under a millisecond, and takes
 # less memory than the payload held until sent plus a buffer of up to two slices.)
@@ -146,10 +151,12 @@ class CryptoPool:
         self._executor: ThreadPoolExecutor | None = None
         self._batch: list[tuple[Work, Done, bytearray | None]] = []
         self.in_flight = 0  # on worker threads now
+        self.large_in_flight = 0  # of which over INLINE_MAX_BYTES
         self._waiting: dict[object, Callable[[], None]] = {}  # connections, in arrival order
         self.offloaded = 0  # ever, for status and the tests
         self.inline = 0
         self._inline_this_turn = False
+        self._switch = SWITCH_INTERVAL  # the process's interval once workers exist
 
     @property
     def full(self) -> bool:
@@ -169,8 +176,13 @@ class CryptoPool:
 
     def take_inline(self, work: Work) -> bool:
         """Whether the caller should run ``work`` right now, on the event loop: the first small
-        one of this turn, with nothing in flight. (The caller runs it; nothing to hand back.)"""
-        if self._inline_this_turn or self.in_flight or self._batch or work.size > INLINE_MAX_BYTES:
+        one of this turn, with no small one in flight or about to leave (large ones do not
+        count). (The caller runs it; nothing to hand back.)"""
+        if self._inline_this_turn or work.size > INLINE_MAX_BYTES:
+            return False
+        if self.in_flight > self.large_in_flight or any(
+            queued.size <= INLINE_MAX_BYTES for queued, _, _ in self._batch
+        ):  # small ones queue: join them
             return False
         self._inline_this_turn = True
         asyncio.get_running_loop().call_soon(self._next_turn)
@@ -194,17 +206,29 @@ class CryptoPool:
         if self._executor is None:
             # With workers, the event loop shares the GIL. A waiting thread asks the holder to
             # let go only after the switch interval (5 ms by default), so a small request's
-            # reply could wait that long behind a large payload's slices: ask sooner.
-            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+            # reply could wait that long behind a large payload's slices: ask sooner, and
+            # sooner still while large work runs (each of the loop's socket calls lets go of
+            # the GIL, and waits up to that long to take it back). Measured beside 8 MiB
+            # payloads: p99 8.3-9.3 ms at 1 ms, 7.6-8.3 at 0.25 ms, no better at 0.1 ms; 64
+            # connections of small opens lost about 4% at 0.25 ms, so it is kept for large work.
+            self._switch = min(sys.getswitchinterval(), SWITCH_INTERVAL)
+            sys.setswitchinterval(self._switch)
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="nomyo-crypto")
         for work, done, frame in batch:
+            large = work.size > INLINE_MAX_BYTES
             self.in_flight += 1
+            self.large_in_flight += large
+            if large and self.large_in_flight == 1:
+                sys.setswitchinterval(min(self._switch, LARGE_SWITCH_INTERVAL))
             self.offloaded += 1
             future = loop.run_in_executor(self._executor, _run, work, frame)
-            future.add_done_callback(functools.partial(self._finished, done))
+            future.add_done_callback(functools.partial(self._finished, done, large))
 
-    def _finished(self, done: Done, future: Future[p.Response | Exception]) -> None:
+    def _finished(self, done: Done, large: bool, future: Future[p.Response | Exception]) -> None:
         self.in_flight -= 1
+        self.large_in_flight -= large
+        if large and not self.large_in_flight:
+            sys.setswitchinterval(self._switch)
         done(future.result())
         self._wake()
 

@@ -4,7 +4,7 @@ Rules of this module:
 
 - It is the one home of the package format and of the security tiers: the agent (which seals
   and opens), the client (which names a router's defect) and the development router import it,
-  so it imports the standard library and msgspec only, never ``cryptography``.
+  so it imports the standard library, msgspec and ``_buffers`` only, never ``cryptography``.
 - ``check`` parses strictly: unknown members of ``encrypted_payload``, duplicate keys, wrong JSON
   types, base64 that is not standard and padded, another version or algorithm (downgrades), a
   nonce that is not 12 bytes, a tag that is not 16, a ``processed_at`` that is not finite. It
@@ -20,7 +20,8 @@ Rules of this module:
   document the cut cannot be sure about (a backslash escape before or in the ciphertext) is
   parsed in one shot, as any small one.
 - ``build`` writes the JSON with a ciphertext handed in as base64 slices, in PROTOCOL.md's
-  member order, without first joining the slices into one string.
+  member order, without first joining the slices into one string, and joins the whole a slice
+  at a time (one copy of megabytes in one call would hold the GIL as long).
 
 Example::
 
@@ -39,6 +40,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import msgspec
+
+from nomyo_agent import _buffers
 
 __all__ = [
     "ALGORITHM",
@@ -65,9 +68,10 @@ KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
 TIERS: Final = ("standard", "high", "maximum")  # X-Security-Tier, the client's security_tier
-# 3 * 4 * 2**16 bytes: whole base64 quanta both ways, and about a quarter of a millisecond of
-# base64 or AES-GCM work on this class of machine, so that no slice holds the GIL for long.
-SLICE_BYTES: Final = 786_432
+# 3 * 4 * 2**14 bytes: whole base64 quanta both ways, and about a quarter of a millisecond of
+# base64 or AES-GCM work on this class of machine (measured in the agent under load: 768 KiB
+# slices held the GIL about 1 ms each), so that no slice holds the GIL for long.
+SLICE_BYTES: Final = 196_608
 
 
 # Field order is the wire order of PROTOCOL.md. msgspec writes ``bytes`` (and memoryviews) as
@@ -128,7 +132,8 @@ def check(
 ) -> Parsed | Defect:
     """Parse and check everything that needs no key (``slice_bytes``: SLICE_BYTES by default)."""
     step = slice_bytes or SLICE_BYTES
-    data = raw if isinstance(raw, (bytes, bytearray)) else _copy(raw, step)
+    # A view (in the agent, into a request frame) is copied a slice at a time.
+    data = raw if isinstance(raw, (bytes, bytearray)) else _buffers.join([raw])
     cut = _ciphertext_span(data, step) if len(data) > step else None
     skeleton = data if cut is None else data[: cut[0]] + data[cut[1] :]
     try:
@@ -173,15 +178,6 @@ def check(
         package.encrypted_aes_key,
         None if stamp is msgspec.UNSET else stamp,
     )
-
-
-def _copy(view: memoryview, step: int) -> bytearray:
-    """``bytearray(view)``, one slice at a time (in the agent, a view into a request frame)."""
-    flat = view if view.format == "B" else view.cast("B")
-    out = bytearray()
-    for offset in range(0, len(flat), step):
-        out += flat[offset : offset + step]
-    return out
 
 
 def _find(data: bytes | bytearray, needle: bytes, start: int, end: int, step: int) -> int:
@@ -248,8 +244,9 @@ def build(
     tag: bytes,
     wrapped: bytes,
     processed_at: float | None,
-) -> bytes:
-    """The package JSON around a ciphertext given as base64 (one piece or slices)."""
+) -> bytes | bytearray:
+    """The package JSON around a ciphertext given as base64 (one piece or slices); a large one
+    is joined a slice at a time into a ``bytearray`` (``_buffers.join``)."""
     skeleton = _encoder.encode(
         _Package(
             version=VERSION,
@@ -263,4 +260,4 @@ def build(
     )
     at = skeleton.index(_EMPTY_CIPHERTEXT) + len(_EMPTY_CIPHERTEXT) - 1
     pieces = [ciphertext_b64] if isinstance(ciphertext_b64, bytes) else list(ciphertext_b64)
-    return b"".join((skeleton[:at], *pieces, skeleton[at:]))
+    return _buffers.join((skeleton[:at], *pieces, skeleton[at:]))

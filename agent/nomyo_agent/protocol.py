@@ -40,6 +40,9 @@ from typing import Final, Literal, TypeVar
 
 import msgspec
 
+from nomyo_agent._buffers import fresh
+from nomyo_agent._secret import wipe
+
 __all__ = [
     "CAPABILITIES",
     "HEADER",
@@ -621,6 +624,8 @@ class FrameReader:
     frame's first bytes stay held and ``feed(b"")`` asks again.
 
     A body is handed out as the ``bytearray`` it was received into (no copy); the caller owns it.
+    A large body's buffer is not zero-filled up front (``_buffers.fresh``): the bytes received
+    fill it, and it is handed out only once full. ``discard()`` wipes a frame left half-read.
     After a ``FrameError`` the reader is unusable, as is the stream it was reading.
     """
 
@@ -672,7 +677,9 @@ class FrameReader:
                 length = self._admit()
                 if length is None:
                     return
-                self._body = bytearray(length)
+                # Not bytearray(length): zero-filling megabytes at once would hold the GIL
+                # (the event loop and every worker) for milliseconds.
+                self._body = fresh(length)
                 taken = min(length, len(self._buf) - HEADER.size)
                 self._body[:taken] = self._buf[HEADER.size : HEADER.size + taken]
                 self._fill = taken
@@ -692,6 +699,14 @@ class FrameReader:
                 return
             body, self._body, self._fill = self._body, None, 0
             yield body
+
+    def discard(self) -> None:
+        """Wipe and drop what was received of an unfinished frame (the stream is closing)."""
+        if self._body is not None:
+            wipe(self._body)
+            self._body, self._fill = None, 0
+        wipe(self._buf)
+        self._buf = bytearray()
 
 
 def short_fingerprint(fp: str) -> str:

@@ -225,7 +225,7 @@ class Router:
         recipient = (
             self.keys.current.private.public_key() if kind == "other-recipient" else client_key
         )
-        package = seal(recipient, msgspec.json.encode(answer), processed_at=self._clock())
+        package = bytes(seal(recipient, msgspec.json.encode(answer), processed_at=self._clock()))
         return Reply(200, _spoil(package, kind), "application/octet-stream")
 
     def _attempt(self, payload_id: str) -> int:
