@@ -32,8 +32,8 @@ from nomyo_client._errors import (
     AgentUnavailableError,
     InvalidRequestError,
     ResponseTooLargeError,
-    from_agent_error,
 )
+from nomyo_client._from_agent import from_agent_error
 
 __all__ = ["DEFAULT_AGENT_TIMEOUT", "AgentLink"]
 

@@ -24,7 +24,8 @@ from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AsyncAgentConnection
 from nomyo_client import _autostart
-from nomyo_client._errors import AgentProtocolError, from_agent_error
+from nomyo_client._errors import AgentProtocolError
+from nomyo_client._from_agent import from_agent_error
 
 __all__ = ["Channel", "acquire", "release"]
 
