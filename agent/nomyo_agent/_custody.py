@@ -47,7 +47,7 @@ def unlock_delay(failures: int) -> float:
 
 
 class Custody:
-    # Read by _new_identity too, which cannot import this module (it is imported by it).
+    # Read by _new_identity too (its Custody protocol), which does not import this module.
     max_attempts: ClassVar[int] = MAX_ATTEMPTS
 
     def __init__(self, state: AgentState, services: Services) -> None:

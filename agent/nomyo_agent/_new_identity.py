@@ -17,7 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nomyo_agent import _identity
 from nomyo_agent import protocol as p
@@ -31,11 +31,30 @@ from nomyo_agent.errors import (
 )
 
 if TYPE_CHECKING:
-    from nomyo_agent._custody import Custody
+    from nomyo_agent._services import Services
+    from nomyo_agent._state import AgentState
 
-__all__ = ["generate", "import_key", "no_passphrase_refused"]
+__all__ = ["Custody", "generate", "import_key", "no_passphrase_refused"]
 
 Secret = bytes | bytearray | memoryview
+
+
+class Custody(Protocol):
+    """What a new identity needs of ``_custody.Custody`` (named here, so that this module does
+    not import the one that calls it): the state, the services, the lock and the prompt."""
+
+    state: AgentState
+    services: Services
+    lock: asyncio.Lock
+
+    @property
+    def max_attempts(self) -> int: ...
+
+    async def ask(
+        self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: object
+    ) -> SecretBuffer: ...
+
+    def identity_reply(self) -> p.IdentityReply: ...
 
 
 def no_passphrase_refused() -> BadRequestError:

@@ -101,7 +101,9 @@ class ProxyApp:
         send = tracked
         try:
             headers = _headers(scope)
-            cors = check_host_and_origin(headers, self.settings)
+            cors = check_host_and_origin(
+                headers, self.settings.host_allowed, self.settings.allow_origins
+            )
             method, path = scope["method"], scope["path"]
             if method == "OPTIONS" and cors:
                 status = 204

@@ -23,7 +23,6 @@ from nomyo_proxy._endpoints import Headers, Message, http_error
 from nomyo_proxy._errors import HTTPError
 
 if TYPE_CHECKING:
-    from nomyo_proxy._app import Settings
     from nomyo_proxy._tokens import TokenStore
 
 __all__ = ["Receive", "authenticate", "check_host_and_origin", "host_name", "read_body"]
@@ -44,10 +43,12 @@ def host_name(header: str) -> str:
     return host.rstrip(".")
 
 
-def check_host_and_origin(headers: dict[bytes, bytes], settings: Settings) -> Headers:
+def check_host_and_origin(
+    headers: dict[bytes, bytes], host_allowed: Callable[[str], bool], origins: frozenset[str]
+) -> Headers:
     """Raises for a refused Host or Origin; returns the CORS headers to send (often none)."""
     host = host_name(headers.get(b"host", b"").decode("latin-1"))
-    if not host or not settings.host_allowed(host):
+    if not host or not host_allowed(host):
         raise http_error(
             403,
             f"host {host or '(none)'} is not this proxy's address",
@@ -57,7 +58,7 @@ def check_host_and_origin(headers: dict[bytes, bytes], settings: Settings) -> He
     origin = headers.get(b"origin")
     if origin is None:
         return ()
-    if origin.decode("latin-1") not in settings.allow_origins:
+    if origin.decode("latin-1") not in origins:
         raise http_error(
             403,
             "requests from web pages are refused (Origin header)",
