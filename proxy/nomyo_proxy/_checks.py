@@ -1,6 +1,7 @@
 """The checks a request passes before ``_app`` routes it: Host, Origin, token, body.
 
-Rules of this module (``_app`` calls them in this order, before any body is read):
+Rules of this module (``_app`` calls them in this order; no body is read before the first three
+pass):
 
 1. ``Host`` must name the listen address, a loopback name or an ``--allow-host`` (DNS
    rebinding: a web page's own host name that resolves to 127.0.0.1 is refused).
