@@ -1,4 +1,4 @@
-"""The checks a request passes before ``_app`` routes it: Host, Origin, token, body.
+"""The checks every request to the proxy passes: its Host, its Origin, its token, its body.
 
 Rules of this module (``_app`` calls them in this order; no body is read before the first three
 pass):
