@@ -13,8 +13,8 @@ Linux only, through D-Bus (jeepney, found through ``DBUS_SESSION_BUS_ADDRESS`` a
 
 Rules: the decision (``_session_policy.classify``) is pure and tested alone, and what is asked of
 D-Bus is ``_logind``'s; this module only reads buses and calls ``AgentState.lock`` on the event
-loop, so a lock never races a seal. A bus that cannot be
-reached is reported in status and the log, never fatal: the agent serves on without it.
+loop, so a lock never races a seal. A bus that cannot be reached is reported in status and the
+log, never fatal: the agent serves on without it.
 """
 
 from __future__ import annotations

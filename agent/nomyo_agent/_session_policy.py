@@ -28,7 +28,7 @@ __all__ = [
 
 LOCK_ON_CHOICES = ("screen", "suspend")
 LOCK_REASONS = ("session_lock", "locked_hint", "screensaver", "suspend", "session_end")
-"""The ``StateEvent.reason`` (and audit log ``event``) of each lock this module causes."""
+"""The ``StateEvent.reason`` (and audit log ``event``) of each lock the session watch causes."""
 
 LOGIN1 = "org.freedesktop.login1"
 MANAGER = "org.freedesktop.login1.Manager"
