@@ -1,8 +1,8 @@
 """Issue 2's figures: unlock time, and what the RPC adds to one ``open`` of a 4 KiB response.
 
 Run with ``./dev figures`` (or ``.venv/bin/python bench/agent_figures.py``). It starts its own
-private D-Bus + gnome-keyring and agent (``nomyo_devserver.session``), so it touches nothing of
-yours, and prints one table.
+private D-Bus + gnome-keyring and agent (``nomyo_devserver.session``, ``.agents``), so it
+touches nothing of yours, and prints one table.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
-from nomyo_devserver.session import SessionError, open_agent, open_session
+from nomyo_devserver.agents import open_agent
+from nomyo_devserver.session import SessionError, open_session
 
 ROUNDS = 200
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent.connection import AgentConnection, AsyncAgentConnection
-from nomyo_devserver.session import open_agent, open_session
+from nomyo_devserver.agents import open_agent
+from nomyo_devserver.session import open_session
 
 SECONDS = 5.0
 SMALL = os.urandom(2048).hex().encode()  # 4 KiB of JSON-ish text

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from nomyo_devserver import DevServer
-from nomyo_devserver.session import SessionError, open_agent, open_session
+from nomyo_devserver.agents import open_agent
+from nomyo_devserver.session import SessionError, open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "devserver/echo"

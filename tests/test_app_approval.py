@@ -240,7 +240,7 @@ def test_confirm_setting_is_checked(tmp_path: Path) -> None:
 def test_the_denied_error_crosses_the_wire_and_maps_to_the_client_exception() -> None:
     import nomyo_client as nc
     from nomyo_agent import errors as ae
-    from nomyo_client._errors import from_agent_error
+    from nomyo_client._from_agent import from_agent_error
 
     reply = ae.AppDeniedError("x was not allowed").to_reply()
     assert reply.code is p.ErrorCode.APP_DENIED

@@ -20,7 +20,7 @@ import nomyo_agent
 import nomyo_client as nc
 from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
-from nomyo_client._errors import from_agent_error
+from nomyo_client._from_agent import from_agent_error
 from support.scripted_router import ScriptedRouter
 
 

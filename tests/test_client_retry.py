@@ -18,8 +18,8 @@ import pytest
 import nomyo_client as nc
 from nomyo_agent import _envelope, _keys
 from nomyo_client import RetryPolicy, SecureChatCompletion
+from nomyo_client._answer import error_for_status
 from nomyo_client._retry import parse_retry_after
-from nomyo_client._wire import error_for_status
 from support.client_fakes import LiveAgent
 from support.scripted_router import ROUTER_PEM, ScriptedRouter
 

@@ -12,9 +12,10 @@ import pytest
 
 import nomyo_client as nc
 from nomyo_proxy import TokenError, TokenStore
-from nomyo_proxy._app import host_name
-from nomyo_proxy._cli import is_loopback, loop_factory, split_listen
+from nomyo_proxy._checks import host_name
+from nomyo_proxy._cli import loop_factory
 from nomyo_proxy._errors import ConfigError, for_client_error
+from nomyo_proxy._listen import is_loopback, split_listen
 from nomyo_proxy._protocol import http_protocol
 from nomyo_proxy._stream import DONE, sse_events
 

@@ -17,7 +17,7 @@ import pytest
 
 from nomyo_agent import protocol as p
 from nomyo_agent._config import ConfigError, load_config
-from nomyo_agent._session import Verdict, classify
+from nomyo_agent._session_policy import Verdict, classify
 from support.agent import RunningAgent
 from support.desktop import Session, stop_group
 from support.session import LoginSession

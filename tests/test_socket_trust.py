@@ -146,7 +146,7 @@ def test_tray_sends_nothing_and_says_why(
             watcher.join(timeout=20)
     assert not app.view.connected
     with pytest.raises(UnsafeSocketError):
-        app._lock_now()
+        app.link.lock()
     with pytest.raises(AgentError, match=f"uid {NOBODY}"):
         app._start_agent()  # "Start agent" in its menu: refused, nothing started beside it
     assert sum(intruder.received()) == 0

@@ -1,6 +1,6 @@
-"""``nomyo_devserver.session``, the one throwaway-session harness of the demo, the tests and the
-bench: it waits on what each part reports (the agent's ready pipe), never on a fixed sleep, and
-leaves no process behind."""
+"""``nomyo_devserver.session`` and ``.agents``, the one throwaway-session harness of the demo,
+the tests and the bench: it waits on what each part reports (the agent's ready pipe), never on a
+fixed sleep, and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from nomyo_agent import protocol as p
 from nomyo_agent._launch import read_ready
-from nomyo_devserver import session
+from nomyo_devserver import agents, session
 from support.desktop import Session, open_session
 
 
@@ -56,16 +56,16 @@ def test_an_agent_that_exits_first_is_reported_with_its_own_words(desktop: Sessi
     path = str(desktop.runtime_dir / "nomyo-agent" / "dies.sock")
     started = time.monotonic()
     with pytest.raises(session.SessionError, match="pin-policy") as info:
-        session.start_agent(
+        agents.start_agent(
             desktop.env, path, log=desktop.home / "dies.log", args=["--pin-policy", "bogus"],
-            kind=session.AgentProcess,
+            kind=agents.AgentProcess,
         )  # fmt: skip
-    assert time.monotonic() - started < session.READY_TIMEOUT / 2
+    assert time.monotonic() - started < agents.READY_TIMEOUT / 2
     assert info.value.hint == f"see {desktop.home / 'dies.log'}"
 
 
 def test_open_agent_is_ready_unlocked_and_stopped_after(desktop: Session) -> None:
-    with session.open_agent(desktop.env, bits=2048) as agent:
+    with agents.open_agent(desktop.env, bits=2048) as agent:
         assert agent.identity is not None
         assert agent.identity.bits == 2048
         status = agent.call(p.Status(), p.StatusReply)

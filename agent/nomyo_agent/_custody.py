@@ -10,23 +10,23 @@ Rules:
 - A passphrase from pinentry lives in a ``SecretBuffer``; one from the wire is wiped by the
   dispatcher once the request is done.
 - pinentry is asked up to ``MAX_ATTEMPTS`` times within one request, as gpg-agent does.
+- Unlocking is here; a new identity (keygen, import) is ``_new_identity``'s, behind
+  ``Custody.generate`` and ``Custody.import_key``, under the same lock and the same prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
-from nomyo_agent import _identity
+from nomyo_agent import _identity, _new_identity
 from nomyo_agent import protocol as p
 from nomyo_agent._secret import SecretBuffer
 from nomyo_agent._sessionbus import keyring_call
 from nomyo_agent.errors import (
     BadPassphraseError,
-    BadRequestError,
     CorruptIdentityError,
-    IdentityExistsError,
     NoIdentityError,
     PassphraseRequiredError,
     PinentryError,
@@ -40,8 +40,6 @@ __all__ = ["MAX_ATTEMPTS", "Custody", "unlock_delay"]
 
 MAX_ATTEMPTS = 3
 
-Secret = bytes | bytearray | memoryview
-
 
 def unlock_delay(failures: int) -> float:
     """Seconds to wait before answering the ``failures``-th consecutive failed unlock."""
@@ -49,6 +47,9 @@ def unlock_delay(failures: int) -> float:
 
 
 class Custody:
+    # Read by _new_identity too (its Custody protocol), which does not import this module.
+    max_attempts: ClassVar[int] = MAX_ATTEMPTS
+
     def __init__(self, state: AgentState, services: Services) -> None:
         self.state = state
         self.services = services
@@ -77,7 +78,7 @@ class Custody:
 
     # --- passphrases -----------------------------------------------------------------------
 
-    async def _ask(
+    async def ask(
         self, where: p.PinEntry, *, confirm: bool, error: str | None, **text: object
     ) -> SecretBuffer:
         # On X11/Wayland desktops a pinentry needs the asker's terminal or display; with neither
@@ -156,7 +157,7 @@ class Custody:
         why = f"{asker} asks to use it, and it is locked.\n" if asker else ""
         timeout = {"timeout": self.services.config.prompt_timeout} if asker else {}
         for _ in range(MAX_ATTEMPTS):
-            secret = await self._ask(
+            secret = await self.ask(
                 request.pinentry,
                 confirm=False,
                 error=error,
@@ -177,155 +178,10 @@ class Custody:
                 secret.close()
         raise BadPassphraseError(f"bad passphrase ({MAX_ATTEMPTS} attempts)")
 
-    def _no_passphrase_refused(self) -> BadRequestError:
-        return BadRequestError(
-            "the file key store keeps only passphrase-protected keys",
-            hint="choose a passphrase (pinentry asks, or --passphrase-stdin); a key file with no "
-            "passphrase would be readable by anything that can read your files",
-        )
-
-    async def _store_ready(self, passphrase: bytes | None) -> None:
-        """Fail now, before anyone types a passphrase or waits for a key, if the key cannot be
-        stored: no keyring at all, or no passphrase for a store that requires one."""
-        store = self.services.keystore
-        if passphrase == b"" and store.requires_passphrase:
-            raise self._no_passphrase_refused()
-        await asyncio.to_thread(store.check)
-
-    async def _new_passphrase(
-        self, given: bytes | None, where: p.PinEntry | None, what: str
-    ) -> SecretBuffer | None:
-        """The passphrase to store a new identity under; None means none."""
-        secret = await self._ask_new_passphrase(given, where, what)
-        if secret is None and self.services.keystore.requires_passphrase:
-            raise self._no_passphrase_refused()
-        return secret
-
-    async def _ask_new_passphrase(
-        self, given: bytes | None, where: p.PinEntry | None, what: str
-    ) -> SecretBuffer | None:
-        if given is not None:
-            return SecretBuffer.from_bytes(given) if given else None
-        if where is None:
-            return None
-        secret = await self._ask(
-            where,
-            confirm=True,
-            error=None,
-            title="nomyo-agent",
-            description=(
-                f"Choose a passphrase for the {what}.\n"
-                "Leave it empty to rely on the OS keyring's protection alone."
-            ),
-            prompt="Passphrase:",
-        )
-        if len(secret) == 0:
-            secret.close()
-            return None
-        return secret
-
-    # --- new identities --------------------------------------------------------------------------
-
-    def _check_replace(self, force: bool) -> None:
-        info = self.state.info
-        if info is not None and not force:
-            raise IdentityExistsError(
-                f"an identity exists already ({p.short_fingerprint(info.fingerprint)})"
-            )
-
-    async def _install(
-        self,
-        stored: SecretBuffer,
-        info: _identity.IdentityInfo,
-        passphrase: Secret | None,
-        reason: str,
-        where: p.PinEntry | None = None,
-    ) -> p.IdentityReply:
-        """Store a new identity in the keyring and on disk, and keep it unlocked."""
-        if not passphrase and self.services.keystore.requires_passphrase:
-            raise self._no_passphrase_refused()  # callers check earlier; this is the last word
-        keystore = self.services.keystore
-        await keyring_call(keystore, where, lambda: keystore.save(stored.view))
-        await self.services.save_identity(info)
-        key = await asyncio.to_thread(_identity.unlock, stored.view, passphrase)
-        self.state.install(info, key, reason)
-        return self.identity_reply()
+    # --- new identities (``_new_identity``) -----------------------------------------------------
 
     async def generate(self, request: p.Generate) -> p.Response:
-        self._check_replace(request.force)
-        async with self.lock:
-            await self._store_ready(request.passphrase)
-            secret = await self._new_passphrase(request.passphrase, request.pinentry, "new key")
-            try:
-                pw = secret.view if secret else None
-                stored, info = await asyncio.to_thread(_identity.generate, request.bits, pw)
-                try:
-                    return await self._install(stored, info, pw, "generate", request.pinentry)
-                finally:
-                    stored.close()
-            finally:
-                if secret:
-                    secret.close()
+        return await _new_identity.generate(self, request)
 
     async def import_key(self, request: p.Import) -> p.Response:
-        # No early _check_replace: importing the key the agent already holds is not a conflict
-        # (a client's load_keys may run on every start), and only the key worker can tell.
-        async with self.lock:
-            await self._store_ready(request.passphrase)
-            file_secret: SecretBuffer | None = (
-                SecretBuffer.from_bytes(request.file_password)
-                if request.file_password is not None
-                else None
-            )
-            error = None
-            try:
-                for _ in range(MAX_ATTEMPTS):
-                    file_pw = file_secret.view if file_secret else None
-                    store_pw: Secret | None = file_pw
-                    if request.passphrase is not None:
-                        store_pw = request.passphrase or None
-                    try:
-                        stored, info = await asyncio.to_thread(
-                            _identity.import_pem, request.pem, file_pw, store_pw
-                        )
-                    except (PassphraseRequiredError, BadPassphraseError) as exc:
-                        if request.pinentry is None:
-                            raise
-                        if isinstance(exc, BadPassphraseError):
-                            error = "Bad passphrase, try again"
-                        if file_secret:
-                            file_secret.close()
-                        file_secret = await self._ask(
-                            request.pinentry,
-                            confirm=False,
-                            error=error,
-                            title="nomyo-agent",
-                            description="Enter the passphrase of the key file being imported",
-                            prompt="Passphrase:",
-                        )
-                        continue
-                    try:
-                        current = self.state.info
-                        same = current is not None and current.fingerprint == info.fingerprint
-                        if same and not request.force:  # --force re-stores (a new passphrase)
-                            return self.identity_reply()
-                        self._check_replace(request.force)
-                        if not store_pw and self.services.keystore.requires_passphrase:
-                            raise BadRequestError(
-                                "the file key store keeps only passphrase-protected keys, and "
-                                "this key file has no password",
-                                hint="encrypt a copy first, e.g. `openssl pkcs8 -topk8 -v2 "
-                                "aes-256-cbc -in private_key.pem -out encrypted.pem`, then "
-                                "import encrypted.pem (its password becomes the passphrase)",
-                            )
-                        return await self._install(
-                            stored, info, store_pw, "import", request.pinentry
-                        )
-                    finally:
-                        stored.close()
-                raise BadPassphraseError(
-                    f"bad passphrase for the key file ({MAX_ATTEMPTS} attempts)"
-                )
-            finally:
-                if file_secret:
-                    file_secret.close()
+        return await _new_identity.import_key(self, request)

@@ -1,17 +1,12 @@
-"""The client's side of the agent: one shared connection per event loop, with a deadline.
+"""The client's side of the agent: its calls (seal, open, a key_dir import), each with a deadline.
 
 Rules of this module:
 
-- One ``AsyncAgentConnection`` per event loop and socket path (a ``_Channel``), shared by every
-  client object on that loop: code ported from the public client makes a client per request
-  and never closes it (that client has no ``close``), and must still hold one connection, not
-  one per object. Each ``AgentLink`` is one user of its channel; the last user to close closes
-  the connection. The engine closes its link when the client is closed, garbage-collected or
-  its loop shuts down. Sockets cannot move between loops, so each loop has its own channel.
-- The connection serialises exchanges itself. Connecting happens once, under a lock.
-- The first message is ``Hello``; an agent of another protocol version is an error, unless we
-  started it ourselves (``HelloReply.autostarted``): then it is stopped and started again.
-- If nothing answers and auto-start is on, ``nomyo-agent`` is started in the background.
+- One ``AsyncAgentConnection`` per event loop and socket path (``_channel``), shared by every
+  client object on that loop; each ``AgentLink`` is one user of its channel, and the last user to
+  close closes the connection. The engine closes its link when the client is closed,
+  garbage-collected or its loop shuts down. Connecting, ``Hello`` and auto-start are
+  ``_channel``'s.
 - Every agent call (connecting included) obeys a deadline: the client's ``timeout`` when one was
   given, else ``DEFAULT_AGENT_TIMEOUT``. A stopped or hung agent fails the request with
   ``AgentUnavailableError`` instead of hanging the app; the late reply cannot desynchronise the
@@ -24,24 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-import weakref
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Final, TypeVar
 
 from nomyo_agent import errors as agent_errors
 from nomyo_agent import protocol as p
-from nomyo_agent.connection import AsyncAgentConnection
 from nomyo_agent.paths import socket_path
 from nomyo_client import _autostart
+from nomyo_client._channel import Channel, acquire, release
 from nomyo_client._errors import (
-    AgentProtocolError,
     AgentUnavailableError,
     InvalidRequestError,
     ResponseTooLargeError,
-    from_agent_error,
 )
+from nomyo_client._from_agent import from_agent_error
 
 __all__ = ["DEFAULT_AGENT_TIMEOUT", "AgentLink"]
 
@@ -51,99 +43,6 @@ T = TypeVar("T")
 # Long enough for an on-demand passphrase prompt (the agent asks through pinentry while a seal
 # waits), short enough that a hung agent is reported rather than waited on forever.
 DEFAULT_AGENT_TIMEOUT: Final = 120.0
-
-
-class _Channel:
-    """The one agent connection of an event loop for one socket path."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.users = 0
-        self.hello: p.HelloReply | None = None
-        self._conn: AsyncAgentConnection | None = None
-        self._lock = asyncio.Lock()
-
-    async def _open(self, autostart: bool) -> AsyncAgentConnection:
-        try:
-            conn = await AsyncAgentConnection.open(self.path)
-        except agent_errors.AgentUnavailableError:
-            if not autostart:
-                raise
-            await asyncio.to_thread(_autostart.start_agent, self.path)
-            conn = await AsyncAgentConnection.open(self.path)
-        # Where a prompt this client's requests cause may appear (unlock on demand, approval).
-        from nomyo_agent._pinentry import pinentry_here  # noqa: PLC0415 - off the import path
-
-        try:
-            hello = await conn.call(
-                p.Hello(client="nomyo_client", pinentry=pinentry_here()), p.HelloReply
-            )
-        except BaseException:
-            await conn.aclose()
-            raise
-        if hello.protocol != p.PROTOCOL_VERSION:
-            await conn.aclose()
-            if not hello.autostarted or not autostart:
-                raise AgentProtocolError(
-                    f"the agent at {self.path} speaks protocol {hello.protocol}, "
-                    f"this client speaks {p.PROTOCOL_VERSION}"
-                )
-            await asyncio.to_thread(_autostart.restart_stale, self.path)
-            return await self._open(autostart)
-        self.hello = hello
-        return conn
-
-    async def connection(self, autostart: bool) -> AsyncAgentConnection:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return conn
-        async with self._lock:
-            if self._conn is None or self._conn.closed:
-                try:
-                    self._conn = await self._open(autostart)
-                except agent_errors.AgentError as exc:
-                    raise from_agent_error(exc) from exc
-            return self._conn
-
-    async def drop(self, conn: AsyncAgentConnection) -> None:
-        if self._conn is conn:
-            self._conn = None
-        await conn.aclose()
-
-    async def aclose(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.aclose()
-
-
-# Keyed weakly by loop: a loop that is gone takes its channels with it.
-_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Channel]] = (
-    weakref.WeakKeyDictionary()
-)
-_channels_lock = threading.Lock()  # loops on several threads share the table
-
-
-def _acquire(path: str) -> _Channel:
-    loop = asyncio.get_running_loop()
-    with _channels_lock:
-        by_path = _channels.setdefault(loop, {})
-        channel = by_path.get(path)
-        if channel is None:
-            channel = by_path[path] = _Channel(path)
-        channel.users += 1
-        return channel
-
-
-def _release(channel: _Channel, loop: asyncio.AbstractEventLoop) -> bool:
-    """One user fewer; True when it was the last (the caller then closes the channel)."""
-    with _channels_lock:
-        channel.users -= 1
-        if channel.users > 0:
-            return False
-        by_path = _channels.get(loop, {})
-        if by_path.get(channel.path) is channel:
-            del by_path[channel.path]
-        return True
 
 
 class AgentLink:
@@ -161,16 +60,16 @@ class AgentLink:
         self.autostart = _autostart.autostart_enabled() if autostart is None else autostart
         self.key_dir = None if key_dir is None else Path(key_dir)
         self.timeout = DEFAULT_AGENT_TIMEOUT if timeout is None else timeout
-        self._channel: _Channel | None = None
+        self._channel: Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def hello(self) -> p.HelloReply | None:
         return None if self._channel is None else self._channel.hello
 
-    def _shared(self) -> _Channel:
+    def _shared(self) -> Channel:
         if self._channel is None:
-            self._channel = _acquire(self.path)
+            self._channel = acquire(self.path)
             self._loop = asyncio.get_running_loop()
         return self._channel
 
@@ -267,5 +166,5 @@ class AgentLink:
         """Stop using the shared connection; the last user closes it."""
         channel, loop = self._channel, self._loop
         self._channel = self._loop = None
-        if channel is not None and loop is not None and _release(channel, loop):
+        if channel is not None and loop is not None and release(channel, loop):
             await channel.aclose()

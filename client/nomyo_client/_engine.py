@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from nomyo_client import _wire
+from nomyo_client import _answer, _wire
 from nomyo_client._agent import AgentLink
 from nomyo_client._errors import (
     ResponseTooLargeError,
@@ -133,7 +133,7 @@ class Engine:
                 hint="check the base URL: it must point at a NOMYO router",
             ) from exc
         if response.status_code != 200:
-            error = _wire.error_for_status(response.status_code, response.content)
+            error = _answer.error_for_status(response.status_code, response.content)
             error.message = f"could not fetch the router key: {error.message}"
             raise error
         try:
@@ -205,7 +205,7 @@ class Engine:
                 response = await post(new_key)
         if response.status_code != 200:
             retry_after = parse_retry_after(response.headers, self.retry.clock())
-            raise _wire.error_for_status(response.status_code, response.content, retry_after)
+            raise _answer.error_for_status(response.status_code, response.content, retry_after)
         return await self.open(response.content, payload_id, app=app)
 
     async def open(self, package: bytes, payload_id: str, *, app: str = "") -> dict[str, Any]:
@@ -214,9 +214,9 @@ class Engine:
         except SecurityError:
             # The agent parsed it and says only that it did not open (no oracle); its structure
             # is public, and a garbage or downgraded answer is better named as such.
-            _wire.refuse_package(package)
+            _answer.refuse_package(package)
             raise
-        return _wire.finish_response(opened.plaintext, payload_id, opened.processed_at)
+        return _answer.finish_response(opened.plaintext, payload_id, opened.processed_at)
 
     async def aclose(self) -> None:
         state, self._state = self._state, None

@@ -3,8 +3,8 @@
 It starts a private D-Bus session with its own gnome-keyring (so your real keyring is never
 touched), a ``nomyo-agent`` with a throwaway RSA-4096 identity, and the local devserver; sends an
 encrypted chat through ``nomyo_client``; prints the answer and what crossed the wire; and removes
-everything again. The session and the agent come from ``nomyo_devserver.session``, the harness
-the tests and the bench use too.
+everything again. The session and the agent come from ``nomyo_devserver.session`` and
+``.agents``, the harness the tests and the bench use too.
 
 Rules of this module: every process it starts is stopped and every folder removed, also on
 errors and Ctrl-C; a missing system program fails with a hint saying what to install.
@@ -28,7 +28,8 @@ from nomyo_agent import protocol as p
 from nomyo_client import Answer
 from nomyo_client._h11pool import H11Pool
 from nomyo_devserver._devserver import DevServer
-from nomyo_devserver.session import AgentProcess, SessionError, open_agent, open_session
+from nomyo_devserver.agents import AgentProcess, open_agent
+from nomyo_devserver.session import SessionError, open_session
 
 __all__ = ["main"]
 

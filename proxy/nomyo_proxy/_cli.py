@@ -4,11 +4,8 @@ Rules of this module:
 
 - ``serve`` binds the socket itself (or takes the one systemd passed, named ``proxy``), then
   prints ``NOMYO_PROXY_URL=<base url>`` on stdout: from that line on, connections are accepted.
-- A listen address that is not loopback is refused unless ``--allow-remote`` is given, and then
-  only with ``--tls-cert``/``--tls-key``: tokens must never cross a network in clear.
-- The router's API key comes from ``NOMYO_API_KEY``, a 0600 ``--api-key-file`` or, with
-  ``--api-key-keyring``, the OS keyring (read by a short-lived child process, so that this
-  process never loads the keyring's cryptography); never from an app.
+- Where it listens, and which addresses it refuses, is ``_listen``'s; where the router's API key
+  comes from (never from an app) is ``_apikey``'s.
 - ``token create NAME`` prints the token alone on one line of stdout, and nothing else there.
 - Errors are one lower-case line plus a ``hint:`` line on stderr, exit status 1.
 """
@@ -17,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +23,10 @@ from pathlib import Path
 
 from nomyo_client import APIError
 from nomyo_client import _wire as wire
+from nomyo_proxy._apikey import KEYRING_SERVICE, api_key_from
 from nomyo_proxy._app import ProxyApp, Settings
 from nomyo_proxy._errors import ConfigError, ProxyError
+from nomyo_proxy._listen import bind
 from nomyo_proxy._protocol import HTTP_CHOICES, http_protocol
 from nomyo_proxy._tokens import TokenStore, default_token_path
 
@@ -38,7 +34,6 @@ __all__ = ["DEFAULT_PORT", "main"]
 
 DEFAULT_PORT = 12480
 DEFAULT_ROUTER = "https://api.nomyo.ai"
-KEYRING_SERVICE = "nomyo-proxy"
 LOOP_CHOICES = ("auto", "asyncio", "uvloop")
 
 log = logging.getLogger("nomyo_proxy")
@@ -157,163 +152,6 @@ def _when(stamp: float) -> str:
 # --- serve -------------------------------------------------------------------------------
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a host and a port."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(
-            f"invalid --listen {listen!r}", hint="use HOST:PORT, e.g. 127.0.0.1:12480"
-        )
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve anywhere
-
-
-def _api_key(args: argparse.Namespace, router: str) -> str | None:
-    from_env = os.environ.get("NOMYO_API_KEY")
-    if from_env:
-        return from_env.strip()
-    if args.api_key_file is not None:
-        path: Path = args.api_key_file
-        try:
-            st = path.stat()
-            if st.st_mode & 0o077:
-                raise ConfigError(f"{path} is readable by others", hint=f"chmod 600 {path}")
-            return path.read_text().strip() or None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    if args.api_key_keyring:
-        return _keyring_key(router)
-    return None
-
-
-_KEYRING_READ = (
-    "import sys, keyring\n"
-    "value = keyring.get_password(sys.argv[1], sys.argv[2])\n"
-    "sys.exit(3) if value is None else sys.stdout.write(value)\n"
-)
-
-
-def _keyring_key(router: str) -> str:
-    # -I: isolated mode, nothing from the working directory or the environment is imported.
-    try:
-        done = subprocess.run(
-            [sys.executable, "-I", "-c", _KEYRING_READ, KEYRING_SERVICE, router],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        raise ConfigError("the OS keyring did not answer in 30 s") from exc
-    if done.returncode == 3:
-        raise ConfigError(
-            f"the OS keyring has no API key for {router}",
-            hint=f"store it: keyring set {KEYRING_SERVICE} {router}",
-        )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise ConfigError(f"cannot read the OS keyring: {last}")
-    return done.stdout.strip()
-
-
-def _bind(args: argparse.Namespace) -> tuple[socket.socket, str, str]:
-    """The listening socket, the host name to accept in ``Host``, and the base URL to print."""
-    from nomyo_agent._systemd import inherited_socket  # noqa: PLC0415
-
-    tls = args.tls_cert is not None or args.tls_key is not None
-    scheme = "https" if tls else "http"
-    inherited = inherited_socket(name="proxy")
-    if inherited is None and sys.platform == "darwin":
-        from nomyo_agent import _launchd  # noqa: PLC0415 - macOS only
-
-        inherited = _launchd.inherited_socket("proxy")
-    if inherited is not None:
-        inherited.setblocking(True)
-        if inherited.family == socket.AF_UNIX:
-            return inherited, "localhost", f"unix:{inherited.getsockname()}"
-        host, port = inherited.getsockname()[:2]
-        if not is_loopback(host) and not args.allow_remote:
-            raise ConfigError(f"the socket passed by systemd listens on {host}, not loopback")
-        return inherited, host, f"{scheme}://{_url_host(host)}:{port}/v1"
-    if args.unix:
-        return _bind_unix(Path(args.unix)), "localhost", f"unix:{args.unix}"
-    host, port = split_listen(args.listen)
-    if not is_loopback(host):
-        if not args.allow_remote:
-            raise ConfigError(
-                f"refusing to listen on {host}: not a loopback address",
-                hint="apps on this machine reach 127.0.0.1; for other machines add "
-                "--allow-remote with --tls-cert and --tls-key",
-            )
-        if not (args.tls_cert and args.tls_key):
-            raise ConfigError(
-                "--allow-remote needs --tls-cert and --tls-key",
-                hint="tokens must not cross a network in clear",
-            )
-    try:
-        sock = _tcp_listener(host, port)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="another nomyo-proxy may be running; pick another port with --listen",
-        ) from exc
-    bound = sock.getsockname()[1]
-    return sock, host, f"{scheme}://{_url_host(host)}:{bound}/v1"
-
-
-def _tcp_listener(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP, not 0: accepted sockets inherit it, and asyncio turns Nagle off
-    # (TCP_NODELAY) only on sockets that say they are TCP. With Nagle on, every answer on a
-    # keep-alive connection waited ~40 ms for the client's delayed ACK (measured: 44 ms vs 3 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _bind_unix(path: Path) -> socket.socket:
-    """A Unix socket, 0600 from its creation, in a folder that follows the agent's socket-folder
-    rules (``nomyo_agent._sockdir``); a stale socket is replaced, a live one is not."""
-    from nomyo_agent import _sockdir  # noqa: PLC0415 - POSIX only
-    from nomyo_agent.errors import AgentError  # noqa: PLC0415
-
-    try:
-        _sockdir.private_folder(str(path.parent))
-        if path.is_socket():
-            if _sockdir.socket_answers(str(path)):
-                raise ConfigError(
-                    f"something already answers at {path}",
-                    hint="another nomyo-proxy may be running; pick another --unix path",
-                )
-            path.unlink()  # refused: whoever bound it is gone
-    except AgentError as exc:
-        raise ConfigError(f"cannot listen on {path}: {exc.message}", hint=exc.hint) from exc
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # 0600 from its creation, not chmod-ed after bind
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    sock.listen(128)
-    return sock
-
-
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop for ``auto`` where it can be imported (not on Windows), else asyncio's."""
     if name == "asyncio":
@@ -339,8 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
         router = wire.check_base_url(args.router, args.allow_http)
     except APIError as exc:  # plain http:// without --allow-http
         raise ConfigError(exc.message, hint=exc.hint or "") from exc
-    api_key = _api_key(args, router)
-    sock, host, url = _bind(args)
+    api_key = api_key_from(args, router)
+    sock, host, url = bind(args)
     tokens = TokenStore(default_token_path())
     tokens.list()  # an unreadable token file is an error now, not at the first request
     settings = Settings(

@@ -3,7 +3,7 @@
 ``agent`` starts one with no identity; ``make_agent(**options)`` starts more, e.g. with a command
 ``prefix`` (``setpriv ...``), other timeouts, or a pinentry program. Each gets its own socket in
 the session's runtime folder and is stopped (SIGTERM, then SIGKILL) at the end of the test.
-Starting and waiting for readiness (the agent's ready pipe) is ``nomyo_devserver.session``'s.
+Starting and waiting for readiness (the agent's ready pipe) is ``nomyo_devserver.agents``'s.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import pytest
 
 from nomyo_agent import protocol as p
-from nomyo_devserver import session
-from nomyo_devserver.session import AgentProcess
+from nomyo_devserver import agents, session
+from nomyo_devserver.agents import AgentProcess
 from support.desktop import Session
 
 
@@ -74,7 +74,7 @@ def start_agent(
     path = str(desktop.runtime_dir / "nomyo-agent" / f"{name}.sock")
     log = desktop.home / f"{name}.log"
     try:
-        return session.start_agent(
+        return agents.start_agent(
             desktop.env if env is None else env, path, log=log, args=args, prefix=prefix,
             kind=RunningAgent,
         )  # fmt: skip

@@ -1,15 +1,12 @@
-"""The tray icon itself: pystray rendering ``_view``'s decisions, and threads talking to the agent.
+"""The tray icon itself: pystray rendering ``_view``'s decisions, threads running ``_link``'s calls.
 
 Rules of this module:
 
 - pystray is imported only inside ``TrayApp.run`` (it needs a display at import time).
-- One watcher thread holds a ``Watch`` connection; the agent pushes a ``StateEvent`` on every
-  change, so there is no polling while it runs. When it goes away the icon shows "no agent"
-  and the watcher reconnects with a short backoff (at most 1 s apart: one connect attempt, no
-  storm), so a restarted agent is picked up within a second.
-- Unlock, lock and start run in worker threads on their own connections, never on the watcher's.
-  Unlock sends only *where* to show pinentry (this process's display and bus, never a terminal): the
-  agent runs pinentry, so the passphrase never passes through the tray.
+- One watcher thread follows the agent (``_link.AgentLink.watch``: pushed events, no polling);
+  when it goes away the icon shows "no agent" until it is back.
+- Unlock, lock and start run in worker threads, one at a time, through ``_link``; their errors
+  become notifications.
 - Everything that knows pystray's backends' quirks lives in ``_backends``.
 """
 
@@ -18,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,17 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from nomyo_agent import protocol as p
-from nomyo_agent._launch import agent_command
-from nomyo_agent._pinentry import pinentry_on_display
-from nomyo_agent.connection import AgentConnection
-from nomyo_agent.errors import (
-    AgentError,
-    PinentryCancelledError,
-    StartFailedError,
-    UnsafeSocketError,
-    from_reply,
-)
-from nomyo_agent.paths import socket_path
+from nomyo_agent.errors import AgentError, PinentryCancelledError
 from nomyo_tray import _icons, _view
 from nomyo_tray._backends import (
     XORG_TILE,
@@ -49,14 +34,13 @@ from nomyo_tray._backends import (
     xorg_redock,
     xorg_repaint,
 )
+from nomyo_tray._link import AgentLink
 from nomyo_tray._view import Action, View
 
 __all__ = ["TrayApp", "TrayError"]
 
 log = logging.getLogger("nomyo_tray")
 
-RECONNECT_MAX = 1.0  # seconds between attempts while no agent answers
-UNLOCK_TIMEOUT = 960.0  # the agent asks up to 3 times, 300 s each, with delays between
 TICK = 10.0  # how often the "locks in ..." row is refreshed while unlocked
 DOCK_CHECK = 2.0  # xorg: how often to check that the tray still embeds the icon (one X round trip)
 
@@ -65,8 +49,7 @@ class TrayApp:
     """The tray for the agent at ``socket`` (default: the usual socket path)."""
 
     def __init__(self, socket: str | None = None, backend: str | None = None) -> None:
-        self.explicit_socket = socket
-        self.path = socket_path(socket)
+        self.link = AgentLink(socket)
         self.backend = backend
         self._view = _view.no_agent()
         self._lock = threading.Lock()  # guards _view
@@ -195,29 +178,13 @@ class TrayApp:
     # --- the agent ---------------------------------------------------------------------------
 
     def _watch_loop(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                with AgentConnection.open(self.path, timeout=10) as conn:
-                    self._set(
-                        _view.view_from_status(
-                            conn.call(p.Status(), p.StatusReply), time.monotonic()
-                        )
-                    )
-                    delay = 0.1
-                    for event in conn.watch():
-                        self._on_event(event)
-            except UnsafeSocketError as exc:
-                # Not a missing agent but someone else's socket (or a loose folder): say so.
-                log.warning("%s (hint: %s)", exc, exc.hint)
-            except AgentError as exc:
-                log.debug("watch: %s", exc)
-            if self._stop.is_set():
-                return
-            self._update(lambda v: View(connected=False, busy=v.busy))
-            self._wake.wait(delay)
-            self._wake.clear()
-            delay = min(delay * 2, RECONNECT_MAX)
+        self.link.watch(
+            self._stop,
+            self._wake,
+            on_status=lambda reply: self._set(_view.view_from_status(reply, time.monotonic())),
+            on_event=self._on_event,
+            on_lost=lambda: self._update(lambda v: View(connected=False, busy=v.busy)),
+        )
 
     def _on_event(self, event: p.StateEvent) -> None:
         self._update(lambda v: _view.apply_event(v, event, time.monotonic()))
@@ -244,7 +211,7 @@ class TrayApp:
         if action is Action.QUIT:
             self.stop()
             return
-        jobs = {Action.UNLOCK: self._unlock, Action.LOCK: self._lock_now}
+        jobs = {Action.UNLOCK: self.link.unlock, Action.LOCK: self.link.lock}
         jobs[Action.START_AGENT] = self._start_agent
         job = jobs.get(action)
         if job is None:
@@ -268,33 +235,6 @@ class TrayApp:
         finally:
             self._update(lambda v: dataclasses.replace(v, busy=None))
 
-    def _call(self, request: p.Request, timeout: float) -> None:
-        with AgentConnection.open(self.path, timeout=timeout) as conn:
-            reply = conn.request(request)
-        if isinstance(reply, p.Error):
-            raise from_reply(reply)
-
-    def _unlock(self) -> None:
-        # The display only: a tray started from a shell must not draw pinentry in that shell.
-        self._call(p.Unlock(pinentry=pinentry_on_display(os.environ)), UNLOCK_TIMEOUT)
-
-    def _lock_now(self) -> None:
-        self._call(p.Lock(), 30)
-
     def _start_agent(self) -> None:
-        argv = agent_command()  # nothing from the tray's working directory on sys.path
-        if self.explicit_socket:
-            argv += ["--socket", os.path.abspath(self.path)]
-        done = subprocess.run(
-            [*argv, "start"], capture_output=True, text=True, timeout=60, check=False,
-            stdin=subprocess.DEVNULL, cwd="/",
-        )  # fmt: skip
-        if done.returncode != 0:
-            # The CLI prints "nomyo-agent: <error>" then "hint: ..."; a crash ends in the error.
-            lines = done.stderr.strip().splitlines() or ["no output"]
-            hint = None
-            if len(lines) > 1 and lines[-1].startswith("hint: "):
-                hint = lines.pop().removeprefix("hint: ")
-            error = lines[-1].removeprefix("nomyo-agent: ")
-            raise StartFailedError(f"nomyo-agent start failed: {error}", hint=hint)
-        self._wake.set()
+        self.link.start_agent()
+        self._wake.set()  # look for it now, not after the reconnect wait
