@@ -15,7 +15,6 @@ import dataclasses
 from typing import Any
 
 __all__ = [
-    "LOCK_ON_CHOICES",
     "LOCK_REASONS",
     "LOGIN1",
     "MANAGER",
@@ -26,7 +25,6 @@ __all__ = [
     "classify",
 ]
 
-LOCK_ON_CHOICES = ("screen", "suspend")
 LOCK_REASONS = ("session_lock", "locked_hint", "screensaver", "suspend", "session_end")
 """The ``StateEvent.reason`` (and audit log ``event``) of each lock the session watch causes."""
 
