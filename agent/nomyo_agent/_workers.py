@@ -103,12 +103,7 @@ def decode_request(body: bytearray) -> tuple[p.Request, bool]:
     request is done, and wiped only after."""
     if len(body) <= SPLICE_BYTES or p.op_of(body[:64]) not in ("seal", "open"):
         return p.decode_request(body), False
-    try:
-        view = _view_decoder.decode(body)
-    except msgspec.MsgspecError:
-        raise
-    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise msgspec.DecodeError(f"invalid message: {exc}") from exc
+    view = p._decode(_view_decoder, body)  # the wire's one translation of decode errors
     fields = msgspec.structs.asdict(view)
     # msgspec does not check types on construction: the view stands in for the bytes.
     request = p.Seal(**fields) if isinstance(view, _SealView) else p.Open(**fields)
