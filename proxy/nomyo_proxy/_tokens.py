@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from nomyo_agent._files import atomic_write, exclusive_lock
+from nomyo_agent.paths import state_dir
 from nomyo_proxy._errors import TokenError
 
 __all__ = ["NAME_PATTERN", "TOKEN_PREFIX", "TokenInfo", "TokenStore", "default_token_path"]
@@ -158,6 +159,4 @@ class TokenStore:
 
 
 def default_token_path() -> Path:
-    from nomyo_agent._config import state_dir  # noqa: PLC0415 - platformdirs only when needed
-
     return state_dir() / "proxy-tokens.json"
