@@ -135,11 +135,34 @@ def test_check_in_slices_gives_the_one_shot_verdict(
 ) -> None:
     text = _EDITS[edit](seal(key.public_key(), plaintext, processed_at=2.0))
     sliced = pk.check(text, slice_bytes=step)
+    # As the agent hands it over: a view into the frame the request came in.
+    viewed = pk.check(memoryview(bytearray(b"head" + text))[4:], slice_bytes=step)
     whole = pk.check(text, slice_bytes=len(text) + 1)  # never cut: one msgspec decode
     if isinstance(whole, pk.Defect):
         assert isinstance(sliced, pk.Defect)
+        assert isinstance(viewed, pk.Defect)
     else:
         assert sliced == whole  # a bytearray ciphertext equals the bytes one
+        assert viewed == whole
+
+
+_BASE64ISH = st.text(alphabet="AQgw+/=-_ \n\\", max_size=24).map(str.encode)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=_BASE64ISH | st.binary(max_size=12))
+def test_the_cut_ciphertext_is_decoded_as_strictly_as_msgspec_decodes_a_small_one(
+    text: bytes,
+) -> None:
+    """A large package's ciphertext goes through pybase64, a small one's through msgspec: both
+    must accept exactly standard, padded base64 and give the same bytes."""
+    try:
+        expected: bytes | None = msgspec.json.decode(b'"' + text + b'"', type=bytes)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        expected = None
+    if b'"' in text or b"\\" in text:
+        return  # no JSON string of this text: the cut never hands it over
+    assert pk._b64decode(memoryview(text)) == expected
 
 
 def test_the_cut_is_taken_for_a_package_of_the_usual_shape(key: rsa.RSAPrivateKey) -> None:

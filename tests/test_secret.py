@@ -153,3 +153,23 @@ def test_wipe_leaves_shared_objects_alone() -> None:
     assert sub != "\0" * 16
     with pytest.raises(TypeError):
         wipe(12)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [32, 4096, 64 * 1024])
+def test_a_small_wipe_keeps_the_gil(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """ctypes.memset lets go of the GIL, and the event loop could then wait behind a worker to
+    take it back: a key's or a frame's wipe zeroes through the GIL-holding memset instead."""
+    from nomyo_agent import _secret
+
+    releasing: list[int] = []
+    real = _secret.ctypes.memset
+    monkeypatch.setattr(
+        _secret.ctypes, "memset", lambda at, c, n: (releasing.append(n), real(at, c, n))[1]
+    )
+    for secret in (bytearray(os.urandom(size)), bytes(bytearray(os.urandom(size)))):
+        wipe(secret)
+        assert not any(secret)
+    large = bytearray(os.urandom(_secret._ZERO_RELEASING))
+    wipe(large)
+    assert not any(large)
+    assert releasing == [len(large)]  # only the large one let go of the GIL

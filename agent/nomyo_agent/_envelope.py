@@ -13,7 +13,7 @@ Rules of this module:
   exactly the modulus size, *before* any private-key operation. Every failure, whatever the
   step, raises the same ``DecryptFailedError`` with the same message and no chained cause, so
   callers cannot become an oracle for which step failed.
-- AES-GCM runs in slices of ``package.SLICE_BYTES`` (as the base64 does): between slices the
+- AES-GCM runs in slices of ``package.SLICE_BYTES`` (as a seal's base64 does): between slices the
   interpreter may switch threads, so a large payload on a worker never holds the GIL for long.
   Slices are decrypted into one buffer (``_buffers.fresh``, no join at the end) that stays here
   until ``finalize`` has checked the tag: unauthenticated plaintext is never handed out, and on

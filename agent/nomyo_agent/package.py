@@ -4,24 +4,27 @@ Rules of this module:
 
 - It is the one home of the package format and of the security tiers: the agent (which seals
   and opens), the client (which names a router's defect) and the development router import it,
-  so it imports the standard library, msgspec and ``_buffers`` only, never ``cryptography``.
+  so it imports the standard library, msgspec and ``_buffers`` only (and pybase64 where only the
+  agent and the router come), never ``cryptography``.
 - ``check`` parses strictly: unknown members of ``encrypted_payload``, duplicate keys, wrong JSON
   types, base64 that is not standard and padded, another version or algorithm (downgrades), a
   nonce that is not 12 bytes, a tag that is not 16, a ``processed_at`` that is not finite. It
   returns a ``Defect`` (what is wrong, and of which kind) rather than raising, so that callers
   decide what to reveal: the agent reveals nothing (one opaque error for every failure).
-- A large package is parsed in slices. The ciphertext is nearly all of its bytes; held in one
-  C call (msgspec's decode of the whole document, a search of it for duplicate keys) it would
-  keep the GIL for tens of milliseconds and every other thread of the agent, its event loop
-  first, would wait that long. So the ciphertext's string is cut out of the document (found by
-  a search in slices), the small rest is decoded and checked as a whole, and the ciphertext is
-  base64-decoded slice by slice (strictly, ``=`` only at the end): the
-  interpreter may switch threads between slices. The verdict is the one-shot parse's; a
+- A large package is parsed without one long hold of the GIL. The ciphertext is nearly all of
+  its bytes; held in one C call (msgspec's decode of the whole document, a search of it for
+  duplicate keys) it would keep the GIL for tens of milliseconds and every other thread of the
+  agent, its event loop first, would wait that long. So the ciphertext's string is cut out of
+  the document (found by a search a slice at a time, through a small buffer: the document may
+  be a view into a request frame, read where it is), the small rest is decoded and checked as a
+  whole, and the ciphertext is base64-decoded in one call of pybase64, which lets go of the GIL
+  (strictly: standard alphabet, ``=`` only at the end). The verdict is the one-shot parse's; a
   document the cut cannot be sure about (a backslash escape before or in the ciphertext) is
-  parsed in one shot, as any small one.
+  parsed in one shot, as any small one. pybase64 is imported only there and in ``b64encode``,
+  which only the agent and the router call: a client never loads it.
 - ``build`` writes the JSON with a ciphertext handed in as base64 slices, in PROTOCOL.md's
-  member order, without first joining the slices into one string, and joins the whole a slice
-  at a time (one copy of megabytes in one call would hold the GIL as long).
+  member order, without first joining the slices into one string, and joins the whole with
+  ``_buffers.join``, which copies megabytes without the GIL.
 
 Example::
 
@@ -68,9 +71,9 @@ KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
 TIERS: Final = ("standard", "high", "maximum")  # X-Security-Tier, the client's security_tier
-# 3 * 4 * 2**14 bytes: whole base64 quanta both ways, and about a quarter of a millisecond of
-# base64 or AES-GCM work on this class of machine (measured in the agent under load: 768 KiB
-# slices held the GIL about 1 ms each), so that no slice holds the GIL for long.
+# 3 * 4 * 2**14 bytes: whole base64 quanta both ways. A seal encrypts and encodes a slice at a
+# time, and the searches of ``check`` copy a slice at a time, so that no step holds the GIL for
+# long (measured in the agent under load: 768 KiB slices held it about 1 ms each).
 SLICE_BYTES: Final = 196_608
 
 
@@ -96,7 +99,6 @@ class _Package(msgspec.Struct, omit_defaults=True):
 
 _decoder = msgspec.json.Decoder(_Package)
 _encoder = msgspec.json.Encoder()
-_b64_decoder = msgspec.json.Decoder(bytes)
 _MEMBER_NAMES = tuple(
     f'"{name}"'.encode() for name in (*_Package.__struct_fields__, *_Payload.__struct_fields__)
 )
@@ -132,10 +134,14 @@ def check(
 ) -> Parsed | Defect:
     """Parse and check everything that needs no key (``slice_bytes``: SLICE_BYTES by default)."""
     step = slice_bytes or SLICE_BYTES
-    # A view (in the agent, into a request frame) is copied a slice at a time.
-    data = raw if isinstance(raw, (bytes, bytearray)) else _buffers.join([raw])
+    # A view (in the agent, into a request frame) is read where it is: the ciphertext is
+    # searched a slice at a time and decoded from the view, and only the small rest is copied.
+    data = memoryview(raw).cast("B")
     cut = _ciphertext_span(data, step) if len(data) > step else None
-    skeleton = data if cut is None else data[: cut[0]] + data[cut[1] :]
+    if cut is None:
+        skeleton = raw if isinstance(raw, (bytes, bytearray)) else bytes(data)
+    else:
+        skeleton = bytes(data[: cut[0]]) + bytes(data[cut[1] :])
     try:
         package = _decoder.decode(skeleton)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
@@ -148,7 +154,7 @@ def check(
     payload = package.encrypted_payload
     ciphertext: bytes | bytearray = payload.ciphertext
     if cut is not None:
-        decoded = _b64decode(memoryview(data)[cut[0] : cut[1]], step)
+        decoded = _b64decode(data[cut[0] : cut[1]])
         if decoded is None:
             return Defect("shape", "not a package: the ciphertext is not valid base64")
         ciphertext = decoded
@@ -180,25 +186,29 @@ def check(
     )
 
 
-def _find(data: bytes | bytearray, needle: bytes, start: int, end: int, step: int) -> int:
-    """``data.find(needle, start, end)``, one slice at a time."""
+def _find(data: memoryview, needle: bytes, start: int, end: int, step: int) -> int:
+    """``data.find(needle, start, end)`` for a view, which has no ``find``: a slice at a time,
+    each copied into one small buffer (a copy of the whole would be megabytes of new memory)."""
+    window = bytearray(max(0, min(step + len(needle) - 1, end - start)))
+    room = memoryview(window)
     while start < end:
         stop = min(end, start + step + len(needle) - 1)
-        found = data.find(needle, start, stop)
+        room[: stop - start] = data[start:stop]
+        found = window.find(needle, 0, stop - start)
         if found >= 0:
-            return found
+            return start + found
         start += step
     return -1
 
 
-def _ciphertext_span(data: bytes | bytearray, step: int) -> tuple[int, int] | None:
+def _ciphertext_span(data: memoryview, step: int) -> tuple[int, int] | None:
     """Where the ciphertext's base64 text starts and ends, if that is certain without a full
     JSON parse: the first ``"ciphertext"`` stands outside any string (no escape before it and
     an even number of quotes) and its string holds no escape, so its end is the next quote."""
     key = _find(data, b'"ciphertext"', 0, len(data), step)
     if key < 0:
         return None
-    head = data[:key]
+    head = bytes(data[:key])
     if b"\\" in head or head.count(b'"') % 2:
         return None
     opened = _CIPHERTEXT_KEY.match(data, key, key + 64)
@@ -211,30 +221,24 @@ def _ciphertext_span(data: bytes | bytearray, step: int) -> tuple[int, int] | No
     return start, end
 
 
-def _b64decode(text: memoryview, step: int) -> bytearray | None:
-    """Strict standard base64 of ``text`` decoded slice by slice; None if it is not that."""
-    step -= step % 4
-    out = bytearray()
-    for offset in range(0, len(text), step):
-        piece = text[offset : offset + step]
-        # Each slice is whole quanta, so msgspec checks the alphabet and the padding (as it does
-        # for the whole); padding that ends a slice before the last one ends the text too early.
-        # (msgspec, not binascii: CPython 3.11's binascii is several times slower.)
-        if offset + step < len(text) and piece[-1] == ord("="):
-            return None
-        quoted = bytearray(b'"')
-        quoted += piece
-        quoted += b'"'
-        try:
-            out += _b64_decoder.decode(quoted)
-        except msgspec.DecodeError:
-            return None
-    return out
+def _b64decode(text: memoryview) -> bytes | None:
+    """Strict standard base64 of ``text`` (alphabet and padding checked, as msgspec checks the
+    members of a small package), or None if it is not that. One call of pybase64, which lets
+    go of the GIL while it decodes and while the kernel maps in the pages it writes."""
+    import pybase64  # noqa: PLC0415 - the agent's and the router's only (module rules)
+
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error
+        return None
 
 
-def b64encode(data: bytes | bytearray | memoryview) -> memoryview:
-    """Standard padded base64 of ``data`` (msgspec's, several times faster than binascii's)."""
-    return memoryview(_encoder.encode(data))[1:-1]
+def b64encode(data: bytes | bytearray | memoryview) -> bytes:
+    """Standard padded base64 of ``data`` (pybase64's SIMD code: about twenty times faster than
+    msgspec's or binascii's, and it lets go of the GIL while it encodes)."""
+    import pybase64  # noqa: PLC0415 - the agent's and the router's only (module rules)
+
+    return pybase64.b64encode(data)
 
 
 def build(

@@ -40,7 +40,7 @@ from typing import Final, Literal, TypeVar
 
 import msgspec
 
-from nomyo_agent._buffers import fresh
+from nomyo_agent._buffers import copy, fresh
 from nomyo_agent._secret import wipe
 
 __all__ = [
@@ -692,7 +692,9 @@ class FrameReader:
             else:
                 room = len(self._body) - self._fill
                 taken = min(room, len(view))
-                self._body[self._fill : self._fill + taken] = view[:taken]
+                # Not a slice assignment: the first touch of the body's pages would hold the GIL
+                # (the event loop's own and every worker's) for about a millisecond a chunk.
+                copy(self._body, self._fill, view[:taken])
                 self._fill += taken
                 view = view[taken:]
             if self._fill < len(self._body):
