@@ -5,7 +5,9 @@ real keyring in ``test_agent_server.py`` and ``test_agent_keyring.py``."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
@@ -13,6 +15,7 @@ import nomyo_agent
 from nomyo_agent import _envelope, _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._custody import unlock_delay
+from nomyo_agent._keyuse import INLINE_MAX_BYTES
 from nomyo_agent._state import AgentState
 from support.core import Core
 from support.fakes import FakeClock
@@ -22,6 +25,7 @@ ORIGIN = "https://router.example"
 ROUTER = _keys.public_pem(rsa_key(2048, 1).public_key())
 OTHER = _keys.public_pem(rsa_key(2048, 2).public_key())
 WHERE = p.PinEntry(env={"DISPLAY": ":4242"})
+T = TypeVar("T")
 
 
 def seal(core: Core, origin: str = ORIGIN, pem: str = ROUTER) -> p.Response:
@@ -220,3 +224,26 @@ def test_a_new_identity_replaces_the_held_one_and_starts_a_new_unlock(core: Core
     assert core.state.info.fingerprint == new.fingerprint
     assert core.state.served_since_unlock == 0
     assert core.state.time_left()[0] == 60  # the idle timer starts again
+
+
+def test_a_large_seal_that_waited_for_its_pin_is_not_sealed_on_the_event_loop(
+    core: Core,
+) -> None:
+    """The first seal to a new router waits for its pin to be written; its payload may be
+    megabytes, and sealing them in the awaiting task held the event loop (16 ms for 8 MiB,
+    measured beside other clients' small opens). Its cryptography goes off the loop."""
+    offloaded: list[str] = []
+
+    async def recording(fn: Callable[[], T]) -> T:
+        offloaded.append(getattr(fn, "func", fn).__name__)
+        return fn()
+
+    core.services.offload = recording
+    core.install_identity()
+    small = core.ask(p.Seal(origin=ORIGIN, router_key_pem=ROUTER, plaintext=b"{}"))
+    assert isinstance(small, p.SealReply)
+    assert offloaded == ["check"]  # the pin's write; a small seal is done in place
+    large = b"x" * (INLINE_MAX_BYTES + 1)
+    big = core.ask(p.Seal(origin="https://other.example", router_key_pem=ROUTER, plaintext=large))
+    assert isinstance(big, p.SealReply)
+    assert offloaded == ["check", "check", "seal_it"]

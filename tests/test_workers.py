@@ -65,7 +65,7 @@ def test_a_lone_small_request_runs_inline_and_others_go_to_workers() -> None:
         offer(pool, big, finished.append)
         while not finished:
             await asyncio.sleep(0.01)
-        assert big_on[0].startswith("nomyo-crypto")
+        assert big_on[0].startswith("nomyo-bulk")
 
         # Three small ones in one turn of the loop: the first inline, the others (queued
         # behind it) to the workers.
@@ -115,13 +115,40 @@ def test_a_small_request_beside_large_work_in_flight_still_runs_inline() -> None
         while len(finished) < 6:
             await asyncio.sleep(0.01)
         assert after_on[0].startswith("nomyo-crypto")
-        assert big_on[0].startswith("nomyo-crypto")
+        assert big_on[0].startswith("nomyo-bulk")
         assert slow_on[0].startswith("nomyo-crypto")
         assert (pool.in_flight, pool.large_in_flight) == (0, 0)
         assert sys.getswitchinterval() == pytest.approx(_workers.SWITCH_INTERVAL)  # no large work
         pool.shutdown()
 
     asyncio.run(go())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+def test_large_work_runs_at_a_lower_priority_and_small_work_does_not() -> None:
+    """The kernel gives a core first to the event loop and the apps waiting on small replies."""
+
+    def priority_of(size: int) -> Work:
+        def run() -> p.Response:
+            nice.append((size, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            return p.Ok()
+
+        return Work(run, "open", PEER, "", size)
+
+    nice: list[tuple[int, int]] = []
+
+    async def go() -> None:
+        pool = CryptoPool(workers=1)
+        finished: list[p.Response | Exception] = []
+        pool.submit(priority_of(10), finished.append)  # a small one that queued
+        pool.submit(priority_of(INLINE_MAX_BYTES + 1), finished.append)
+        while len(finished) < 2:
+            await asyncio.sleep(0.01)
+        pool.shutdown()
+
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    asyncio.run(go())
+    assert sorted(nice) == [(10, ours), (INLINE_MAX_BYTES + 1, min(19, ours + _workers.BULK_NICE))]
 
 
 def test_the_pool_holds_twice_its_workers_and_wakes_waiters_in_order() -> None:

@@ -11,6 +11,12 @@ Rules of this module:
   ``MLOCKALL_HEADROOM`` above what the process maps now. With ``MCL_FUTURE`` in force every later
   allocation counts against the limit, so a merely sufficient limit breaks the agent later
   (TESTING.md: ``MCL_FUTURE`` alone "succeeds" for an ordinary user, then imports fail).
+- With ``MCL_ONFAULT`` (Linux 4.4 and later; without it where the kernel refuses it): a page is
+  locked when it is first touched, not when it is mapped. A page that holds data is never
+  swapped out either way; but without it every mapping is filled when made, under the
+  process's memory-map lock, while the thread that asked holds the GIL: a payload buffer of
+  8 MiB took 2 ms to map, and the event loop, waiting for the GIL or the lock, answered small
+  requests that much later (``bench/agent_load.py``).
 
 What "key memory locked" means (``Hardening.key_memory_locked``): the buffers that hold key bytes
 (the stored PEM, the decrypted PKCS#8 DER, passphrases) are ``SecretBuffer``s, each ``mlock``ed.
@@ -39,10 +45,10 @@ __all__ = ["MLOCKALL_HEADROOM", "harden_child", "harden_process", "report"]
 
 PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
 PT_DENY_ATTACH = 31  # macOS <sys/ptrace.h>
-MCL_CURRENT, MCL_FUTURE = 1, 2
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 CAP_IPC_LOCK = 14
 MLOCKALL_HEADROOM = 1 << 30  # room to grow under a finite memlock limit
-LOCKED_THREAD_STACK = 2 << 20  # a locked 8 MiB default stack per worker thread is all resident
+LOCKED_THREAD_STACK = 2 << 20  # each thread's stack counts whole against the memlock limit
 
 _state = {"deny_attach": False}
 
@@ -132,7 +138,10 @@ def harden_process() -> list[str]:
     blocker = _mlockall_blocker(_status())
     if blocker:
         warnings.append(blocker)
-    elif libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+    elif (
+        libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0
+        and libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0  # a kernel before 4.4
+    ):
         warnings.append(f"process memory is not locked: mlockall failed ({_errno()})")
     else:
         with contextlib.suppress(ValueError, RuntimeError):

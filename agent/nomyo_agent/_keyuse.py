@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from nomyo_agent._services import Services
     from nomyo_agent._state import AgentState, Peer
 
-__all__ = ["ROUTER_KEY_CACHE", "KeyUse", "MustWait", "Work", "attempt"]
+__all__ = ["INLINE_MAX_BYTES", "ROUTER_KEY_CACHE", "KeyUse", "MustWait", "Work", "attempt"]
 
+# A seal's or open's payload over this is never sealed or opened on the event loop (_workers).
+INLINE_MAX_BYTES = 256 * 1024
 ROUTER_KEY_CACHE = 32
 
 
