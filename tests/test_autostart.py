@@ -213,3 +213,23 @@ def test_cli_start_runs_no_code_from_the_working_directory(
     pid = _agent_pid(session_env["NOMYO_AGENT_SOCK"])
     assert f"pid {pid}" in done.stdout
     assert os.readlink(f"/proc/{pid}/cwd") == "/"
+
+
+def test_start_moves_the_log_an_earlier_version_left_in_the_state_folder(
+    session_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Earlier versions wrote $XDG_STATE_HOME/nomyo-agent/agent.log; the log folder is now
+    platformdirs' (.../nomyo-agent/log/). The old log moves there, so nothing is left behind
+    where nobody is told to look."""
+    env = {**session_env, "XDG_STATE_HOME": str(tmp_path / "state")}
+    old = tmp_path / "state" / "nomyo-agent" / "agent.log"
+    old.parent.mkdir(parents=True)
+    old.write_text("a line from before\n")
+    script = Path(sys.executable).parent / "nomyo-agent"
+    done = subprocess.run(
+        [str(script), "start"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    new = tmp_path / "state" / "nomyo-agent" / "log" / "agent.log"
+    assert new.read_text().startswith("a line from before\n")
+    assert not old.exists()

@@ -58,7 +58,7 @@ MIN_BITS = (
 
 def _seconds(text: str) -> float:
     # The file's rules (finite, 0 to a year): `--idle-timeout nan` would turn the lock off.
-    from nomyo_agent._config import parse_seconds  # noqa: PLC0415 - platformdirs, serve only
+    from nomyo_agent._config import parse_seconds  # noqa: PLC0415 - tomllib and all: serve only
 
     try:
         return parse_seconds(text)

@@ -28,9 +28,16 @@ from nomyo_agent import protocol as p
 from nomyo_agent._files import lock_exclusive, open_lock_file
 from nomyo_agent.connection import AgentConnection
 from nomyo_agent.errors import AgentError, AgentUnavailableError, StartFailedError
-from nomyo_agent.paths import log_path, socket_path, start_lock_path
+from nomyo_agent.paths import legacy_log_path, log_path, socket_path, start_lock_path
 
-__all__ = ["agent_command", "read_ready", "running_agent", "start_background", "start_error"]
+__all__ = [
+    "adopt_legacy_log",
+    "agent_command",
+    "read_ready",
+    "running_agent",
+    "start_background",
+    "start_error",
+]
 
 READY = b"ready"  # the child writes "ready <pid>\n"
 
@@ -113,11 +120,22 @@ def start_background(
         os.close(lock_fd)
 
 
+def adopt_legacy_log(log: Path) -> None:
+    """Move the log an earlier version wrote (``paths.legacy_log_path``) to ``log``, unless
+    ``log`` exists already; a move that fails (another file system) leaves both alone."""
+    old = legacy_log_path()
+    if old == log or log.exists() or not old.is_file():
+        return
+    with contextlib.suppress(OSError):
+        os.replace(old, log)
+
+
 def _spawn_windows(path: str, autostarted: bool, timeout: float, extra_args: list[str]) -> int:
     """Windows has neither fork nor fd passing: start a detached process, then wait until the
     pipe answers (not tested here: see docs/running.md)."""
     log = log_path()
     log.parent.mkdir(parents=True, exist_ok=True)
+    adopt_legacy_log(log)
     offset = _log_size(log)
     argv = [*agent_command(), "serve", "--socket", path, *extra_args]
     if autostarted:
@@ -166,6 +184,7 @@ def _spawn(path: str, autostarted: bool, timeout: float, extra_args: list[str]) 
         return _spawn_windows(path, autostarted, timeout, extra_args)
     log = log_path()
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    adopt_legacy_log(log)
     offset = _log_size(log)
     read_fd, write_fd = os.pipe()
     argv = [*agent_command(), "serve", "--socket", path]

@@ -56,6 +56,7 @@ __all__ = [
     "config_path",
     "darwin_socket_path",
     "default_socket_path",
+    "legacy_log_path",
     "log_path",
     "runtime_dir",
     "socket_path",
@@ -141,6 +142,15 @@ def state_dir() -> Path:
 def log_path(name: str = "agent.log") -> Path:
     """Where a background agent (or, named, another program of ours) writes its log."""
     return user_dirs().log / name
+
+
+def legacy_log_path() -> Path:
+    """Where ``nomyo-agent start`` wrote the agent's log before the log folder was platformdirs'
+    (``$XDG_STATE_HOME``, else ``~/.local/state``, on every platform): ``_launch`` moves a log
+    found there into ``log_path()`` once, so that the one place people are told to look has
+    it."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(state) / APP / "agent.log"
 
 
 def runtime_dir(env: Mapping[str, str] | None = None) -> Path | None:
