@@ -53,9 +53,10 @@ def agent_code_path(tmp: Path, plaintext: bytes) -> Callable[[], object]:
     core.install_identity(bits=4096)
     core.call(p.Unlock(passphrase=b""), p.Ok)
     assert core.state.key is not None
-    frame = p.encode_frame(p.Open(package=_envelope.seal(core.state.key.public_key, plaintext)))
+    package = bytes(_envelope.seal(core.state.key.public_key, plaintext))
+    frame = p.encode_frame(p.Open(package=package))
 
-    def one() -> bytes:
+    def one() -> bytes | bytearray:
         (body,) = p.FrameReader(requests=True).feed(frame)
         return p.encode_frame(core.dispatcher.call_now(p.decode_request(body), PEER))
 
@@ -84,7 +85,7 @@ def main() -> None:
             conn = agent.connect(timeout=120)
             assert agent.identity is not None
             agent_key = _keys.load_router_key(agent.identity.public_key_pem)
-            agent_package = _envelope.seal(agent_key, response)
+            agent_package = bytes(_envelope.seal(agent_key, response))
             rows.append(
                 (
                     "open 4 KiB package over the socket",

@@ -43,7 +43,7 @@ BIG = 8 * 1024 * 1024
 def _small_package(path: str) -> bytes:
     with AgentConnection.open(path) as conn:
         pem = conn.call(p.PublicKey(), p.IdentityReply).public_key_pem
-    return _envelope.seal(_keys.load_router_key(pem), SMALL)
+    return bytes(_envelope.seal(_keys.load_router_key(pem), SMALL))
 
 
 async def _opens(path: str, connections: int, seconds: float) -> float:
@@ -92,7 +92,7 @@ def _big_client(path: str) -> None:
     with AgentConnection.open(path, timeout=120) as conn:
         pem = conn.call(p.PublicKey(), p.IdentityReply).public_key_pem
         plaintext = os.urandom(BIG // 2).hex().encode()
-        package = _envelope.seal(_keys.load_router_key(pem), plaintext)
+        package = bytes(_envelope.seal(_keys.load_router_key(pem), plaintext))
         seal = p.Seal(origin="http://127.0.0.1:1", router_key_pem=router_pem, plaintext=plaintext)
         print("ready", flush=True)
         while True:

@@ -204,7 +204,7 @@ def measure(
     meter: CpuMeter,
 ) -> None:
     prompt = ("The quick brown fox jumps over the lazy dog. " * 100)[:4096]
-    common = {"url": url, "model": MODEL, "prompt": prompt}
+    common: dict[str, Any] = {"url": url, "model": MODEL, "prompt": prompt}
     rows: list[tuple[str, str, str, str]] = []
     proxy_rows: list[tuple[str, str, str, str]] = []
 
@@ -218,7 +218,7 @@ def measure(
     rounds: dict[str, list[float]] = {"public": [], "ours": [], "proxy": []}
     for _ in range(args.turns):
         for side in (public, ours, proxy, raw):
-            extra = {"key_dir": key_dir} if side is public else {}
+            extra: dict[str, Any] = {"key_dir": key_dir} if side is public else {}
             out, _ = side.run(mode="seq", n=args.n // args.turns, warmup=3, **common, **extra)
             seq[side.name] += out["latencies"]
     row("sequential 4 KiB, median", statistics.median(seq["public"]),

@@ -625,7 +625,8 @@ class FrameReader:
 
     A body is handed out as the ``bytearray`` it was received into (no copy); the caller owns it.
     A large body's buffer is not zero-filled up front (``_buffers.fresh``): the bytes received
-    fill it (``_buffers.copy``, without the GIL), and it is handed out only once full. ``discard()`` wipes a frame left half-read.
+    fill it (``_buffers.copy``, without the GIL), and it is handed out only once full.
+    ``discard()`` wipes a frame left half-read.
     After a ``FrameError`` the reader is unusable, as is the stream it was reading.
     """
 
