@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,28 @@ def test_token_store_keeps_hashes_and_last_use_to_the_minute(tmp_path: Path) -> 
     assert store.check(token) is None
     with pytest.raises(TokenError, match="no token named"):
         store.revoke("editor")
+
+
+def test_the_serving_proxy_records_a_use_off_the_request(tmp_path: Path) -> None:
+    """Recording a use is a locked rewrite with an fsync: the proxy hands it to a thread
+    (``background``) and answers at once; the file has it once that write has run."""
+    clock = Clock()
+    path = tmp_path / "proxy-tokens.json"
+    token = TokenStore(path, clock).create("editor")
+    later: list[Callable[[], None]] = []
+    store = TokenStore(path, clock, background=later.append)
+    before = path.stat().st_mtime_ns
+    assert store.check(token) == "editor"
+    assert store.check(token) == "editor"  # the same minute: one write, not two
+    assert len(later) == 1
+    assert path.stat().st_mtime_ns == before  # nothing written yet
+    later.pop()()
+    assert TokenStore(path).list()["editor"].last_used == 1000.0
+    assert store.check(token) == "editor"  # the checking store reads the new file
+    assert later == []
+    TokenStore(path).revoke("editor")
+    clock.now += 120
+    assert store.check(token) is None  # a revoke is seen at the next request, as before
 
 
 def test_a_corrupt_token_file_is_an_error_never_an_empty_list(tmp_path: Path) -> None:

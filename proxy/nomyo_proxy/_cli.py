@@ -167,6 +167,12 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _in_a_thread(write: Callable[[], None]) -> None:
+    """How the serving proxy records a token's use: on a thread, never on its event loop
+    (where ``check`` runs, inside a request)."""
+    asyncio.get_running_loop().run_in_executor(None, write)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - token commands need none of it
 
@@ -179,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(exc.message, hint=exc.hint or "") from exc
     api_key = api_key_from(args, router)
     sock, host, url = bind(args)
-    tokens = TokenStore(default_token_path())
+    tokens = TokenStore(default_token_path(), background=_in_a_thread)
     tokens.list()  # an unreadable token file is an error now, not at the first request
     settings = Settings(
         router_url=router,

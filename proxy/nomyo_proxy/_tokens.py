@@ -12,12 +12,15 @@ Rules of this module:
 - ``check`` compares digests in constant time and re-reads the file when it changed on disk, so
   ``nomyo-proxy token revoke`` takes effect on a running proxy at its next request.
 - "last used" is kept to the minute: the file is rewritten at most once a minute per token,
-  not on every request.
+  not on every request. The proxy hands that write (a lock, a rewrite, an fsync: milliseconds,
+  or far more on a busy disk) to a thread (``background``), so no request waits for it; the
+  CLI and the tests write right away.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -59,9 +62,15 @@ def _digest(token: str) -> str:
 class TokenStore:
     """The token file. ``create``/``revoke``/``list`` for the CLI, ``check`` for the server."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        background: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         self.path = path
         self._clock = clock
+        self._background = background  # runs a use's write elsewhere; None: right away
         self._tokens: dict[str, TokenInfo] = {}
         # What identifies the version we read: a rename (new inode), a write or a chmod changes it.
         self._stamp: tuple[int, int, int, int] | None = None
@@ -150,12 +159,25 @@ class TokenStore:
         now = self._clock()
         if info.last_used is not None and now - info.last_used < LAST_USED_RESOLUTION:
             return
-        # A full disk or a file broken since the check must not refuse a valid token; the next
-        # request's check reports a broken file.
-        with contextlib.suppress(OSError, TokenError), self._change() as tokens:
-            current = tokens.get(name)
-            if current is not None and current.digest == info.digest:  # not revoked meanwhile
-                current.last_used = now
+        info.last_used = now  # at once in memory: this minute's next requests write nothing
+        write = functools.partial(_record_use, self.path, name, info.digest, now)
+        if self._background is None:
+            write()
+        else:
+            self._background(write)
+
+
+def _record_use(path: Path, name: str, digest: str, now: float) -> None:
+    """Write that ``name`` was used at ``now``, unless it was revoked or replaced meanwhile.
+
+    Through a store of its own, so that a thread running it never touches the cache of the
+    store that checks tokens (which sees the new file at its next check). A full disk or a
+    file broken since the check must not refuse a valid token; the next check reports a broken
+    file."""
+    with contextlib.suppress(OSError, TokenError), TokenStore(path)._change() as tokens:
+        current = tokens.get(name)
+        if current is not None and current.digest == digest:  # not revoked meanwhile
+            current.last_used = now
 
 
 def default_token_path() -> Path:
