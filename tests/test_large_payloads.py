@@ -10,7 +10,7 @@ import pytest
 from nomyo_agent import _keys
 from nomyo_agent import protocol as p
 from nomyo_agent._envelope import open_package, seal
-from nomyo_agent._workers import SPLICE_BYTES
+from nomyo_agent._splice import SPLICE_BYTES
 from nomyo_agent.errors import DecryptFailedError
 from support.agent import RunningAgent
 from support.keys import rsa_key

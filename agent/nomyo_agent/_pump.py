@@ -34,7 +34,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent._dispatch import Kind, Later, Work, attempt, kind_of, kind_of_op, peer_for
 from nomyo_agent._peer import peer_of
 from nomyo_agent._secret import wipe
-from nomyo_agent._workers import WRITE_SLICE, decode_request, frame_parts, reply_estimate
+from nomyo_agent._splice import WRITE_SLICE, decode_request, frame_parts, reply_estimate
 from nomyo_agent.errors import BadRequestError, InternalError
 
 if TYPE_CHECKING:

@@ -25,12 +25,10 @@ Rules of this module:
   to the apps waiting on small replies, and the bulk work takes what is left. Beside 8 MiB
   payloads, a small reply waited up to 2.7 ms (p99) for its app to get a core; at nice +10,
   0.4 ms. A lowered thread cannot be raised again without privilege, hence two pools.
-- No payload over ``SPLICE_BYTES`` is copied on the event loop, where one copy of megabytes
-  holds the GIL (and so every thread) for milliseconds, tens of them on a busy machine: a large
-  seal or open is decoded with its payload as a view into its frame (``decode_request``; the
-  frame is wiped on the worker after the work), and a large reply is framed around its payload
-  (``frame_parts``), which the server writes a slice at a time. The worker seals and opens in
-  slices too (``_envelope``, ``package``), so that it never holds the GIL for long either.
+- No payload of megabytes is copied on the event loop (``_splice``: requests decoded as views
+  into their frame, which is wiped here on the worker once the work is done; replies framed
+  around their payload). The worker seals and opens in slices, and its copies and base64 let
+  go of the GIL (``_envelope``, ``package``, ``_buffers``), so it never holds the GIL for long.
 """
 
 from __future__ import annotations
@@ -44,101 +42,17 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import msgspec
-
 from nomyo_agent import protocol as p
 from nomyo_agent._dispatch import Work, attempt
 from nomyo_agent._keyuse import INLINE_MAX_BYTES
 from nomyo_agent._secret import wipe
 
-__all__ = [
-    "BULK_NICE",
-    "INLINE_MAX_BYTES",
-    "SPLICE_BYTES",
-    "WRITE_SLICE",
-    "CryptoPool",
-    "decode_request",
-    "frame_parts",
-    "reply_estimate",
-]
+__all__ = ["BULK_NICE", "INLINE_MAX_BYTES", "CryptoPool"]
 
 BULK_NICE = 10  # how much lower the threads of large work run (Linux), see the module rules
 SWITCH_INTERVAL = 0.001  # seconds, once there are workers: see _flush
 LARGE_SWITCH_INTERVAL = 0.00025  # seconds, while large work is on them
-# A reply whose payload is over SPLICE_BYTES is written from the payload itself, WRITE_SLICE at a
-# time. (Below, one copy into the transport's buffer costs well under a millisecond, and takes
-# less memory than the payload held until sent plus a buffer of up to two slices.)
-SPLICE_BYTES = 2 * 1024 * 1024
-WRITE_SLICE = 256 * 1024
-
-# The one large member of each reply that can carry a payload, and its msgpack key.
-_LARGE = {p.OpenReply: "plaintext", p.SealReply: "package"}
-_EMPTY_BIN = b"\xc4\x00"  # msgpack bin 8 of length 0
-
 Done = Callable[[p.Response | Exception], None]
-
-
-def reply_estimate(size: int) -> int:
-    """Bytes a seal's or open's reply may take for a payload of ``size``: a sealed package is
-    its payload in base64 (4/3) inside a little JSON; an opened one is smaller than its package."""
-    return size * 3 // 2 + 4096
-
-
-# Seal and Open as the wire has them, but with the payload as a view into the frame: decoding a
-# large one then copies nothing on the event loop. tests/test_workers.py checks that they keep
-# the fields of p.Seal and p.Open.
-class _SealView(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="seal"
-):
-    origin: str
-    router_key_pem: str
-    plaintext: memoryview
-    app: str = ""
-
-
-class _OpenView(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", tag="open"
-):
-    package: memoryview
-    app: str = ""
-
-
-_view_decoder = msgspec.msgpack.Decoder(_SealView | _OpenView)
-
-
-def decode_request(body: bytearray) -> tuple[p.Request, bool]:
-    """``p.decode_request(body)``, and whether the request's payload is a view into ``body``
-    (a seal or open over ``SPLICE_BYTES``): ``body`` must then be kept, unchanged, until the
-    request is done, and wiped only after."""
-    if len(body) <= SPLICE_BYTES or p.op_of(body[:64]) not in ("seal", "open"):
-        return p.decode_request(body), False
-    view = p._decode(_view_decoder, body)  # the wire's one translation of decode errors
-    fields = msgspec.structs.asdict(view)
-    # msgspec does not check types on construction: the view stands in for the bytes.
-    request = p.Seal(**fields) if isinstance(view, _SealView) else p.Open(**fields)
-    return request, True
-
-
-def frame_parts(reply: p.Response) -> list[bytes | bytearray | memoryview]:
-    """The frame of ``reply`` as pieces that join into ``p.encode_frame(reply)``: a large
-    payload is not copied into the frame but handed on as a view, so that the event loop
-    never spends milliseconds (or, when the machine is busy, tens of them) copying it while
-    holding the GIL. Raises ``p.FrameTooLarge`` as ``encode_frame`` does."""
-    name = _LARGE.get(type(reply))
-    large: bytes | None = getattr(reply, name) if name else None
-    if name is None or large is None or len(large) <= SPLICE_BYTES:
-        return [p.encode_frame(reply)]
-    # The reply with an empty payload, whose bin 8 header is swapped for the bin 32 header
-    # msgpack gives a payload of this size (over 64 KiB); the payload itself goes in between.
-    small = p.encode(msgspec.structs.replace(reply, **{name: b""}))
-    key = msgspec.msgpack.encode(name) + _EMPTY_BIN
-    at = small.index(key) + len(key) - len(_EMPTY_BIN)
-    head = small[:at] + b"\xc6" + len(large).to_bytes(4, "big")
-    tail = small[at + len(_EMPTY_BIN) :]
-    length = len(head) + len(large) + len(tail)
-    if length > p.MAX_FRAME_BYTES:
-        raise p.FrameTooLarge(length)
-    return [p.HEADER.pack(length) + head, memoryview(large), tail]
 
 
 def _lower_priority() -> None:
