@@ -1,13 +1,16 @@
-"""Payloads of megabytes through a real agent: sealed and opened on a worker, decoded as a view
-into their frame and written back a slice at a time (_workers.py), whole and in order."""
+"""Payloads of megabytes through a real agent: sealed and opened on a worker at a lower priority,
+decoded as a view into their frame and written back a slice at a time (_workers.py, _splice.py),
+whole and in order."""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from nomyo_agent import _keys
+from nomyo_agent import _keys, _workers
 from nomyo_agent import protocol as p
 from nomyo_agent._envelope import open_package, seal
 from nomyo_agent._splice import SPLICE_BYTES
@@ -42,3 +45,17 @@ def test_megabyte_seals_and_opens_come_back_whole(agent: RunningAgent) -> None:
         assert again.plaintext == b"small"
     counters = agent.status().counters
     assert (counters.seals, counters.opens, counters.errors) == (1, 2, 1)
+    if sys.platform == "linux":  # the large work ran on threads the kernel gives a core last
+        threads = _nice_values(agent.pid)
+        lowered = min(19, threads[agent.pid] + _workers.BULK_NICE)
+        assert lowered > threads[agent.pid], threads
+        assert lowered in threads.values(), threads
+
+
+def _nice_values(pid: int) -> dict[int, int]:
+    """Each thread's nice value as the kernel has it (field 19 of /proc/PID/task/TID/stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        values[int(task.name)] = int(fields[16])
+    return values
