@@ -38,7 +38,7 @@ from nomyo_agent import protocol as p
 from nomyo_agent._approval import Approvals
 from nomyo_agent._custody import Custody
 from nomyo_agent._demand import OnDemand
-from nomyo_agent._keyuse import INLINE_MAX_BYTES, KeyUse, MustWait, Work, attempt
+from nomyo_agent._keyuse import KeyUse, MustWait, Work, attempt
 from nomyo_agent._secret import wipe
 from nomyo_agent._services import AskPassphrase, Services
 from nomyo_agent.errors import (
@@ -229,8 +229,7 @@ class Dispatcher:
         work = self.keys.begin(request, peer, pinned)
         # This task runs on the event loop: a large payload (the first seal to a new router
         # carries one too) is sealed or opened off it, as the crypto pool would.
-        large = work.size > INLINE_MAX_BYTES
-        reply = await self.services.offload(work.run) if large else work.run()
+        reply = await self.services.offload(work.run) if work.large else work.run()
         self.keys.used(work)
         return reply
 

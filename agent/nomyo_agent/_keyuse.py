@@ -48,6 +48,11 @@ class Work:
     app: str
     size: int  # payload bytes: the server runs a large one off the event loop
 
+    @property
+    def large(self) -> bool:
+        """Never sealed or opened on the event loop (over ``INLINE_MAX_BYTES``)."""
+        return self.size > INLINE_MAX_BYTES
+
 
 def attempt(run: Callable[[], p.Response]) -> p.Response | Exception:
     """``run()``, or the exception it raised: what a worker thread hands back."""

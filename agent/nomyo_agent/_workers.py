@@ -108,10 +108,10 @@ class CryptoPool:
         """Whether the caller should run ``work`` right now, on the event loop: the first small
         one of this turn, with no small one in flight or about to leave (large ones do not
         count). (The caller runs it; nothing to hand back.)"""
-        if self._inline_this_turn or work.size > INLINE_MAX_BYTES:
+        if self._inline_this_turn or work.large:
             return False
         if self.in_flight > self.large_in_flight or any(
-            queued.size <= INLINE_MAX_BYTES for queued, _, _ in self._batch
+            not queued.large for queued, _, _ in self._batch
         ):  # small ones queue: join them
             return False
         self._inline_this_turn = True
@@ -148,7 +148,7 @@ class CryptoPool:
                 self.workers, thread_name_prefix="nomyo-bulk", initializer=_lower_priority
             )
         for work, done, frame in batch:
-            large = work.size > INLINE_MAX_BYTES
+            large = work.large
             self.in_flight += 1
             self.large_in_flight += large
             if large and self.large_in_flight == 1:

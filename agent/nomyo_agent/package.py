@@ -215,10 +215,25 @@ def _ciphertext_span(data: memoryview, step: int) -> tuple[int, int] | None:
     if opened is None:
         return None
     start = opened.end()
-    end = _find(data, b'"', start, len(data), step)
-    if end < 0 or _find(data, b"\\", start, end, step) >= 0:
-        return None
-    return start, end
+    end = _string_end(data, start, step)
+    return None if end is None else (start, end)
+
+
+def _string_end(data: memoryview, start: int, step: int) -> int | None:
+    """Where the JSON string whose text starts at ``start`` ends (its closing quote), if no
+    backslash comes before that; None otherwise, or if it never ends. One pass over the text,
+    a slice at a time copied once into a small buffer, for the quote and the backslash both."""
+    window = bytearray(max(0, min(step, len(data) - start)))
+    room = memoryview(window)
+    for at in range(start, len(data), step):
+        n = min(step, len(data) - at)
+        room[:n] = data[at : at + n]
+        quote = window.find(b'"', 0, n)
+        if window.find(b"\\", 0, n if quote < 0 else quote) >= 0:
+            return None
+        if quote >= 0:
+            return at + quote
+    return None
 
 
 def _b64decode(text: memoryview) -> bytes | None:
